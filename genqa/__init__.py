@@ -1,0 +1,1 @@
+"""genqa: fine-tuning recipes for question answering."""

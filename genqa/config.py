@@ -1,0 +1,137 @@
+"""genqa's own recipe keys.
+
+A recipe is one YAML file holding keys of three dataclasses, parsed together by TRL's `TrlParser`:
+
+- `QAArguments` (this module): where the data comes from, which columns hold what, the QA task, the prompt
+  template, the backbone and the submission format;
+- `trl.SFTConfig`: every training argument under its TRL / transformers name (`max_length`, `learning_rate`, ...);
+- `trl.ModelConfig`: the model, its dtype and attention, LoRA / rsLoRA / DoRA and 4-bit quantization.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+TASKS = ("extractive", "mcq", "mcq_generation", "abstractive")
+BACKBONES = ("auto", "causal_lm", "seq2seq", "extractive")
+DATASET_FORMATS = ("auto", "hub", "json", "jsonl", "csv", "parquet", "xlsx", "squad", "disk")
+
+
+@dataclass
+class QAArguments:
+    """Data source, column mapping, task, template and backbone of a genqa recipe."""
+
+    # ---- data source -------------------------------------------------------------------------------------------
+    dataset_path: str | None = field(
+        default=None,
+        metadata={"help": "A hub dataset id, a local json/jsonl/csv/parquet/xlsx file, a SQuAD-format JSON file or a "
+                  "`datasets.save_to_disk` folder. Relative paths are resolved from the working directory."},
+    )
+    dataset_format: str = field(
+        default="auto", metadata={"help": f"How to read `dataset_path`: one of {DATASET_FORMATS}. `auto` decides "
+                                          "from the path (a SQuAD layout is detected inside .json files)."}
+    )
+    dataset_config: str | None = field(default=None, metadata={"help": "Hub dataset configuration name."})
+    train_split: str = field(default="train", metadata={"help": "Split trained on."})
+    eval_split: str | None = field(
+        default=None,
+        metadata={"help": "Split used for validation. When unset, or absent from the source, a seeded split of "
+                  "`validation_size` is taken from the train split (grouped by context, so no context leaks)."},
+    )
+    validation_size: float = field(
+        default=0.1, metadata={"help": "Fraction (<1) or count (>=1) of train rows held out when the source has no "
+                                       "validation split. 0 disables the split."}
+    )
+    split_seed: int = field(default=42, metadata={"help": "Seed of the train/validation split."})
+    max_train_samples: int | None = field(default=None, metadata={"help": "Keep only the first N training rows."})
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Keep only the first N validation rows."})
+
+    # ---- column mapping ----------------------------------------------------------------------------------------
+    id_column: str | None = field(
+        default=None, metadata={"help": "Column holding a row id (optional: row numbers are used when unset)."}
+    )
+    context_column: str | None = field(default="context", metadata={"help": "Column holding the passage."})
+    question_column: str | None = field(default="question", metadata={"help": "Column holding the question."})
+    answer_column: str | None = field(
+        default="answers",
+        metadata={"help": "Column holding the gold answer: span text (or a SQuAD `answers` dict) for extractive, "
+                  "a label / option number / option text for mcq, the answer text for abstractive, the key for "
+                  "mcq_generation."},
+    )
+    answer_start_column: str | None = field(
+        default=None, metadata={"help": "Column with the answer's character offset (extractive; optional)."}
+    )
+    options_columns: list[str] | None = field(
+        default=None, metadata={"help": "mcq / mcq_generation: one column per option, in label order."}
+    )
+    options_column: str | None = field(
+        default=None, metadata={"help": "mcq: a single column holding the list of options (C3 `choice`)."}
+    )
+
+    # ---- task --------------------------------------------------------------------------------------------------
+    task: str = field(default="extractive", metadata={"help": f"One of {TASKS}."})
+    instruction: str | None = field(
+        default=None, metadata={"help": "Instruction placed at the top of every prompt (a task default if unset)."}
+    )
+    prompt_format: str | None = field(
+        default=None,
+        metadata={"help": "Python format string of the user turn, with fields {instruction} {context} {question} "
+                  "{options}. A task default if unset."},
+    )
+    no_answer_text: str = field(
+        default="unanswerable",
+        metadata={"help": "Target text of unanswerable questions (SQuAD 2.0); read back as the empty answer."},
+    )
+    option_labels: list[str] = field(
+        default_factory=lambda: ["A", "B", "C", "D"],
+        metadata={"help": "Labels of the options, in order (`A B C D` or `1 2 3 4`). The answer is a label."},
+    )
+    mcq_question_prefix: str = field(default="Question:", metadata={"help": "mcq_generation: question line prefix."})
+    mcq_answer_prefix: str = field(default="Answer:", metadata={"help": "mcq_generation: answer-key line prefix."})
+
+    # ---- template ----------------------------------------------------------------------------------------------
+    template: str = field(
+        default="alpaca",
+        metadata={"help": "A template name from templates/ (alpaca, alpaca_zh, llama2, llama3, chatml), a path to a "
+                  ".jinja file, or `tokenizer` for the tokenizer's own chat template."},
+    )
+    system_prompt: str | None = field(default=None, metadata={"help": "System message (templates that take one)."})
+
+    # ---- backbone ----------------------------------------------------------------------------------------------
+    backbone: str = field(
+        default="auto",
+        metadata={"help": f"One of {BACKBONES}. `auto` reads the model config: encoder-decoders train as seq2seq, "
+                  "everything else as a causal LM."},
+    )
+
+    # ---- submission --------------------------------------------------------------------------------------------
+    submission_id_column: str = field(default="id", metadata={"help": "Id column name of the submission CSV."})
+    submission_answer_column: str = field(
+        default="answer", metadata={"help": "Answer column name of the submission CSV."}
+    )
+
+    # ---- run control -------------------------------------------------------------------------------------------
+    dry_run: bool = field(
+        default=False,
+        metadata={"help": "Validate the recipe and print the resolved configuration, then exit without loading a "
+                  "model or data."},
+    )
+
+    def __post_init__(self) -> None:
+        if self.task not in TASKS:
+            raise ValueError(f"task: unknown task {self.task!r}; choose one of {', '.join(TASKS)}.")
+        if self.backbone not in BACKBONES:
+            raise ValueError(f"backbone: unknown backbone {self.backbone!r}; choose one of {', '.join(BACKBONES)}.")
+        if self.dataset_format not in DATASET_FORMATS:
+            raise ValueError(
+                f"dataset_format: unknown format {self.dataset_format!r}; choose one of {', '.join(DATASET_FORMATS)}."
+            )
+        if isinstance(self.option_labels, str):
+            self.option_labels = [s.strip() for s in self.option_labels.replace(",", " ").split()]
+        if len(set(self.option_labels)) != len(self.option_labels) or not all(self.option_labels):
+            raise ValueError(f"option_labels: labels must be distinct and non-empty, got {self.option_labels}.")
+        if self.options_columns and self.options_column:
+            raise ValueError("Set either `options_columns` (one column per option) or `options_column` (one list "
+                             "column), not both.")
+        if self.validation_size < 0:
+            raise ValueError(f"validation_size must be >= 0, got {self.validation_size}.")

@@ -1,0 +1,189 @@
+"""Data sources: read a hub dataset, a local file or folder, or SQuAD-format JSON into a `DatasetDict`.
+
+`load_source` decides the reader; `train_validation` picks (or makes, seeded and grouped by context) the
+validation split. Rows come back with the source's own columns; `genqa.tasks` maps them onto the task schema.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
+
+SUFFIX_FORMATS = {".json": "json", ".jsonl": "jsonl", ".csv": "csv", ".parquet": "parquet", ".xlsx": "xlsx",
+                  ".xls": "xlsx"}
+
+
+class DataError(ValueError):
+    """Data a user supplied that genqa cannot use; the message names the file, row or column and what to do."""
+
+
+def squad_question_id(article: int, paragraph: int, question: int) -> str:
+    """Id given to a SQuAD-layout question that has none (UIT-ViQuAD 1.0): `article-paragraph-question`."""
+    return f"{article}-{paragraph}-{question}"
+
+
+def is_squad_json(data: Any) -> bool:
+    """True for the official SQuAD layout: `{"data": [{"paragraphs": [{"context", "qas"}]}]}`."""
+    return (isinstance(data, dict) and isinstance(data.get("data"), list)
+            and all(isinstance(a, dict) and "paragraphs" in a for a in data["data"][:5]))
+
+
+def iter_squad_rows(data: dict[str, Any], source: str = "<squad>") -> Iterator[dict[str, Any]]:
+    """Flatten SQuAD v1.1 / v2.0 JSON into rows: id, title, context, question, answers, answer_starts, is_impossible."""
+    for a, article in enumerate(data["data"]):
+        for p, para in enumerate(article.get("paragraphs", [])):
+            if "context" not in para or "qas" not in para:
+                raise DataError(f"{source}: data[{a}].paragraphs[{p}] has no `context` or `qas`; not a SQuAD layout.")
+            for q, qa in enumerate(para["qas"]):
+                answers = qa.get("answers") or []
+                impossible = bool(qa.get("is_impossible", False)) or not answers
+                yield {
+                    "id": str(qa.get("id") or squad_question_id(a, p, q)),
+                    "title": str(article.get("title", "")),
+                    "context": para["context"],
+                    "question": qa["question"],
+                    "answers": [] if impossible else [x["text"] for x in answers],
+                    "answer_starts": [] if impossible else [int(x.get("answer_start", -1)) for x in answers],
+                    "is_impossible": impossible,
+                }
+
+
+def load_squad_json(path: str | os.PathLike) -> Dataset:
+    """Read an official-layout SQuAD JSON file (v1.1 or v2.0, ids optional) as one flat `Dataset`."""
+    with open(path, encoding="utf-8") as fh:
+        data = json.load(fh)
+    if not is_squad_json(data):
+        raise DataError(f"{path}: not a SQuAD-layout JSON file (expected a top-level `data` list of articles).")
+    rows = list(iter_squad_rows(data, str(path)))
+    if not rows:
+        raise DataError(f"{path}: the SQuAD file holds no questions.")
+    return Dataset.from_list(rows)
+
+
+def _json_is_squad(path: Path) -> bool:
+    with open(path, encoding="utf-8") as fh:
+        head = fh.read(4096).lstrip()
+    if not head.startswith("{"):
+        return False
+    with open(path, encoding="utf-8") as fh:
+        try:
+            return is_squad_json(json.load(fh))
+        except json.JSONDecodeError:
+            return False
+
+
+def detect_format(path: str) -> str:
+    """The reader for `path`: a file suffix, a `save_to_disk` folder, SQuAD JSON, or a hub id."""
+    p = Path(path)
+    if p.is_dir():
+        if (p / "dataset_info.json").exists() or (p / "dataset_dict.json").exists() or (p / "state.json").exists():
+            return "disk"
+        raise DataError(f"{path}: a folder that is not a `datasets.save_to_disk` folder. Point `dataset_path` at a "
+                        "data file or a saved dataset.")
+    if p.is_file():
+        fmt = SUFFIX_FORMATS.get(p.suffix.lower())
+        if fmt is None:
+            raise DataError(f"{path}: unknown file type {p.suffix!r}; use json, jsonl, csv, parquet or xlsx, or set "
+                            "`dataset_format`.")
+        if fmt == "json" and _json_is_squad(p):
+            return "squad"
+        return fmt
+    if p.suffix.lower() in SUFFIX_FORMATS or not re.fullmatch(r"[\w.-]+(/[\w.-]+)?", path) or path.startswith("."):
+        raise DataError(f"{path}: file not found (working directory: {os.getcwd()}).")
+    return "hub"
+
+
+def _read_xlsx(path: str) -> Dataset:
+    import pandas as pd
+
+    frame = pd.read_excel(path, dtype=str).fillna("")
+    frame.columns = [str(c).strip() for c in frame.columns]
+    return Dataset.from_pandas(frame, preserve_index=False)
+
+
+def load_source(path: str, fmt: str = "auto", config: str | None = None) -> DatasetDict:
+    """Load a data source as a `DatasetDict` (single files become one `train` split)."""
+    if not path:
+        raise DataError("No data source: set `dataset_path` in the recipe (a hub id, a file or a saved folder).")
+    fmt = detect_format(path) if fmt == "auto" else fmt
+    if fmt == "hub":
+        try:
+            loaded = load_dataset(path, config)
+        except Exception as err:  # noqa: BLE001 - hub errors come in many types; the message is what matters
+            raise DataError(f"{path}: could not load it as a hub dataset ({type(err).__name__}: {err}). Offline, "
+                            "point `dataset_path` at a local file instead.") from err
+    elif fmt == "squad":
+        loaded = load_squad_json(path)
+    elif fmt == "disk":
+        loaded = load_from_disk(path)
+    elif fmt == "xlsx":
+        loaded = _read_xlsx(path)
+    elif fmt in ("json", "jsonl"):
+        loaded = load_dataset("json", data_files=path, split="train")
+    else:
+        loaded = load_dataset(fmt, data_files=path, split="train")
+    if isinstance(loaded, Dataset):
+        loaded = DatasetDict({"train": loaded})
+    if not isinstance(loaded, DatasetDict):
+        raise DataError(f"{path}: expected a dataset or dataset dict, got {type(loaded).__name__}.")
+    for name, split in loaded.items():
+        if len(split) == 0:
+            raise DataError(f"{path}: split `{name}` is empty. Check the file holds rows.")
+    return loaded
+
+
+def grouped_split(dataset: Dataset, size: float, seed: int, group_column: str | None) -> tuple[Dataset, Dataset]:
+    """Seeded train/validation split; rows sharing `group_column` (e.g. the context) land on the same side."""
+    n = len(dataset)
+    n_val = int(round(size * n)) if size < 1 else int(size)
+    if n_val <= 0 or n_val >= n:
+        raise DataError(f"validation_size={size} leaves no rows on one side of a {n}-row split; lower it or set 0.")
+    if group_column and group_column in dataset.column_names:
+        keys = dataset[group_column]
+        groups = sorted(set(keys))
+        random.Random(seed).shuffle(groups)
+        val_groups: set[str] = set()
+        count = 0
+        sizes: dict[str, int] = {}
+        for k in keys:
+            sizes[k] = sizes.get(k, 0) + 1
+        for g in groups:
+            if count >= n_val or len(val_groups) == len(groups) - 1:
+                break
+            val_groups.add(g)
+            count += sizes[g]
+        val_idx = [i for i, k in enumerate(keys) if k in val_groups]
+        train_idx = [i for i, k in enumerate(keys) if k not in val_groups]
+    else:
+        order = list(range(n))
+        random.Random(seed).shuffle(order)
+        val_idx, train_idx = sorted(order[:n_val]), sorted(order[n_val:])
+    return dataset.select(train_idx), dataset.select(val_idx)
+
+
+def train_validation(
+    data: DatasetDict, train_split: str, eval_split: str | None, validation_size: float, seed: int,
+    group_column: str | None, source: str = "",
+) -> tuple[Dataset, Dataset | None, str]:
+    """Pick the train and validation splits, or carve a seeded validation split; returns a note saying which."""
+    if train_split not in data:
+        raise DataError(f"{source}: no split `{train_split}` (splits: {', '.join(data)}). Set `train_split`.")
+    train = data[train_split]
+    if eval_split and eval_split in data:
+        return train, data[eval_split], f"validation = split `{eval_split}`"
+    if eval_split:
+        note = f"split `{eval_split}` not in the source; "
+    else:
+        note = ""
+    if validation_size == 0:
+        return train, None, note + "no validation split"
+    train, val = grouped_split(train, validation_size, seed, group_column)
+    how = f"grouped by `{group_column}`" if group_column and group_column in data[train_split].column_names else "rows"
+    return train, val, note + f"validation = seeded split of {len(val)} rows ({how}, seed {seed})"

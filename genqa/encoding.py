@@ -1,0 +1,161 @@
+"""Tokenization with response-only labels, context-first truncation and the pre-training sanity report.
+
+`PromptEncoder` turns a canonical row into `input_ids` + `labels` (prompt masked with -100; the answer and the
+template's end-of-turn token trained). When a row is too long, the *context* is cut (keeping the answer's span for
+extractive rows), never the instruction, question, options or answer. Rows that still do not fit are dropped and
+counted, never trained on silently. Generation uses the same encoder for its prompts, so a model is prompted exactly
+as it was trained.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from datasets import Dataset
+from transformers import PreTrainedTokenizerBase
+
+from genqa.tasks import Task
+from genqa.templates import end_of_turn, render, split_prompt_completion
+
+OK, CONTEXT_TRUNCATED, TOO_LONG, MASKED = "ok", "context_truncated", "too_long", "fully_masked"
+
+
+@dataclass
+class EncodingReport:
+    """Counts of what tokenization did to a split; printed before training and saved in the run folder."""
+
+    split: str = "train"
+    rows: int = 0
+    kept: int = 0
+    context_truncated: int = 0
+    dropped_too_long: int = 0
+    dropped_fully_masked: int = 0
+    end_token: str = ""
+    rows_missing_end_token: int = 0
+    rows_with_double_bos: int = 0
+    max_tokens: int = 0
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict (JSON-serialisable)."""
+        return asdict(self)
+
+    def summary(self) -> str:
+        """One human-readable block."""
+        lines = [f"[genqa] {self.split}: {self.kept}/{self.rows} rows kept, longest {self.max_tokens} tokens",
+                 f"  context truncated (question/answer kept): {self.context_truncated}",
+                 f"  dropped, answer would be truncated away: {self.dropped_too_long}",
+                 f"  dropped, no trained token left: {self.dropped_fully_masked}",
+                 f"  end-of-answer token {self.end_token!r} trained in every kept row: "
+                 f"{'yes' if self.rows_missing_end_token == 0 else f'NO ({self.rows_missing_end_token} rows lack it)'}",
+                 f"  rows starting with a double BOS: {self.rows_with_double_bos}"]
+        lines += [f"  note: {n}" for n in self.notes]
+        return "\n".join(lines)
+
+
+class PromptEncoder:
+    """Renders a task's rows with a template and tokenizes them for training or generation."""
+
+    def __init__(self, task: Task, tokenizer: PreTrainedTokenizerBase, template: str, max_length: int | None,
+                 completion_only_loss: bool = True) -> None:
+        self.task, self.tokenizer, self.template = task, tokenizer, template
+        self.max_length = max_length
+        self.completion_only_loss = completion_only_loss
+        self.end_text = end_of_turn(tokenizer, template)
+        stripped = self.end_text.strip()
+        self.end_ids = tokenizer(stripped, add_special_tokens=False)["input_ids"] if stripped else []
+
+    # ---- prompt --------------------------------------------------------------------------------------------------
+    def prompt_text(self, ex: dict[str, Any]) -> str:
+        """The prompt that generation starts from (ends where the answer begins)."""
+        return render(self.tokenizer, self.template, self.task.messages(ex, with_answer=False),
+                      add_generation_prompt=True)
+
+    def _ids(self, text: str, is_prompt: bool) -> list[int]:
+        bos = self.tokenizer.bos_token
+        add = is_prompt and not (bos and text.startswith(bos))  # the template wrote BOS itself: don't add another
+        return self.tokenizer(text, add_special_tokens=add)["input_ids"]
+
+    def _context_windows(self, ex: dict[str, Any], overflow: int):
+        """Shorter contexts to try: cut `overflow`+ tokens, keeping the gold span of extractive rows."""
+        context = ex["context"]
+        enc = self.tokenizer(context, add_special_tokens=False, return_offsets_mapping=True)
+        offsets = enc["offset_mapping"]
+        n = len(offsets)
+        span = None
+        if ex.get("answer_starts"):
+            s = ex["answer_starts"][0]
+            span = (s, s + len(ex["answers"][0]))
+        cut = overflow
+        while cut < n:
+            keep = n - cut
+            start = 0
+            if span is not None and offsets[keep - 1][1] < span[1]:
+                first = next(i for i, (_, e) in enumerate(offsets) if e >= span[1])  # token ending the answer
+                start = max(0, first - keep + 1)
+                if offsets[start][0] > span[0]:
+                    return  # the answer alone is longer than the room left
+            yield context[offsets[start][0]:offsets[start + keep - 1][1]]
+            cut += max(1, cut // 4)
+
+    def encode_prompt(self, ex: dict[str, Any], max_new_tokens: int = 0) -> tuple[list[int], bool]:
+        """Prompt ids for generation, the context cut to leave `max_new_tokens` room; returns (ids, truncated)."""
+        ids = self._ids(self.prompt_text(ex), is_prompt=True)
+        if self.max_length is None or len(ids) + max_new_tokens <= self.max_length or not ex["context"]:
+            return ids, False
+        for context in self._context_windows(ex, len(ids) + max_new_tokens - self.max_length):
+            ids = self._ids(self.prompt_text({**ex, "context": context}), is_prompt=True)
+            if len(ids) + max_new_tokens <= self.max_length:
+                return ids, True
+        return ids, True
+
+    # ---- training rows -----------------------------------------------------------------------------------------
+    def encode(self, ex: dict[str, Any]) -> dict[str, Any]:
+        """Training ids and labels for one canonical row, with its status (ok / context_truncated / dropped)."""
+        status = OK
+        prompt, completion = split_prompt_completion(self.tokenizer, self.template, self.task.messages(ex))
+        p_ids, c_ids = self._ids(prompt, True), self._ids(completion, False)
+        if self.max_length is not None and len(p_ids) + len(c_ids) > self.max_length:
+            status = TOO_LONG
+            if ex["context"]:
+                for context in self._context_windows(ex, len(p_ids) + len(c_ids) - self.max_length):
+                    prompt, completion = split_prompt_completion(
+                        self.tokenizer, self.template, self.task.messages({**ex, "context": context}))
+                    p_ids = self._ids(prompt, True)
+                    if len(p_ids) + len(c_ids) <= self.max_length:
+                        status = CONTEXT_TRUNCATED
+                        break
+        if status == TOO_LONG:
+            return {"input_ids": [], "labels": [], "status": TOO_LONG}
+        labels = ([-100] * len(p_ids) if self.completion_only_loss else list(p_ids)) + list(c_ids)
+        if all(x == -100 for x in labels):
+            status = MASKED
+        return {"input_ids": p_ids + c_ids, "labels": labels, "status": status}
+
+    def encode_dataset(self, dataset: Dataset, split: str = "train") -> tuple[Dataset, EncodingReport]:
+        """Encode a canonical dataset; drop (and count) rows that cannot be trained on."""
+        encoded = dataset.map(self.encode, remove_columns=dataset.column_names, desc=f"Tokenizing {split}",
+                              load_from_cache_file=False)
+        statuses = encoded["status"]
+        report = EncodingReport(split=split, rows=len(dataset), end_token=self.end_text.strip())
+        report.context_truncated = statuses.count(CONTEXT_TRUNCATED)
+        report.dropped_too_long = statuses.count(TOO_LONG)
+        report.dropped_fully_masked = statuses.count(MASKED)
+        kept = encoded.filter(lambda s: s in (OK, CONTEXT_TRUNCATED), input_columns="status").remove_columns("status")
+        report.kept = len(kept)
+        bos = self.tokenizer.bos_token_id
+        n = len(self.end_ids)
+        for ids, labels in zip(kept["input_ids"], kept["labels"], strict=True):
+            report.max_tokens = max(report.max_tokens, len(ids))
+            trained = [t for t in labels if t != -100]
+            if n and trained[-n:] != self.end_ids:
+                report.rows_missing_end_token += 1
+            if bos is not None and len(ids) > 1 and ids[0] == ids[1] == bos:
+                report.rows_with_double_bos += 1
+        if n > 1:
+            report.notes.append(f"the end-of-answer text {self.end_text.strip()!r} is {n} tokens for this tokenizer, "
+                                "not one special token; generation stops on the text")
+        if report.kept == 0 and report.rows:
+            report.notes.append("no row survived: raise max_length or shorten the prompts")
+        return kept, report

@@ -1,0 +1,257 @@
+"""Score a predictions file against a dev file and print the metrics as JSON.
+
+    python -m genqa.evaluate --data dev-v2.0.json --predictions preds.json            # SQuAD, version auto-detected
+    python -m genqa.evaluate --data dev.csv --predictions preds.csv --task mcq        # MCQ accuracy
+    python -m genqa.evaluate --predictions gen.jsonl --task mcq_generation --lang vi  # generated-MCQ layout
+
+Tasks: `squad_v1` / `squad_v2` (official SQuAD scripts), `extractive` (= SQuAD, v2.0 when any question has an
+`is_impossible` key, else v1.1), `mcq` (accuracy by id), `mcq_generation` (share of generated texts that follow
+the `genqa.mcq_format` layout). Mistakes a user can make (missing file or column, ids that do not match) end
+with a message on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, NoReturn
+
+from genqa.mcq_format import DEFAULT_LABELS, PREFIXES
+from genqa.metrics import (
+    LANGS,
+    is_squad_v2,
+    mcq_accuracy,
+    mcq_generation_quality,
+    squad_examples,
+    squad_question_id,
+    squad_scores,
+)
+
+__all__ = ["TASKS", "build_parser", "main", "squad_question_id"]
+
+TASKS: tuple[str, ...] = ("extractive", "squad_v1", "squad_v2", "mcq", "mcq_generation")
+TABLE_SUFFIXES = (".csv", ".tsv", ".json", ".jsonl", ".xlsx", ".xls", ".parquet")
+
+
+def _fail(message: str) -> NoReturn:
+    """Report a user error on stderr and exit with code 2 (no traceback)."""
+    print(f"genqa.evaluate: error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def _existing(path: str | None, flag: str, hint: str) -> Path:
+    if not path:
+        _fail(f"{flag} is required: {hint}.")
+    p = Path(path)
+    if not p.is_file():
+        _fail(f"{flag} file '{path}' not found; pass {hint}.")
+    return p
+
+
+def _read_json(path: Path, flag: str) -> Any:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return json.load(fh)
+    except json.JSONDecodeError as err:
+        _fail(f"{flag} file '{path}' is not valid JSON ({err}); pass a JSON file or a CSV with the right suffix.")
+    except UnicodeDecodeError as err:
+        _fail(f"{flag} file '{path}' is not UTF-8 text ({err}).")
+
+
+def _read_table(path: Path, flag: str) -> list[dict[str, Any]]:
+    """Rows of a CSV/TSV/JSON (list of records)/JSONL/XLSX/Parquet file, every cell as text ('' for empty)."""
+    suffix = path.suffix.lower()
+    if suffix == ".json":
+        data = _read_json(path, flag)
+        if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
+            _fail(f"{flag} file '{path}' must hold a JSON list of records (objects) for this task.")
+        return data
+    if suffix == ".jsonl":
+        rows = []
+        with open(path, encoding="utf-8") as fh:
+            for n, line in enumerate(fh, 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as err:
+                    _fail(f"{flag} file '{path}' line {n} is not valid JSON ({err}).")
+                if not isinstance(row, dict):
+                    _fail(f"{flag} file '{path}' line {n} is not a JSON object.")
+                rows.append(row)
+        return rows
+    if suffix not in TABLE_SUFFIXES:
+        _fail(f"{flag} file '{path}' has an unsupported suffix; use one of {', '.join(TABLE_SUFFIXES)}.")
+    import pandas as pd
+
+    try:
+        if suffix in (".csv", ".tsv"):
+            df = pd.read_csv(path, dtype=str, keep_default_na=False, sep="\t" if suffix == ".tsv" else ",")
+        elif suffix == ".parquet":
+            df = pd.read_parquet(path)
+        else:
+            df = pd.read_excel(path, dtype=str)
+    except Exception as err:  # pandas raises many types for unreadable files
+        _fail(f"{flag} file '{path}' could not be read as {suffix[1:]} ({type(err).__name__}: {err}).")
+    df = df.astype(object).where(df.notna(), "")
+    df.columns = [str(c) for c in df.columns]
+    return df.to_dict(orient="records")
+
+
+def _column(rows: list[dict[str, Any]], column: str, path: Path, flag: str, option: str) -> list[Any]:
+    """The values of `column`, or a clear error naming the file, the column and the option that picks it."""
+    if not rows:
+        _fail(f"{flag} file '{path}' has no rows.")
+    if column not in rows[0]:
+        _fail(f"column '{column}' not found in {flag} file '{path}' (columns: {', '.join(map(str, rows[0]))}); "
+              f"pick the right one with {option}.")
+    return [row.get(column) for row in rows]
+
+
+def _cell(value: Any) -> str:
+    return "" if value is None else str(value)
+
+
+def _id_map(ids: list[Any], values: list[Any], path: Path, flag: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for qid, value in zip(ids, values, strict=True):
+        key = _cell(qid).strip()
+        if key in out:
+            _fail(f"id '{key}' appears more than once in {flag} file '{path}'; keep one row per id.")
+        out[key] = value
+    return out
+
+
+def _load_answer_map(path: Path, id_column: str, answer_column: str) -> dict[str, str]:
+    """Predictions `{qid: answer}` from a flat JSON map, or id/answer columns of a table."""
+    flag = "--predictions"
+    if path.suffix.lower() == ".json":
+        data = _read_json(path, flag)
+        if isinstance(data, dict):
+            if isinstance(data.get("data"), list):
+                _fail(f"{flag} file '{path}' looks like a SQuAD dataset, not predictions; "
+                      "pass a flat JSON map {qid: answer} or a CSV with id/answer columns.")
+            for qid, value in data.items():
+                if value is not None and not isinstance(value, str | int | float):
+                    _fail(f"{flag} file '{path}': the prediction for '{qid}' is a {type(value).__name__}, not a "
+                          "string; write one answer string per id.")
+            return {str(k): _cell(v) for k, v in data.items()}
+    rows = _read_table(path, flag)
+    ids = _column(rows, id_column, path, flag, "--id_column")
+    answers = _column(rows, answer_column, path, flag, "--answer_column")
+    return {k: _cell(v) for k, v in _id_map(ids, answers, path, flag).items()}
+
+
+def _check_known_ids(pred_ids: list[str], known: set[str], pred_path: Path, data_path: Path) -> None:
+    unknown = [k for k in pred_ids if k not in known]
+    if unknown:
+        shown = ", ".join(repr(k) for k in unknown[:3])
+        _fail(f"{len(unknown)} of {len(pred_ids)} ids in --predictions file '{pred_path}' are not in --data file "
+              f"'{data_path}' (e.g. {shown}); check that both files come from the same split and that "
+              "--id_column names the id column.")
+    if not pred_ids:
+        _fail(f"--predictions file '{pred_path}' holds no predictions.")
+
+
+def _evaluate_squad(args: argparse.Namespace) -> dict[str, Any]:
+    data_path = _existing(args.data, "--data", "an official-layout SQuAD JSON file (e.g. dev-v2.0.json)")
+    pred_path = _existing(args.predictions, "--predictions", "a JSON map {qid: answer} or a CSV with id/answer")
+    data = _read_json(data_path, "--data")
+    if not isinstance(data, dict) or not isinstance(data.get("data"), list):
+        _fail(f"--data file '{data_path}' is not official SQuAD JSON ({{\"data\": [{{\"paragraphs\": [...]}}]}}); "
+              "for MCQ files use --task mcq.")
+    try:
+        examples = squad_examples(data)
+        impossible = any(qa.get("is_impossible") for art in data["data"] for par in art.get("paragraphs", [])
+                         for qa in par.get("qas", []))
+    except (KeyError, TypeError, AttributeError) as err:
+        _fail(f"--data file '{data_path}' is not well-formed SQuAD JSON ({type(err).__name__}: {err}); every "
+              "question needs `answers: [{\"text\": ...}]`.")
+    if args.task == "squad_v1":
+        version = 1
+    elif args.task == "squad_v2":
+        version = 2
+    else:
+        version = 2 if is_squad_v2(data) else 1
+    if examples and not impossible and not any(golds for _, golds in examples):
+        _fail(f"--data file '{data_path}' has no gold answers (an unlabelled test split?); "
+              "evaluate against a labelled dev file.")
+    ids = [qid for qid, _ in examples]
+    if len(set(ids)) != len(ids):
+        print(f"genqa.evaluate: warning: --data file '{data_path}' repeats {len(ids) - len(set(ids))} question "
+              "ids; each occurrence gets the same prediction.", file=sys.stderr)
+    preds = _load_answer_map(pred_path, args.id_column, args.answer_column)
+    _check_known_ids(list(preds), set(ids), pred_path, data_path)
+    return squad_scores(examples, preds, lang=args.lang, version=version)
+
+
+def _evaluate_mcq(args: argparse.Namespace) -> dict[str, Any]:
+    data_path = _existing(args.data, "--data", "a CSV/JSON/JSONL/XLSX file with id and gold answer columns")
+    pred_path = _existing(args.predictions, "--predictions", "a CSV with id and answer columns")
+    rows = _read_table(data_path, "--data")
+    ids = _column(rows, args.id_column, data_path, "--data", "--id_column")
+    golds = _id_map(ids, _column(rows, args.gold_column, data_path, "--data", "--gold_column"), data_path, "--data")
+    preds = _load_answer_map(pred_path, args.id_column, args.answer_column)
+    _check_known_ids(list(preds), set(golds), pred_path, data_path)
+    metrics = mcq_accuracy([_cell(g) for g in golds.values()], [preds.get(k) for k in golds])
+    metrics["missing"] = sum(1 for k in golds if k not in preds)
+    return metrics
+
+
+def _evaluate_mcq_generation(args: argparse.Namespace) -> dict[str, Any]:
+    pred_path = _existing(args.predictions, "--predictions", "a CSV/JSONL file whose answer column holds generated "
+                          "MCQ text")
+    rows = _read_table(pred_path, "--predictions")
+    outputs = _column(rows, args.answer_column, pred_path, "--predictions", "--answer_column")
+    question_prefix, answer_prefix = PREFIXES.get(args.lang, PREFIXES["en"])
+    labels = [x.strip() for x in args.labels.split(",") if x.strip()] if args.labels else list(DEFAULT_LABELS)
+    return mcq_generation_quality(
+        [_cell(o) for o in outputs],
+        labels=labels,
+        question_prefix=args.question_prefix or question_prefix,
+        answer_prefix=args.answer_prefix or answer_prefix,
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command-line parser of `python -m genqa.evaluate`."""
+    ap = argparse.ArgumentParser(prog="python -m genqa.evaluate", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--data", help="dev file: SQuAD JSON (extractive tasks) or a table with id/gold columns (mcq)")
+    ap.add_argument("--predictions", required=True, help="predictions: JSON map {qid: answer}, CSV, JSONL, ...")
+    ap.add_argument("--task", choices=TASKS, default="extractive",
+                    help="extractive = SQuAD with v1.1/v2.0 auto-detected from `is_impossible` (default)")
+    ap.add_argument("--lang", choices=LANGS, default="en",
+                    help="answer normalisation: en = official SQuAD, vi = + Unicode NFC, zh = character F1")
+    ap.add_argument("--id_column", default="id", help="id column of table files (default: id)")
+    ap.add_argument("--answer_column", default="answer", help="answer / generated-text column of predictions")
+    ap.add_argument("--gold_column", default="answer", help="gold answer column of the --data table (mcq)")
+    ap.add_argument("--question_prefix", help="mcq_generation: question prefix (default by --lang: Question: / "
+                    "Câu hỏi:)")
+    ap.add_argument("--answer_prefix", help="mcq_generation: answer-key prefix (default by --lang: Answer: / Đáp án:)")
+    ap.add_argument("--labels", help="mcq_generation: comma-separated option labels (default: A,B,C,D)")
+    ap.add_argument("--out", help="also write the metrics JSON to this file")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the evaluation CLI; prints the metrics as JSON and returns 0 (user errors exit with code 2)."""
+    args = build_parser().parse_args(argv)
+    if args.task == "mcq":
+        metrics = _evaluate_mcq(args)
+    elif args.task == "mcq_generation":
+        metrics = _evaluate_mcq_generation(args)
+    else:
+        metrics = _evaluate_squad(args)
+    text = json.dumps(metrics, indent=2, ensure_ascii=False)
+    print(text)
+    if args.out:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text + "\n", encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,194 @@
+"""The fixed, parseable layout of MCQ *generation* outputs (context -> question + four options + answer key).
+
+A generated MCQ is written as::
+
+    Question: What is ...?
+    A. first option
+    B. second option
+    C. third option
+    D. fourth option
+    Answer: B
+
+`format_mcq` writes it (training targets), `parse_mcq` reads it back (evaluation of generated text). Prefixes are
+parameters: Vietnamese recipes use `Câu hỏi:` / `Đáp án:` (see `PREFIXES`).
+
+`parse_mcq` tolerates extra whitespace, CRLF line ends, `A.` / `A)` / `A:` / `(A)` option markers, a full-width
+colon in the prefixes, a trailing period or the option text after the key (`Đáp án: B.`, `Answer: B. Paris`),
+preamble lines before the question and trailing text after the key. Structural failures are reported as short,
+stable codes (the `*_` constants below), never as exceptions.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+DEFAULT_LABELS: tuple[str, ...] = ("A", "B", "C", "D")
+DEFAULT_QUESTION_PREFIX = "Question:"
+DEFAULT_ANSWER_PREFIX = "Answer:"
+#: Question / answer prefixes per language; `en` is the default of `format_mcq` and `parse_mcq`.
+PREFIXES: dict[str, tuple[str, str]] = {
+    "en": (DEFAULT_QUESTION_PREFIX, DEFAULT_ANSWER_PREFIX),
+    "vi": ("Câu hỏi:", "Đáp án:"),
+}
+
+MISSING_QUESTION = "missing_question"
+WRONG_OPTION_COUNT = "wrong_option_count"
+EMPTY_OPTION = "empty_option"
+DUPLICATE_OPTIONS = "duplicate_options"
+MISSING_KEY = "missing_key"
+KEY_NOT_AN_OPTION = "key_not_an_option"
+#: Every failure code `parse_mcq` can report, in the order it reports them.
+FAILURE_CODES: tuple[str, ...] = (
+    MISSING_QUESTION, WRONG_OPTION_COUNT, EMPTY_OPTION, DUPLICATE_OPTIONS, MISSING_KEY, KEY_NOT_AN_OPTION,
+)
+
+
+def _one_line(text: str) -> str:
+    """Collapse every run of whitespace (newlines included) to one space."""
+    return " ".join(str(text).split())
+
+
+def format_mcq(
+    question: str,
+    options: Sequence[str],
+    answer_index: int,
+    labels: Sequence[str] = DEFAULT_LABELS,
+    question_prefix: str = DEFAULT_QUESTION_PREFIX,
+    answer_prefix: str = DEFAULT_ANSWER_PREFIX,
+) -> str:
+    """Write one MCQ in the fixed layout; options are put on one line each (inner whitespace collapsed)."""
+    labels = list(labels)
+    if len(options) != len(labels):
+        raise ValueError(f"format_mcq: got {len(options)} options for {len(labels)} labels {labels}.")
+    if not 0 <= answer_index < len(labels):
+        raise ValueError(f"format_mcq: answer_index {answer_index} is outside 0..{len(labels) - 1}.")
+    opts = [_one_line(o) for o in options]
+    if any(not o for o in opts):
+        raise ValueError("format_mcq: an option is empty.")
+    lines = [f"{question_prefix} {str(question).strip()}"]
+    lines += [f"{label}. {opt}" for label, opt in zip(labels, opts, strict=True)]
+    lines.append(f"{answer_prefix} {labels[answer_index]}")
+    return "\n".join(lines)
+
+
+@dataclass
+class ParsedMCQ:
+    """What `parse_mcq` read: question, options in label order, the key, and failure codes (empty when valid)."""
+
+    question: str
+    options: list[str]
+    answer_label: str | None
+    answer_index: int | None
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """True when the text had the full layout (no failure codes)."""
+        return not self.errors
+
+
+def _prefix_regex(prefix: str) -> re.Pattern[str]:
+    """Case-insensitive regex for a line starting with `prefix` (flexible spaces, `:` or `：`); group 1 = rest."""
+    prefix = unicodedata.normalize("NFC", prefix.strip())
+    parts = []
+    for ch in prefix:
+        if ch.isspace():
+            parts.append(r"\s+")
+        elif ch in ":：":
+            parts.append(r"\s*[:：]")
+        else:
+            parts.append(re.escape(ch))
+    return re.compile(r"^" + "".join(parts) + r"\s*(.*)$", re.IGNORECASE | re.DOTALL)
+
+
+def _label_alternation(labels: Sequence[str]) -> str:
+    """Regex alternation of the labels, longest first."""
+    return "|".join(re.escape(label) for label in sorted(labels, key=len, reverse=True))
+
+
+def _norm_option(text: str) -> str:
+    """Comparison key for duplicate detection: NFC, casefolded, whitespace collapsed, trailing period dropped."""
+    return _one_line(unicodedata.normalize("NFC", text)).casefold().rstrip(".").strip()
+
+
+def _parse_key(value: str, labels: Sequence[str], alternation: str) -> tuple[str | None, bool]:
+    """The label named by an answer-key value; returns (label, present) where present means a non-empty value."""
+    value = value.strip().strip("*").strip()
+    if not value:
+        return None, False
+    bare = value.strip("().:：。* ").strip().casefold()
+    for label in labels:
+        if bare == label.casefold():
+            return label, True
+    lead = re.match(r"^\(?\s*(" + alternation + r")\s*(?:[.):]|(?=\s)|$)", value)
+    if lead:
+        return lead.group(1), True
+    return None, True
+
+
+def parse_mcq(
+    text: str,
+    labels: Sequence[str] = DEFAULT_LABELS,
+    question_prefix: str = DEFAULT_QUESTION_PREFIX,
+    answer_prefix: str = DEFAULT_ANSWER_PREFIX,
+) -> ParsedMCQ:
+    """Read a generated MCQ back; never raises on malformed text, reports failure codes in `errors` instead."""
+    labels = list(labels)
+    text = unicodedata.normalize("NFC", str(text or "")).replace("\r\n", "\n").replace("\r", "\n")
+    q_re = _prefix_regex(question_prefix)
+    a_re = _prefix_regex(answer_prefix)
+    alternation = _label_alternation(labels)
+    opt_re = re.compile(r"^(?:\(\s*(" + alternation + r")\s*\)|(" + alternation + r")\s*[.):：])\s*(.*)$")
+    extra_re = re.compile(r"^(?:\(\s*([A-Z])\s*\)|([A-Z])\s*[.):：])\s*(.*)$")  # an option beyond `labels`
+
+    question_lines: list[str] | None = None
+    options: list[tuple[str, list[str]]] = []
+    key_value: str | None = None
+    for raw in text.split("\n"):
+        line = raw.strip()
+        if not line:
+            continue
+        if question_lines is None and not options and (m := q_re.match(line)):
+            question_lines = [m.group(1).strip()]
+        elif m := a_re.match(line):
+            key_value = m.group(1)
+            break
+        elif (m := opt_re.match(line)) or (options and (m := extra_re.match(line))):
+            options.append((m.group(1) or m.group(2), [m.group(3).strip()]))
+        elif options:
+            options[-1][1].append(line)  # a wrapped option line
+        elif question_lines is not None:
+            question_lines.append(line)  # a multi-line question
+        # lines before the question prefix are preamble and ignored
+
+    errors: list[str] = []
+    question = " ".join(x for x in (question_lines or []) if x).strip()
+    if not question:
+        errors.append(MISSING_QUESTION)
+
+    by_label = {label: " ".join(x for x in parts if x).strip() for label, parts in options}
+    if len(options) != len(labels) or set(by_label) != set(labels):
+        errors.append(WRONG_OPTION_COUNT)
+        option_texts = [" ".join(x for x in parts if x).strip() for _, parts in options]
+    else:
+        option_texts = [by_label[label] for label in labels]
+    if any(not o for o in option_texts):
+        errors.append(EMPTY_OPTION)
+    keys = [_norm_option(o) for o in option_texts if o]
+    if len(set(keys)) != len(keys):
+        errors.append(DUPLICATE_OPTIONS)
+
+    answer_label: str | None = None
+    answer_index: int | None = None
+    label, present = _parse_key(key_value, labels, alternation) if key_value is not None else (None, False)
+    if not present:
+        errors.append(MISSING_KEY)
+    elif label is None or label not in by_label:
+        errors.append(KEY_NOT_AN_OPTION)
+    else:
+        answer_label = label
+        answer_index = labels.index(label)
+    return ParsedMCQ(question, option_texts, answer_label, answer_index, errors)

@@ -1,0 +1,266 @@
+"""QA metrics as pure functions: SQuAD v1.1 / v2.0 EM and F1, MCQ accuracy, MCQ-generation layout quality.
+
+The SQuAD functions reproduce the official evaluation scripts (v1.1 `evaluate-v1.1.py`, v2.0
+`evaluate-v2.0.py` without a no-answer probability file) to the last bit: same normalisation, same per-question
+scores, same summation order and formula (`100.0 * sum / total`). Each version keeps its own quirks:
+
+- v1.1: a missing prediction counts 0 (and is reported on stderr); F1 of two empty answers is 0; gold answers are
+  used as given; reports `exact_match` and `f1`.
+- v2.0: a missing prediction is skipped (`Missing prediction for <qid>`, on stderr here so that stdout stays
+  clean) and left out of `total`; gold answers that normalise to "" are dropped, an unanswerable question's only
+  gold is ""; F1 of two empty answers is 1; reports `exact, f1, total` plus `HasAns_*` / `NoAns_*` when such
+  questions exist. Where the official script would crash (a HasAns/NoAns group whose questions all lack
+  predictions), the group is computed over the questions that have one, or left out when none has.
+
+`lang` adds language-aware normalisation without changing the default (`"en"` = official):
+`"vi"` applies Unicode NFC first (composed and decomposed diacritics compare equal); `"zh"` applies NFC,
+lowercases, drops ASCII and CJK / Unicode punctuation and all whitespace, and scores F1 over characters.
+"""
+
+from __future__ import annotations
+
+import collections
+import re
+import string
+import sys
+import unicodedata
+from collections.abc import Hashable, Iterable, Mapping, Sequence
+from typing import Any, Literal
+
+from genqa.mcq_format import FAILURE_CODES, parse_mcq
+
+LANGS: tuple[str, ...] = ("en", "vi", "zh")
+_PUNCT = set(string.punctuation)
+_ARTICLES = re.compile(r"\b(a|an|the)\b", re.UNICODE)
+#: CJK punctuation removed for `lang="zh"` (besides ASCII punctuation and any Unicode `P*` character).
+ZH_PUNCTUATION = "，。！？；：、“”‘’（）《》【】「」『』〈〉〔〕…—～·．－﹏＂＃＄％＆＇＊＋／＜＝＞＠［＼］＾＿｀｛｜｝￥"
+_ZH_PUNCT = _PUNCT | set(ZH_PUNCTUATION)
+
+
+def _check_lang(lang: str) -> None:
+    if lang not in LANGS:
+        raise ValueError(f"Unknown lang {lang!r}; use one of {', '.join(LANGS)}.")
+
+
+def _normalize_official(s: str) -> str:
+    """The official SQuAD `normalize_answer`: lower, drop punctuation, drop articles, fix whitespace."""
+    text = s.lower()
+    text = "".join(ch for ch in text if ch not in _PUNCT)
+    text = re.sub(_ARTICLES, " ", text)
+    return " ".join(text.split())
+
+
+def _is_zh_punct(ch: str) -> bool:
+    return ch in _ZH_PUNCT or unicodedata.category(ch).startswith("P")
+
+
+def normalize_answer(s: str, lang: str = "en") -> str:
+    """Normalise an answer for EM/F1; `en` is the official SQuAD rule, `vi` adds NFC, `zh` is character-based."""
+    _check_lang(lang)
+    if lang == "en":
+        return _normalize_official(s)
+    s = unicodedata.normalize("NFC", s)
+    if lang == "vi":
+        return _normalize_official(s)
+    return "".join(ch for ch in s.lower() if not ch.isspace() and not _is_zh_punct(ch))
+
+
+def get_tokens(s: str, lang: str = "en") -> list[str]:
+    """Tokens F1 is computed over: normalised words (`en`, `vi`) or normalised characters (`zh`)."""
+    if not s:
+        return []
+    norm = normalize_answer(s, lang)
+    return list(norm) if lang == "zh" else norm.split()
+
+
+def exact_match_score(pred: str, gold: str, lang: str = "en") -> int:
+    """1 when the normalised prediction equals the normalised gold answer, else 0."""
+    return int(normalize_answer(gold, lang) == normalize_answer(pred, lang))
+
+
+def f1_score(pred: str, gold: str, lang: str = "en", version: Literal[1, 2] = 2) -> float:
+    """Token F1 of prediction vs one gold answer; with `version=2` two empty answers score 1 (v1.1: 0)."""
+    gold_toks = get_tokens(gold, lang)
+    pred_toks = get_tokens(pred, lang)
+    common = collections.Counter(gold_toks) & collections.Counter(pred_toks)
+    num_same = sum(common.values())
+    if version == 2 and (len(gold_toks) == 0 or len(pred_toks) == 0):
+        # If either is no-answer, then F1 is 1 if they agree, 0 otherwise (official v2.0)
+        return int(gold_toks == pred_toks)
+    if num_same == 0:
+        return 0
+    precision = 1.0 * num_same / len(pred_toks)
+    recall = 1.0 * num_same / len(gold_toks)
+    f1 = (2 * precision * recall) / (precision + recall)
+    return f1
+
+
+def _as_text(value: Any) -> str:
+    return "" if value is None else str(value)
+
+
+def _eval_dict(exact: Mapping[Hashable, int], f1: Mapping[Hashable, float],
+               qid_list: Sequence[Hashable] | None = None) -> dict[str, Any]:
+    """The official v2.0 `make_eval_dict` (same summation order)."""
+    if not qid_list:
+        total = len(exact)
+        if total == 0:
+            return {"exact": 0.0, "f1": 0.0, "total": 0}
+        return {"exact": 100.0 * sum(exact.values()) / total, "f1": 100.0 * sum(f1.values()) / total,
+                "total": total}
+    total = len(qid_list)
+    return {"exact": 100.0 * sum(exact[k] for k in qid_list) / total,
+            "f1": 100.0 * sum(f1[k] for k in qid_list) / total, "total": total}
+
+
+def _squad_v2_scores(examples: Iterable[tuple[Hashable, Sequence[str]]], predictions: Mapping[Hashable, Any],
+                     lang: str) -> dict[str, Any]:
+    examples = list(examples)
+    qid_to_has_ans = {}
+    for qid, golds in examples:
+        qid_to_has_ans[qid] = bool(golds)
+    has_ans_qids = [k for k, v in qid_to_has_ans.items() if v]
+    no_ans_qids = [k for k, v in qid_to_has_ans.items() if not v]
+    exact_scores: dict[Hashable, int] = {}
+    f1_scores: dict[Hashable, float] = {}
+    for qid, golds in examples:
+        gold_answers = [a for a in golds if normalize_answer(a, lang)]
+        if not gold_answers:
+            # For unanswerable questions, only correct answer is empty string
+            gold_answers = [""]
+        if qid not in predictions:
+            print(f"Missing prediction for {qid}", file=sys.stderr)
+            continue
+        a_pred = _as_text(predictions[qid])
+        exact_scores[qid] = max(exact_match_score(a_pred, a, lang) for a in gold_answers)
+        f1_scores[qid] = max(f1_score(a_pred, a, lang, version=2) for a in gold_answers)
+    out = _eval_dict(exact_scores, f1_scores)
+    for prefix, qids in (("HasAns", has_ans_qids), ("NoAns", no_ans_qids)):
+        scored = [k for k in qids if k in exact_scores]
+        if scored:
+            for key, value in _eval_dict(exact_scores, f1_scores, scored).items():
+                out[f"{prefix}_{key}"] = value
+    return out
+
+
+def _squad_v1_scores(examples: Iterable[tuple[Hashable, Sequence[str]]], predictions: Mapping[Hashable, Any],
+                     lang: str) -> dict[str, float]:
+    f1 = exact_match = total = 0
+    for qid, golds in examples:
+        total += 1
+        if qid not in predictions:
+            print(f"Unanswered question {qid} will receive score 0.", file=sys.stderr)
+            continue
+        ground_truths = list(golds) or [""]
+        prediction = _as_text(predictions[qid])
+        exact_match += max(exact_match_score(prediction, gt, lang) for gt in ground_truths)
+        f1 += max(f1_score(prediction, gt, lang, version=1) for gt in ground_truths)
+    if total == 0:
+        return {"exact_match": 0.0, "f1": 0.0}
+    exact_match = 100.0 * exact_match / total
+    f1 = 100.0 * f1 / total
+    return {"exact_match": exact_match, "f1": f1}
+
+
+def squad_scores(examples: Iterable[tuple[Hashable, Sequence[str]]], predictions: Mapping[Hashable, Any],
+                 lang: str = "en", version: Literal[1, 2] = 2) -> dict[str, Any]:
+    """SQuAD EM/F1 over `(qid, gold_texts)` pairs in dataset order; an empty gold list means unanswerable.
+
+    `version=2` returns the official v2.0 dict (`exact, f1, total, HasAns_*, NoAns_*`), `version=1` the v1.1 one
+    (`exact_match, f1`); see the module docstring for how each treats missing predictions.
+    """
+    _check_lang(lang)
+    if version == 2:
+        return _squad_v2_scores(examples, predictions, lang)
+    if version == 1:
+        return _squad_v1_scores(examples, predictions, lang)
+    raise ValueError(f"Unknown SQuAD version {version!r}; use 1 or 2.")
+
+
+def squad_question_id(article: int, paragraph: int, question: int) -> str:
+    """Id given to a SQuAD-layout question that has none (UIT-ViQuAD 1.0): `article-paragraph-question`."""
+    return f"{article}-{paragraph}-{question}"
+
+
+def _squad_data(dataset: Any) -> list[dict[str, Any]]:
+    """Accept the `data` list or the whole SQuAD JSON object."""
+    if isinstance(dataset, Mapping):
+        if "data" not in dataset:
+            raise ValueError("Not a SQuAD JSON object: no top-level `data` list.")
+        dataset = dataset["data"]
+    return list(dataset)
+
+
+def squad_examples(dataset: Any) -> list[tuple[str, list[str]]]:
+    """`(qid, gold answer texts)` in dataset order from SQuAD JSON (`data` list or whole object); ids optional."""
+    out = []
+    for a, article in enumerate(_squad_data(dataset)):
+        for p, para in enumerate(article.get("paragraphs", [])):
+            for q, qa in enumerate(para.get("qas", [])):
+                qid = str(qa.get("id") or squad_question_id(a, p, q))
+                out.append((qid, [ans["text"] for ans in qa.get("answers") or []]))
+    return out
+
+
+def is_squad_v2(dataset: Any) -> bool:
+    """True when any question of the SQuAD JSON carries an `is_impossible` key."""
+    return any("is_impossible" in qa for article in _squad_data(dataset)
+               for para in article.get("paragraphs", []) for qa in para.get("qas", []))
+
+
+def squad_v1(dataset_json_data: Any, predictions: Mapping[str, Any], lang: str = "en") -> dict[str, float]:
+    """Official SQuAD v1.1 evaluation: `{"exact_match", "f1"}` in percent; missing predictions count 0."""
+    return squad_scores(squad_examples(dataset_json_data), predictions, lang=lang, version=1)
+
+
+def squad_v2(dataset_json_data: Any, predictions: Mapping[str, Any], lang: str = "en") -> dict[str, Any]:
+    """Official SQuAD v2.0 evaluation (no na_prob file): `exact, f1, total, HasAns_*, NoAns_*` in percent."""
+    return squad_scores(squad_examples(dataset_json_data), predictions, lang=lang, version=2)
+
+
+_CHOICE_LEAD = re.compile(r"^\(?([A-Z])\s*[.):：]")
+
+
+def normalize_choice(value: Any) -> str | None:
+    """Comparison key of an MCQ answer: `" b. "`, `"(B)"`, `"B) Paris"` -> `"B"`; None/blank -> None."""
+    if value is None:
+        return None
+    text = unicodedata.normalize("NFC", str(value)).strip()
+    if not text:
+        return None
+    bare = text.strip("().:：。 ").strip()
+    if len(bare) == 1:
+        return bare.upper()
+    lead = _CHOICE_LEAD.match(text)
+    if lead:
+        return lead.group(1)
+    return " ".join(bare.split()).casefold()
+
+
+def mcq_accuracy(golds: Sequence[Any], preds: Sequence[Any]) -> dict[str, Any]:
+    """Accuracy (a fraction) of MCQ answers; `invalid` counts predictions that are None or blank (scored wrong)."""
+    if len(golds) != len(preds):
+        raise ValueError(f"mcq_accuracy: {len(golds)} gold answers but {len(preds)} predictions.")
+    correct = invalid = 0
+    for gold, pred in zip(golds, preds, strict=True):
+        p = normalize_choice(pred)
+        if p is None:
+            invalid += 1
+        elif p == normalize_choice(gold):
+            correct += 1
+    total = len(golds)
+    return {"accuracy": correct / total if total else 0.0, "correct": correct, "total": total, "invalid": invalid}
+
+
+def mcq_generation_quality(outputs: Sequence[Any], **parse_kwargs: Any) -> dict[str, Any]:
+    """Share of generated texts that follow the MCQ layout; `failures` counts outputs per failure code."""
+    failures: collections.Counter[str] = collections.Counter()
+    valid = 0
+    for text in outputs:
+        parsed = parse_mcq(_as_text(text), **parse_kwargs)
+        if parsed.ok:
+            valid += 1
+        failures.update(set(parsed.errors))
+    total = len(outputs)
+    ordered = {code: failures[code] for code in FAILURE_CODES if failures[code]}
+    return {"total": total, "valid": valid, "valid_rate": valid / total if total else 0.0, "failures": ordered}

@@ -1,0 +1,105 @@
+"""The run folder: what a training run leaves behind, and how later steps read it back.
+
+A run folder holds the adapter (or full model), the tokenizer with its chat template, the trainer state and
+checkpoints, and genqa's own files: the fully resolved recipe (`genqa_recipe.yaml`), the tokenization report
+(`genqa_data_report.json`) and the validation rows in canonical form (`genqa_validation.jsonl`), which merge checks
+and evaluation reuse.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from datasets import Dataset
+
+from genqa.config import QAArguments
+from genqa.data_sources import load_source, train_validation
+from genqa.recipe import RecipeError, dump_recipe, parse_recipe, resolved_recipe
+from genqa.tasks import CANONICAL_FEATURES, Task
+
+RECIPE_FILE = "genqa_recipe.yaml"
+REPORT_FILE = "genqa_data_report.json"
+VALIDATION_FILE = "genqa_validation.jsonl"
+
+
+def load_canonical_splits(qa: QAArguments, task: Task) -> tuple[Dataset, Dataset | None, str]:
+    """Load the recipe's data source, pick/make the validation split, map both onto the task schema."""
+    data = load_source(qa.dataset_path, qa.dataset_format, qa.dataset_config)
+    train, val, note = train_validation(data, qa.train_split, qa.eval_split, qa.validation_size, qa.split_seed,
+                                        qa.context_column, source=qa.dataset_path)
+    if qa.max_train_samples:
+        train = train.select(range(min(qa.max_train_samples, len(train))))
+    if val is not None and qa.max_eval_samples:
+        val = val.select(range(min(qa.max_eval_samples, len(val))))
+    train = task.to_canonical(train, f"{qa.dataset_path} [{qa.train_split}]")
+    if val is not None:
+        val = task.to_canonical(val, f"{qa.dataset_path} [validation]")
+    return train, val, note
+
+
+def write_atomic(path: str | os.PathLike, text: str) -> None:
+    """Write a text file atomically (temp file + rename)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def prepare_output_dir(sft) -> str | bool | None:
+    """Create the output folder; return the checkpoint to resume from (explicit, or the last one found)."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    out = Path(sft.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    wanted = sft.resume_from_checkpoint
+    if isinstance(wanted, str) and wanted.lower() in ("false", "no", "never"):
+        return None
+    last = get_last_checkpoint(str(out)) if out.is_dir() else None
+    if isinstance(wanted, str) and wanted.lower() not in ("true", "auto", "latest", "last"):
+        if not Path(wanted).is_dir():
+            raise RecipeError(f"resume_from_checkpoint: {wanted} is not a checkpoint folder.")
+        print(f"[genqa] resuming from {wanted}")
+        return wanted
+    if last is not None:
+        print(f"[genqa] resuming from the last checkpoint in {out}: {last} "
+              "(set `resume_from_checkpoint: never` or another output_dir to start over)")
+        return last
+    if wanted:
+        print(f"[genqa] no checkpoint in {out} yet: starting from scratch")
+    elif any(out.glob("adapter_model.safetensors")) or any(out.glob("model*.safetensors")):
+        raise RecipeError(f"output_dir {out} already holds a trained model and no checkpoint to resume from; "
+                          "choose another output_dir or remove it (genqa does not overwrite a finished run).")
+    return None
+
+
+def save_run_files(output_dir: str, qa: QAArguments, sft, model_args, reports: list, validation: Dataset | None,
+                   ) -> None:
+    """Write the resolved recipe, the tokenization report and the canonical validation rows into the run folder."""
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    dump_recipe(resolved_recipe(qa, sft, model_args), out / RECIPE_FILE)
+    write_atomic(out / REPORT_FILE, json.dumps([r.to_dict() for r in reports], indent=2, ensure_ascii=False))
+    if validation is not None:
+        lines = (json.dumps(row, ensure_ascii=False) for row in validation)
+        write_atomic(out / VALIDATION_FILE, "\n".join(lines) + "\n")
+
+
+def load_run(run_dir: str | os.PathLike, overrides: list[str] | None = None):
+    """The (QAArguments, SFTConfig, ModelConfig) a run was trained with, from its saved recipe."""
+    path = Path(run_dir) / RECIPE_FILE
+    if not path.is_file():
+        raise RecipeError(f"{run_dir}: no {RECIPE_FILE}; is this a genqa run folder? Pass --recipe RECIPE.yaml.")
+    qa, sft, model_args, _ = parse_recipe(["--config", str(path), *(overrides or [])])
+    return qa, sft, model_args
+
+
+def load_validation_rows(run_dir: str | os.PathLike) -> Dataset | None:
+    """The canonical validation rows saved by a run (None if it had none)."""
+    path = Path(run_dir) / VALIDATION_FILE
+    if not path.is_file():
+        return None
+    rows: list[dict[str, Any]] = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+    return Dataset.from_list(rows, features=CANONICAL_FEATURES) if rows else None

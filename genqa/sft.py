@@ -1,0 +1,158 @@
+"""Train a QA recipe: `accelerate launch -m genqa.sft RECIPE.yaml [--key value ...]`.
+
+recipe → data source → task → template → tokenization (response-only labels) → TRL `SFTTrainer` → run folder.
+Encoder-decoders (T5) and extractive encoders (BERT / XLM-R) share everything up to the trainer and branch there.
+`--dry_run` validates the recipe and prints the resolved configuration without loading a model or data.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import yaml
+
+from genqa.config import QAArguments
+from genqa.data_sources import DataError, detect_format
+from genqa.recipe import RecipeError, non_default_items, parse_recipe
+from genqa.run_dir import load_canonical_splits, prepare_output_dir, save_run_files
+from genqa.tasks import get_task
+from genqa.templates import TemplateError, load_template
+from genqa.tiny import is_tiny
+
+USER_ERRORS = (RecipeError, DataError, TemplateError)
+
+
+def validate(qa: QAArguments, sft, model_args, recipe_path: str | None) -> list[str]:
+    """Problems found without loading a model or data (empty list: the recipe is consistent)."""
+    where = recipe_path or "command line"
+    problems = []
+    if not model_args.model_name_or_path:
+        problems.append(f"{where}: `model_name_or_path` is not set.")
+    if not qa.dataset_path:
+        problems.append(f"{where}: `dataset_path` is not set.")
+    elif not Path(qa.dataset_path).exists() and qa.dataset_format not in ("hub",):
+        try:
+            if qa.dataset_format == "auto":
+                detect_format(qa.dataset_path)
+            else:
+                problems.append(f"{where}: dataset_path {qa.dataset_path} not found.")
+        except DataError as err:
+            problems.append(f"{where}: {err}")
+    if qa.backbone != "extractive":
+        try:
+            load_template(qa.template)
+        except TemplateError as err:
+            problems.append(f"{where}: template: {err}")
+    try:
+        get_task(qa)
+    except DataError as err:
+        problems.append(f"{where}: {err}")
+    if qa.task in ("mcq", "mcq_generation") and qa.options_columns and not qa.answer_column:
+        problems.append(f"{where}: task {qa.task} needs `answer_column` for training.")
+    if qa.task == "extractive" and not (qa.context_column and qa.question_column):
+        problems.append(f"{where}: task extractive needs `context_column` and `question_column`.")
+    if sft.max_length is not None and sft.max_length < 16:
+        problems.append(f"{where}: max_length={sft.max_length} leaves no room for a prompt and an answer.")
+    if model_args.load_in_4bit and model_args.load_in_8bit:
+        problems.append(f"{where}: choose one of load_in_4bit and load_in_8bit.")
+    if (model_args.load_in_4bit or model_args.load_in_8bit) and not model_args.use_peft:
+        problems.append(f"{where}: a quantized model cannot be trained in full; set `use_peft: true` (QLoRA).")
+    return problems
+
+
+def print_resolved(qa, sft, model_args, recipe_path: str | None) -> None:
+    """Print the recipe as genqa will run it: every genqa and model key, and the training keys set."""
+    training = non_default_items(sft)
+    training.update(output_dir=sft.output_dir, max_length=sft.max_length, learning_rate=sft.learning_rate,
+                    num_train_epochs=sft.num_train_epochs, max_steps=sft.max_steps, seed=sft.seed)
+    doc = {"recipe": recipe_path, "genqa": non_default_items(qa) | {"task": qa.task, "template": qa.template},
+           "model": {k: v for k, v in non_default_items(model_args).items()} | {
+               "model_name_or_path": model_args.model_name_or_path}, "training": training}
+    print(yaml.safe_dump(doc, sort_keys=False, allow_unicode=True))
+
+
+def train_causal_lm(qa: QAArguments, sft, model_args, recipe_path: str | None) -> str:
+    """Fine-tune a causal LM with TRL's SFTTrainer on the recipe's task; returns the run folder."""
+    from transformers import AutoModelForCausalLM
+    from trl import SFTTrainer
+
+    from genqa.encoding import PromptEncoder
+    from genqa.modeling import load_model, load_tokenizer, lora_config
+
+    tokenizer = load_tokenizer(model_args)
+    template = load_template(qa.template, tokenizer)
+    task = get_task(qa)
+    train_rows, eval_rows, note = load_canonical_splits(qa, task)
+    print(f"[genqa] data: {qa.dataset_path}: {len(train_rows)} train rows; {note}")
+    encoder = PromptEncoder(task, tokenizer, template, sft.max_length,
+                            completion_only_loss=sft.completion_only_loss is not False)
+    train_ds, train_report = encoder.encode_dataset(train_rows, "train")
+    reports = [train_report]
+    print(train_report.summary())
+    if train_report.kept == 0:
+        raise DataError(f"{qa.dataset_path}: no training row fits max_length={sft.max_length}; raise it.")
+    eval_ds = None
+    if eval_rows is not None:
+        eval_ds, eval_report = encoder.encode_dataset(eval_rows, "validation")
+        reports.append(eval_report)
+        print(eval_report.summary())
+    if sft.eval_strategy != "no" and eval_ds is None:
+        raise RecipeError(f"{recipe_path}: eval_strategy={sft.eval_strategy} but there is no validation data; set "
+                          "`validation_size` or `eval_split`, or `eval_strategy: 'no'`.")
+
+    tokenizer.chat_template = template  # the run folder's tokenizer carries the template it was trained with
+    resume = prepare_output_dir(sft)
+    save_run_files(sft.output_dir, qa, sft, model_args, reports, eval_rows)
+    model = load_model(model_args, AutoModelForCausalLM)
+    if model.generation_config.pad_token_id is None:
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+    trainer = SFTTrainer(model=model, args=sft, train_dataset=train_ds, eval_dataset=eval_ds,
+                         processing_class=tokenizer, peft_config=lora_config(model_args, "CAUSAL_LM"))
+    trainer.train(resume_from_checkpoint=resume)
+    trainer.save_model(sft.output_dir)
+    trainer.save_state()
+    if trainer.is_world_process_zero():
+        tokenizer.save_pretrained(sft.output_dir)
+        save_run_files(sft.output_dir, qa, sft, model_args, reports, eval_rows)
+    return sft.output_dir
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of `python -m genqa.sft` / `accelerate launch -m genqa.sft`."""
+    try:
+        qa, sft, model_args, recipe_path = parse_recipe(argv)
+        model_args.trust_remote_code = bool(getattr(sft, "trust_remote_code", False))
+        problems = validate(qa, sft, model_args, recipe_path)
+        if problems:
+            raise RecipeError("\n".join(problems))
+        if qa.dry_run:
+            print_resolved(qa, sft, model_args, recipe_path)
+            print(f"[genqa] recipe {recipe_path or '(command line)'} is valid.")
+            return 0
+        if is_tiny(model_args.model_name_or_path):
+            print(f"[genqa] {model_args.model_name_or_path}: a tiny model built offline by genqa -- a pipeline check, "
+                  "not a useful model.")
+        from genqa.modeling import detect_backbone
+
+        backbone = detect_backbone(model_args.model_name_or_path, qa.backbone, model_args.trust_remote_code)
+        if backbone == "seq2seq":
+            from genqa.seq2seq import train_seq2seq as trainer_fn
+        elif backbone == "extractive":
+            from genqa.extractive_trainer import train_extractive as trainer_fn
+        else:
+            trainer_fn = train_causal_lm
+        out = trainer_fn(qa, sft, model_args, recipe_path)
+        print(f"[genqa] run folder: {out}")
+        return 0
+    except USER_ERRORS as err:
+        print(f"genqa.sft: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    if not os.environ.get("CUDA_VISIBLE_DEVICES") and not __import__("torch").cuda.is_available():
+        os.environ.setdefault("ACCELERATE_USE_CPU", "true")  # CPU DDP needs it (see shared NOTES)
+    sys.exit(main())
+

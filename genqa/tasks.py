@@ -1,0 +1,343 @@
+"""QA tasks: map a source row onto one schema, build the prompt and the target, and read a model's answer back.
+
+Every task works on the same canonical row (`CANONICAL_COLUMNS`), so templates, trainers, generation, metrics and
+submissions never look at a source's own column names.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from datasets import Dataset, Features, Sequence, Value
+
+from genqa.config import QAArguments
+from genqa.data_sources import DataError
+from genqa.mcq_format import format_mcq
+
+CANONICAL_FEATURES = Features({
+    "id": Value("string"),
+    "context": Value("string"),
+    "question": Value("string"),
+    "options": Sequence(Value("string")),
+    "answers": Sequence(Value("string")),
+    "answer_starts": Sequence(Value("int64")),
+    "label": Value("int64"),
+})
+CANONICAL_COLUMNS = list(CANONICAL_FEATURES)
+
+
+def _text(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return str(value)
+
+
+@dataclass
+class Task:
+    """Base class: column mapping, prompt layout and answer parsing shared by all tasks."""
+
+    args: QAArguments
+    name: str = ""
+    default_instruction: str = ""
+    default_prompt_format: str = "{instruction}\n\nContext: {context}\n\nQuestion: {question}"
+
+    # ---- columns -----------------------------------------------------------------------------------------------
+    def input_columns(self) -> list[str]:
+        """Source columns the prompt needs (present in test data too)."""
+        a = self.args
+        return [c for c in (a.context_column, a.question_column) if c]
+
+    def answer_columns(self) -> list[str]:
+        """Source columns holding the gold answer (absent from unlabelled test data)."""
+        return [self.args.answer_column] if self.args.answer_column else []
+
+    def check_columns(self, columns: list[str], source: str, require_answer: bool) -> None:
+        """Fail with the missing column, the columns the source has, and the recipe key to fix."""
+        needed = self.input_columns() + (self.answer_columns() if require_answer else [])
+        if self.args.id_column:
+            needed.append(self.args.id_column)
+        for col in needed:
+            if col not in columns:
+                key = next((k for k in ("id_column", "context_column", "question_column", "answer_column",
+                                        "options_column") if getattr(self.args, k, None) == col), "options_columns")
+                raise DataError(f"{source}: column `{col}` (recipe key `{key}`) is missing; the source has "
+                                f"{', '.join(columns)}. Map the right column with `{key}: <name>`.")
+
+    def to_canonical(self, dataset: Dataset, source: str, require_answer: bool = True) -> Dataset:
+        """Check the columns and map every row of `dataset` onto `CANONICAL_FEATURES`."""
+        self.check_columns(dataset.column_names, source, require_answer)
+        has_answer = all(c in dataset.column_names for c in self.answer_columns())
+
+        def convert(row: dict[str, Any], idx: int) -> dict[str, Any]:
+            ex = {"id": _text(row[self.args.id_column]) if self.args.id_column else str(idx),
+                  "context": _text(row.get(self.args.context_column)) if self.args.context_column else "",
+                  "question": _text(row.get(self.args.question_column)) if self.args.question_column else "",
+                  "options": [], "answers": [], "answer_starts": [], "label": -1}
+            self.fill(ex, row, f"{source} row {idx} (id {ex['id']})", has_answer)
+            return ex
+
+        return dataset.map(convert, with_indices=True, remove_columns=dataset.column_names,
+                           features=CANONICAL_FEATURES, desc=f"Mapping {source} onto the {self.name} task")
+
+    def fill(self, ex: dict[str, Any], row: dict[str, Any], where: str, has_answer: bool) -> None:
+        """Fill task-specific canonical fields of `ex` from the source `row`."""
+        raise NotImplementedError
+
+    # ---- prompt and target -------------------------------------------------------------------------------------
+    @property
+    def instruction(self) -> str:
+        """The instruction at the top of every prompt."""
+        return self.default_instruction if self.args.instruction is None else self.args.instruction
+
+    def prompt_fields(self, ex: dict[str, Any]) -> dict[str, str]:
+        """Fields available to `prompt_format`."""
+        return {"instruction": self.instruction, "context": ex["context"], "question": ex["question"],
+                "options": ""}
+
+    def user_content(self, ex: dict[str, Any]) -> str:
+        """The user turn of the prompt."""
+        fmt = self.args.prompt_format or self.default_prompt_format
+        try:
+            return fmt.format(**self.prompt_fields(ex)).strip()
+        except KeyError as err:
+            raise DataError(f"prompt_format uses the unknown field {err}; fields are {{instruction}} {{context}} "
+                            "{question} {options}.") from err
+
+    def target(self, ex: dict[str, Any]) -> str:
+        """The answer text the model is trained to produce."""
+        raise NotImplementedError
+
+    def messages(self, ex: dict[str, Any], with_answer: bool = True) -> list[dict[str, str]]:
+        """The conversation for `ex`: optional system turn, user turn, and the answer as the assistant turn."""
+        msgs = []
+        if self.args.system_prompt:
+            msgs.append({"role": "system", "content": self.args.system_prompt})
+        msgs.append({"role": "user", "content": self.user_content(ex)})
+        if with_answer:
+            msgs.append({"role": "assistant", "content": self.target(ex)})
+        return msgs
+
+    # ---- reading answers back ----------------------------------------------------------------------------------
+    def parse(self, text: str) -> str | None:
+        """Turn a model's output into the task's answer (None when nothing usable was produced)."""
+        return text.strip()
+
+    def gold(self, ex: dict[str, Any]) -> str | list[str]:
+        """The gold answer of a canonical row, in the form `parse` returns."""
+        return self.target(ex)
+
+
+def _is_no_answer(text: str, no_answer_text: str) -> bool:
+    norm = re.sub(r"[\W_]+", " ", text, flags=re.UNICODE).strip().lower()
+    return norm == re.sub(r"[\W_]+", " ", no_answer_text, flags=re.UNICODE).strip().lower()
+
+
+@dataclass
+class ExtractiveTask(Task):
+    """Span QA (SQuAD 1.1/2.0, UIT-ViQuAD): the answer is a span of the context, or the no-answer string."""
+
+    name: str = "extractive"
+
+    def __post_init__(self) -> None:
+        self.default_instruction = ("Answer the question with a short span copied from the context. If the context "
+                                    f"does not contain the answer, reply \"{self.args.no_answer_text}\".")
+
+    def fill(self, ex, row, where, has_answer):
+        if not has_answer:
+            return
+        value = row[self.args.answer_column]
+        starts: list[int] = []
+        if isinstance(value, dict):  # HF squad `answers` = {"text": [...], "answer_start": [...]}
+            texts = [_text(t) for t in value.get("text", [])]
+            starts = [int(s) for s in value.get("answer_start", [])]
+        elif isinstance(value, (list, tuple)):
+            texts = [_text(t) for t in value]
+        else:
+            texts = [_text(value)] if _text(value).strip() else []
+        if self.args.answer_start_column and row.get(self.args.answer_start_column) not in (None, ""):
+            raw = row[self.args.answer_start_column]
+            starts = [int(s) for s in (raw if isinstance(raw, (list, tuple)) else [raw])]
+        texts = [t for t in texts if t.strip()]
+        fixed_starts = []
+        for i, text in enumerate(texts):
+            start = starts[i] if i < len(starts) else -1
+            if start < 0 or ex["context"][start:start + len(text)] != text:
+                found = [m.start() for m in re.finditer(re.escape(text), ex["context"])]
+                if not found:
+                    raise DataError(f"{where}: answer {text!r} does not occur in its context. Fix the answer or the "
+                                    "context, or drop the row from the source.")
+                start = min(found, key=lambda s: abs(s - start)) if start >= 0 else found[0]
+            fixed_starts.append(start)
+        ex["answers"], ex["answer_starts"] = texts, fixed_starts
+
+    def target(self, ex):
+        return ex["answers"][0] if ex["answers"] else self.args.no_answer_text
+
+    def parse(self, text):
+        text = text.strip()
+        return "" if _is_no_answer(text, self.args.no_answer_text) else text
+
+    def gold(self, ex):
+        return list(ex["answers"])
+
+
+@dataclass
+class AbstractiveTask(ExtractiveTask):
+    """Free-text answers (T5-style abstractive QA); the context is optional."""
+
+    name: str = "abstractive"
+
+    def __post_init__(self) -> None:
+        self.default_instruction = ("Answer the question. If it cannot be answered, reply "
+                                    f"\"{self.args.no_answer_text}\".")
+        if not self.args.context_column:
+            self.default_prompt_format = "{instruction}\n\nQuestion: {question}"
+
+    def fill(self, ex, row, where, has_answer):
+        if not has_answer:
+            return
+        value = row[self.args.answer_column]
+        if isinstance(value, dict):
+            value = value.get("text", [])
+        texts = [_text(t) for t in value] if isinstance(value, (list, tuple)) else [_text(value)]
+        ex["answers"] = [t for t in texts if t.strip()]
+
+
+def _options_from_row(args: QAArguments, row: dict[str, Any], where: str) -> list[str]:
+    if args.options_column:
+        value = row[args.options_column]
+        if not isinstance(value, (list, tuple)):
+            raise DataError(f"{where}: `{args.options_column}` must hold a list of options, got {type(value).__name__}.")
+        return [_text(o) for o in value]
+    return [_text(row[c]) for c in args.options_columns or []]
+
+
+@dataclass
+class MCQTask(Task):
+    """Multiple-choice reading comprehension: options → the label of the right one (`A`–`D` or `1`–`4`)."""
+
+    name: str = "mcq"
+    default_prompt_format: str = "{instruction}\n\nContext: {context}\n\nQuestion: {question}\n\nOptions:\n{options}"
+
+    def __post_init__(self) -> None:
+        labels = ", ".join(self.args.option_labels)
+        self.default_instruction = ("Read the context and answer the multiple-choice question with the label of the "
+                                    f"correct option ({labels}) only.")
+        if not (self.args.options_columns or self.args.options_column):
+            raise DataError(f"task {self.name}: set `options_columns` (one column per option) or `options_column` "
+                            "(one column holding a list of options).")
+        if self.args.options_columns and len(self.args.options_columns) > len(self.args.option_labels):
+            raise DataError(f"options_columns has {len(self.args.options_columns)} columns but option_labels only "
+                            f"{len(self.args.option_labels)} labels; add labels.")
+
+    def input_columns(self):
+        extra = self.args.options_columns or [self.args.options_column]
+        return super().input_columns() + [c for c in extra if c]
+
+    def label_index(self, value: Any, options: list[str], where: str) -> int:
+        """Index of the gold answer given as a label, a 1-based option number or the option's text."""
+        text = _text(value).strip()
+        labels = self.args.option_labels
+        cleaned = text.rstrip(".)").strip()
+        for i, lab in enumerate(labels[:len(options)]):
+            if cleaned.lower() == lab.lower():
+                return i
+        if cleaned.isdigit() and 1 <= int(cleaned) <= len(options):
+            return int(cleaned) - 1
+        if text in options:
+            return options.index(text)
+        raise DataError(f"{where}: answer {text!r} is neither a label ({', '.join(labels[:len(options)])}), an option "
+                        "number, nor the text of an option. Fix the row or set `option_labels`.")
+
+    def fill(self, ex, row, where, has_answer):
+        options = _options_from_row(self.args, row, where)
+        if len(options) > len(self.args.option_labels):
+            raise DataError(f"{where}: {len(options)} options but only {len(self.args.option_labels)} option_labels.")
+        if len(options) < 2:
+            raise DataError(f"{where}: a multiple-choice row needs at least 2 options, got {len(options)}.")
+        ex["options"] = options
+        if has_answer and _text(row.get(self.args.answer_column)).strip():
+            ex["label"] = self.label_index(row[self.args.answer_column], options, where)
+
+    def format_options(self, options: list[str]) -> str:
+        """Options as `A. text` lines."""
+        return "\n".join(f"{lab}. {opt}" for lab, opt in zip(self.args.option_labels, options, strict=False))
+
+    def prompt_fields(self, ex):
+        return {**super().prompt_fields(ex), "options": self.format_options(ex["options"])}
+
+    def target(self, ex):
+        if ex["label"] < 0:
+            raise DataError(f"row {ex['id']}: no gold answer to train on.")
+        return self.args.option_labels[ex["label"]]
+
+    def labels_for(self, ex: dict[str, Any]) -> list[str]:
+        """The valid labels of a row (rows may have fewer options than labels)."""
+        return list(self.args.option_labels[:len(ex["options"])])
+
+    def parse(self, text, ex: dict[str, Any] | None = None):
+        labels = self.labels_for(ex) if ex else list(self.args.option_labels)
+        text = text.strip()
+        if not text:
+            return None
+        alternation = "|".join(re.escape(lab) for lab in sorted(labels, key=len, reverse=True))
+        m = re.match(rf"^[\s(\[]*({alternation})(?![\w])", text, flags=re.IGNORECASE)
+        if m is None:  # "The answer is B", "答案：2", "Đáp án: C"
+            m = re.search(rf"(?<![\w])({alternation})(?![\w])", text, flags=re.IGNORECASE)
+        if m:
+            hit = m.group(1).lower()
+            return next(lab for lab in labels if lab.lower() == hit)
+        if ex:
+            for lab, opt in zip(labels, ex["options"], strict=False):
+                if opt and opt.strip() and opt.strip() in text:
+                    return lab
+        return None
+
+
+@dataclass
+class MCQGenerationTask(MCQTask):
+    """MCQ generation: context → question, options and answer key, in `genqa.mcq_format`'s fixed layout."""
+
+    name: str = "mcq_generation"
+    default_prompt_format: str = "{instruction}\n\nContext: {context}"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        n = len(self.args.options_columns or self.args.option_labels)
+        self.default_instruction = (f"Write one multiple-choice question about the context, with {n} different "
+                                    "options and the answer key.")
+
+    def input_columns(self):
+        return [self.args.context_column] if self.args.context_column else []
+
+    def answer_columns(self):
+        cols = [self.args.question_column, *(self.args.options_columns or [self.args.options_column]),
+                self.args.answer_column]
+        return [c for c in cols if c]
+
+    def fill(self, ex, row, where, has_answer):
+        if has_answer:
+            super().fill(ex, row, where, has_answer)
+            if len(set(o.strip() for o in ex["options"])) != len(ex["options"]):
+                raise DataError(f"{where}: the options are not distinct; MCQ generation trains on distinct options.")
+
+    def target(self, ex):
+        return format_mcq(ex["question"], list(ex["options"]), ex["label"], labels=list(self.args.option_labels),
+                          question_prefix=self.args.mcq_question_prefix, answer_prefix=self.args.mcq_answer_prefix)
+
+    def parse(self, text, ex=None):
+        return text.strip()
+
+
+TASK_CLASSES: dict[str, type[Task]] = {
+    "extractive": ExtractiveTask, "mcq": MCQTask, "mcq_generation": MCQGenerationTask, "abstractive": AbstractiveTask,
+}
+
+
+def get_task(args: QAArguments) -> Task:
+    """The task object named by `args.task`."""
+    return TASK_CLASSES[args.task](args)

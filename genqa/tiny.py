@@ -1,0 +1,136 @@
+"""Tiny offline models that genqa builds itself, deterministically, with no download.
+
+`tiny:llama` (and `tiny:t5`) in a recipe's `model_name_or_path` resolve to a folder under `$GENQA_CACHE`
+(default `~/.cache/genqa`) holding a freshly initialised model and a byte-level BPE tokenizer trained on a fixed
+multilingual corpus (the project's sample data plus a few sentences). They check the pipeline end to end on a CPU;
+they are not useful models.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from genqa.templates import TEMPLATE_DIR
+
+TINY_PREFIX = "tiny:"
+TINY_VERSION = "1"
+SAMPLE_DIR = TEMPLATE_DIR.parent / "data" / "tiny"
+SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>", "<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>",
+                  "<|eot_id|>", "<|im_start|>", "<|im_end|>"]
+EXTRA_CORPUS = [
+    "Below is an instruction that describes a task. Write a response that appropriately completes the request.",
+    "Answer the question with a short span copied from the context. unanswerable",
+    "Read the context and answer the multiple-choice question with the label of the correct option.",
+    "Question: Answer: Context: Options: A. B. C. D. 1 2 3 4",
+    "以下是描述任务的指令。请编写一个回答，恰当地完成该请求。 指令 回答 文章 問題 選項 正確答案",
+    "Câu hỏi: Đáp án: Ngữ cảnh: Hãy đọc đoạn văn và trả lời câu hỏi trắc nghiệm.",
+    "You are a helpful assistant. 你是一个乐于助人的助手。 system user assistant",
+]
+
+
+def cache_dir() -> Path:
+    """Where tiny models are built."""
+    return Path(os.environ.get("GENQA_CACHE", Path.home() / ".cache" / "genqa"))
+
+
+def is_tiny(name: str | None) -> bool:
+    """True for `tiny:<kind>` model names."""
+    return bool(name) and name.startswith(TINY_PREFIX)
+
+
+def _corpus() -> list[str]:
+    lines = list(EXTRA_CORPUS)
+    for path in sorted(SAMPLE_DIR.glob("*")):
+        if path.suffix in (".json", ".jsonl", ".csv"):
+            lines.extend(path.read_text(encoding="utf-8").splitlines())
+        elif path.suffix == ".xlsx":
+            import pandas as pd
+
+            frame = pd.read_excel(path, dtype=str).fillna("")
+            lines.extend(" ".join(row) for row in frame.astype(str).values.tolist())
+            lines.append(" ".join(frame.columns))
+    return lines
+
+
+def build_tokenizer(vocab_size: int = 1200):
+    """A byte-level BPE tokenizer trained on the fixed corpus, with the special tokens of every shipped template."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(_corpus(), trainer=trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
+                                   pad_token="<pad>", additional_special_tokens=SPECIAL_TOKENS[4:],
+                                   model_max_length=4096)
+
+
+def build_llama(path: Path) -> None:
+    """Write a tiny randomly initialised (seeded) Llama model and its tokenizer to `path`."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tokenizer = build_tokenizer()
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                         pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+
+
+def build_t5(path: Path) -> None:
+    """Write a tiny randomly initialised (seeded) T5 model and its tokenizer to `path`."""
+    import torch
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    tokenizer = build_tokenizer()
+    config = T5Config(vocab_size=len(tokenizer), d_model=64, d_kv=16, d_ff=128, num_layers=2, num_decoder_layers=2,
+                      num_heads=4, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+                      decoder_start_token_id=tokenizer.pad_token_id)
+    torch.manual_seed(0)
+    model = T5ForConditionalGeneration(config)
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+
+
+BUILDERS = {"llama": build_llama, "t5": build_t5}
+
+
+def resolve_model_path(name: str) -> str:
+    """Map `tiny:<kind>` to a built folder (building it once, atomically); other names pass through."""
+    if not is_tiny(name):
+        return name
+    kind = name[len(TINY_PREFIX):]
+    if kind not in BUILDERS:
+        raise ValueError(f"model_name_or_path: unknown tiny model {name!r}; use one of "
+                         f"{', '.join(TINY_PREFIX + k for k in BUILDERS)}.")
+    digest = hashlib.sha256("\n".join(_corpus()).encode("utf-8")).hexdigest()[:10]
+    target = cache_dir() / "tiny" / f"{kind}-v{TINY_VERSION}-{digest}"
+    if (target / "config.json").exists():
+        return str(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{kind}-", dir=target.parent))
+    try:
+        BUILDERS[kind](tmp)
+        (tmp / "GENQA_TINY.json").write_text(json.dumps({"kind": kind, "version": TINY_VERSION,
+                                                         "note": "pipeline check, not a useful model"}))
+        try:
+            os.replace(tmp, target)
+        except OSError:  # built concurrently by another process: keep theirs
+            shutil.rmtree(tmp, ignore_errors=True)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return str(target)

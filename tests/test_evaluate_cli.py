@@ -1,0 +1,147 @@
+"""`python -m genqa.evaluate` through `main([...])`: SQuAD JSON + CSV/JSON predictions, MCQ, MCQ generation, errors."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+from genqa.evaluate import main, squad_question_id
+from genqa.mcq_format import format_mcq
+
+SQUAD = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "squad"
+
+
+def _write_squad(path: Path, *, with_ids: bool = True, v2: bool = True) -> Path:
+    qas = [
+        {"question": "Who painted the mural?", "answers": [{"text": "Marta Ruiz", "answer_start": 0}]},
+        {"question": "In which year?", "answers": [{"text": "2004", "answer_start": 30}]},
+    ]
+    if v2:
+        qas[0]["is_impossible"] = qas[1]["is_impossible"] = False
+        qas.append({"question": "Who paid for it?", "answers": [], "is_impossible": True})
+    if with_ids:
+        for i, qa in enumerate(qas):
+            qa["id"] = f"m{i}"
+    context = "Marta Ruiz painted the mural in 2004 on the library wall."
+    path.write_text(json.dumps({"version": "t", "data": [{"title": "Mural", "paragraphs": [
+        {"context": context, "qas": qas}]}]}), encoding="utf-8")
+    return path
+
+
+def _write_csv(path: Path, header: list[str], rows: list[list[str]]) -> Path:
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(header)
+        writer.writerows(rows)
+    return path
+
+
+def _run(argv: list[str], capsys) -> dict:
+    assert main(argv) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_squad_v2_json_with_csv_predictions(tmp_path, capsys):
+    data = _write_squad(tmp_path / "dev.json")
+    preds = _write_csv(tmp_path / "preds.csv", ["id", "answer"], [["m0", "Marta"], ["m1", "2004"], ["m2", ""]])
+    out = tmp_path / "out" / "metrics.json"
+    got = _run(["--data", str(data), "--predictions", str(preds), "--out", str(out)], capsys)
+    assert list(got) == ["exact", "f1", "total", "HasAns_exact", "HasAns_f1", "HasAns_total", "NoAns_exact",
+                         "NoAns_f1", "NoAns_total"]
+    assert got["total"] == 3 and got["exact"] == 100.0 * 2 / 3
+    assert got["f1"] == 100.0 * (2 / 3 + 1 + 1) / 3
+    assert got["NoAns_exact"] == 100.0
+    assert json.loads(out.read_text(encoding="utf-8")) == got
+
+
+def test_squad_v1_auto_detect_and_generated_ids(tmp_path, capsys):
+    data = _write_squad(tmp_path / "dev.json", with_ids=False, v2=False)
+    ids = [squad_question_id(0, 0, 0), squad_question_id(0, 0, 1)]
+    assert ids == ["0-0-0", "0-0-1"]
+    preds = tmp_path / "preds.json"
+    preds.write_text(json.dumps({ids[0]: "marta ruiz."}), encoding="utf-8")
+    got = _run(["--data", str(data), "--predictions", str(preds), "--task", "extractive"], capsys)
+    assert got == {"exact_match": 50.0, "f1": 50.0}  # v1.1: the missing prediction counts 0
+
+
+def test_forced_version_and_custom_columns(tmp_path, capsys):
+    data = _write_squad(tmp_path / "dev.json", v2=False)
+    preds = _write_csv(tmp_path / "p.csv", ["qid", "text"], [["m0", "Marta Ruiz"], ["m1", "2004"]])
+    got = _run(["--data", str(data), "--predictions", str(preds), "--task", "squad_v2", "--id_column", "qid",
+                "--answer_column", "text"], capsys)
+    assert got == {"exact": 100.0, "f1": 100.0, "total": 2, "HasAns_exact": 100.0, "HasAns_f1": 100.0,
+                   "HasAns_total": 2}
+
+
+def test_vietnamese_lang_option(tmp_path, capsys):
+    import unicodedata
+
+    data = tmp_path / "vi.json"
+    data.write_text(json.dumps({"data": [{"paragraphs": [{"context": "Hồ Gươm nằm ở Hà Nội.", "qas": [
+        {"id": "v1", "question": "Hồ Gươm ở đâu?", "answers": [{"text": "Hà Nội", "answer_start": 14}]}]}]}]},
+        ensure_ascii=False), encoding="utf-8")
+    preds = tmp_path / "p.json"
+    preds.write_text(json.dumps({"v1": unicodedata.normalize("NFD", "Hà Nội")}), encoding="utf-8")
+    assert _run(["--data", str(data), "--predictions", str(preds)], capsys)["exact_match"] == 0.0
+    assert _run(["--data", str(data), "--predictions", str(preds), "--lang", "vi"], capsys)["exact_match"] == 100.0
+
+
+def test_mcq_task(tmp_path, capsys):
+    dev = _write_csv(tmp_path / "dev.csv", ["id", "answer"], [["1", "A"], ["2", "C"], ["3", "D"], ["4", "B"]])
+    preds = _write_csv(tmp_path / "pred.csv", ["id", "answer"], [["1", "A"], ["2", "c."], ["3", "B"]])
+    got = _run(["--task", "mcq", "--data", str(dev), "--predictions", str(preds)], capsys)
+    assert got == {"accuracy": 0.5, "correct": 2, "total": 4, "invalid": 1, "missing": 1}
+
+
+def test_mcq_generation_task(tmp_path, capsys):
+    good = format_mcq("Cây nào cho quả dừa?", ["cây dừa", "cây tre", "cây thông", "cây lúa"], 0,
+                      question_prefix="Câu hỏi:", answer_prefix="Đáp án:")
+    rows = [{"id": 1, "answer": good}, {"id": 2, "answer": good.replace("Đáp án: A", "")}]
+    preds = tmp_path / "gen.jsonl"
+    preds.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in rows) + "\n", encoding="utf-8")
+    got = _run(["--task", "mcq_generation", "--predictions", str(preds), "--lang", "vi"], capsys)
+    assert got == {"total": 2, "valid": 1, "valid_rate": 0.5, "failures": {"missing_key": 1}}
+
+
+def _error(argv: list[str], capsys) -> str:
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    return capsys.readouterr().err
+
+
+def test_error_missing_file(tmp_path, capsys):
+    err = _error(["--data", str(tmp_path / "nope.json"), "--predictions", str(tmp_path / "p.csv")], capsys)
+    assert "nope.json" in err and "not found" in err
+
+
+def test_error_missing_column(tmp_path, capsys):
+    data = _write_squad(tmp_path / "dev.json")
+    preds = _write_csv(tmp_path / "preds.csv", ["id", "prediction"], [["m0", "Marta"]])
+    err = _error(["--data", str(data), "--predictions", str(preds)], capsys)
+    assert "'answer'" in err and "preds.csv" in err and "--answer_column" in err
+
+
+def test_error_unknown_qid(tmp_path, capsys):
+    data = _write_squad(tmp_path / "dev.json")
+    preds = _write_csv(tmp_path / "preds.csv", ["id", "answer"], [["m0", "Marta"], ["zz9", "x"]])
+    err = _error(["--data", str(data), "--predictions", str(preds)], capsys)
+    assert "'zz9'" in err and "preds.csv" in err and "dev.json" in err
+
+
+def test_error_duplicate_prediction_id_and_squad_as_predictions(tmp_path, capsys):
+    data = _write_squad(tmp_path / "dev.json")
+    preds = _write_csv(tmp_path / "preds.csv", ["id", "answer"], [["m0", "a"], ["m0", "b"]])
+    assert "more than once" in _error(["--data", str(data), "--predictions", str(preds)], capsys)
+    assert "looks like a SQuAD dataset" in _error(["--data", str(data), "--predictions", str(data)], capsys)
+
+
+def test_real_squad_v2_through_cli(tmp_path, capsys):
+    dev, preds = SQUAD / "dev-v2.0.json", SQUAD / "t5-small-zero-shot.dev-v2.0.predictions.json"
+    if not (dev.is_file() and preds.is_file()):
+        pytest.skip(f"shared data not available: {SQUAD}")
+    got = _run(["--data", str(dev), "--predictions", str(preds)], capsys)
+    assert got["exact"] == 34.42263960245936 and got["f1"] == 39.5366934720806 and got["total"] == 11873
