@@ -33,6 +33,7 @@ STALE_KEYS: dict[str, str] = {
     "modules_to_save": "lora_modules_to_save",
     "bnb_4bit_use_double_quant": "use_bnb_nested_quant",
     "no_cuda": "use_cpu",
+    "warmup_ratio": "warmup_steps (a value below 1 is a fraction of the training steps)",
 }
 
 RECIPE_DATACLASSES = (QAArguments, SFTConfig, ModelConfig)

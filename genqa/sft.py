@@ -7,7 +7,6 @@ Encoder-decoders (T5) and extractive encoders (BERT / XLM-R) share everything up
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
@@ -24,6 +23,13 @@ from genqa.tiny import is_tiny
 USER_ERRORS = (RecipeError, DataError, TemplateError)
 
 
+def torch_cuda_available() -> bool:
+    """True when a CUDA device is usable."""
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def validate(qa: QAArguments, sft, model_args, recipe_path: str | None) -> list[str]:
     """Problems found without loading a model or data (empty list: the recipe is consistent)."""
     where = recipe_path or "command line"
@@ -37,9 +43,10 @@ def validate(qa: QAArguments, sft, model_args, recipe_path: str | None) -> list[
             if qa.dataset_format == "auto":
                 detect_format(qa.dataset_path)
             else:
-                problems.append(f"{where}: dataset_path {qa.dataset_path} not found.")
+                raise DataError(f"dataset_path {qa.dataset_path} not found.")
         except DataError as err:
-            problems.append(f"{where}: {err}")
+            # Not fatal for a dry run: recipes name the user's own files, which may live elsewhere.
+            print(f"[genqa] warning: {where}: {err} Training will fail until it exists.", file=sys.stderr)
     if qa.backbone != "extractive":
         try:
             load_template(qa.template)
@@ -121,6 +128,9 @@ def train_causal_lm(qa: QAArguments, sft, model_args, recipe_path: str | None) -
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `python -m genqa.sft` / `accelerate launch -m genqa.sft`."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not torch_cuda_available() and not any(a.startswith("--use_cpu") for a in argv):
+        argv += ["--use_cpu", "true"]  # no GPU: train on the CPU (bf16 and multi-process DDP need it, shared NOTES)
     try:
         qa, sft, model_args, recipe_path = parse_recipe(argv)
         model_args.trust_remote_code = bool(getattr(sft, "trust_remote_code", False))
@@ -152,7 +162,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    if not os.environ.get("CUDA_VISIBLE_DEVICES") and not __import__("torch").cuda.is_available():
-        os.environ.setdefault("ACCELERATE_USE_CPU", "true")  # CPU DDP needs it (see shared NOTES)
     sys.exit(main())
 

@@ -1,0 +1,283 @@
+"""Encoder-decoder (T5) backbone: the same recipe, data, task and template as the causal path, trained as seq2seq.
+
+TRL's `SFTTrainer` treats every model as decoder-only and cannot train T5, so `genqa.sft` sends `backbone: seq2seq`
+(or an auto-detected encoder-decoder) here. Everything up to the trainer is shared with the causal path:
+
+- encoder input = the template's rendering of the task's prompt (`task.messages(ex, with_answer=False)` with
+  `add_generation_prompt=True`); the shipped `t5` template renders the user turn as plain text, e.g.
+  `prompt_format: "question: {question} context: {context}"` for the T5-paper layout;
+- target = `task.target(ex)`: the answer text, or `no_answer_text` for unanswerable rows, which `task.parse` maps
+  back to the empty answer;
+- both end with the tokenizer's end-of-sequence token (appended when the tokenizer does not add it itself), so the
+  decoder learns where to stop;
+- an input longer than `max_length` has its *context* cut (keeping an extractive row's answer span), never the
+  instruction or question; a row that still does not fit, or whose target is longer than `max_target_length`, is
+  dropped and counted in the same `EncodingReport` the causal path prints and saves.
+
+Training is transformers' `Seq2SeqTrainer` with `DataCollatorForSeq2Seq`, full fine-tuning or LoRA
+(`use_peft`, task type `SEQ_2_SEQ_LM`); `optim: adafactor` with a constant learning rate of 1e-3 is the T5 paper's
+fine-tuning setup. `predict_seq2seq` is the generation half, used by `genqa.generate` for seq2seq run folders.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import torch
+from datasets import Dataset
+from transformers import PreTrainedTokenizerBase, Seq2SeqTrainingArguments, TrainingArguments
+
+from genqa.config import QAArguments
+from genqa.data_sources import DataError
+from genqa.encoding import CONTEXT_TRUNCATED, OK, TOO_LONG, EncodingReport, PromptEncoder
+from genqa.recipe import RecipeError
+from genqa.run_dir import load_canonical_splits, prepare_output_dir, save_run_files
+from genqa.tasks import Task, get_task
+from genqa.templates import load_template
+
+DEFAULT_MAX_TARGET_LENGTH = 32
+TARGET_TOO_LONG = "target_too_long"
+# SFTConfig keys that only make sense for a decoder-only model; set on a seq2seq run they are a mistake.
+CAUSAL_ONLY_KEYS = ("packing", "padding_free", "assistant_only_loss")
+
+
+def max_target_length(qa: QAArguments) -> int | None:
+    """The recipe's `max_target_length` (tokens of the answer, end-of-sequence included); None or <= 0: no limit."""
+    value = getattr(qa, "max_target_length", DEFAULT_MAX_TARGET_LENGTH)
+    return int(value) if value is not None and int(value) > 0 else None
+
+
+class Seq2SeqEncoder(PromptEncoder):
+    """Tokenizes canonical rows into encoder `input_ids` and decoder `labels` for an encoder-decoder model.
+
+    Reuses `PromptEncoder`'s prompt rendering and context-first truncation; differs in what it produces: the prompt
+    alone goes to the encoder (no answer appended, no label masking) and the answer is the separate target. The
+    template's end-of-turn text is not needed: the target ends with the tokenizer's end-of-sequence token.
+    """
+
+    def __init__(self, task: Task, tokenizer: PreTrainedTokenizerBase, template: str, max_length: int | None,
+                 max_target_length: int | None = DEFAULT_MAX_TARGET_LENGTH) -> None:
+        # PromptEncoder.__init__ is not called: it derives the end-of-turn text from the assistant turn, which an
+        # encoder-decoder never sees in its input.
+        self.task, self.tokenizer, self.template = task, tokenizer, template
+        self.max_length = max_length
+        self.max_target_length = max_target_length
+        self.completion_only_loss = True
+        self.eos_id = tokenizer.eos_token_id
+        self.end_text = tokenizer.eos_token or ""
+        self.end_ids = [self.eos_id] if self.eos_id is not None else []
+        probe = tokenizer("a", add_special_tokens=True)["input_ids"]
+        self.appends_eos = self.eos_id is None or (bool(probe) and probe[-1] == self.eos_id)
+        if max_length is not None and max_length < 2:
+            raise RecipeError(f"max_length={max_length} leaves no room for an encoder input.")
+        if max_target_length is not None and max_target_length < 2:
+            raise RecipeError(f"max_target_length={max_target_length} leaves no room for an answer and </s>.")
+
+    def _with_eos(self, ids: list[int]) -> list[int]:
+        if self.eos_id is not None and (not ids or ids[-1] != self.eos_id):
+            ids = [*ids, self.eos_id]
+        return ids
+
+    def _ids(self, text: str, is_prompt: bool) -> list[int]:
+        """Ids of an encoder input or a target: the tokenizer's special tokens, and always a final `</s>`."""
+        if is_prompt:
+            ids = self.tokenizer(text, add_special_tokens=True)["input_ids"]
+        else:
+            ids = self.tokenizer(text_target=text, add_special_tokens=True)["input_ids"]
+        return self._with_eos(list(ids))
+
+    def target_ids(self, ex: dict[str, Any]) -> list[int]:
+        """Decoder labels of a canonical row: `task.target(ex)` + `</s>`."""
+        return self._ids(self.task.target(ex), is_prompt=False)
+
+    def encode(self, ex: dict[str, Any]) -> dict[str, Any]:
+        """Encoder ids and decoder labels for one canonical row, with its status (ok / context_truncated / dropped)."""
+        labels = self.target_ids(ex)
+        if self.max_target_length is not None and len(labels) > self.max_target_length:
+            return {"input_ids": [], "attention_mask": [], "labels": [], "status": TARGET_TOO_LONG}
+        ids, truncated = self.encode_prompt(ex)
+        if self.max_length is not None and len(ids) > self.max_length:
+            return {"input_ids": [], "attention_mask": [], "labels": [], "status": TOO_LONG}
+        return {"input_ids": ids, "attention_mask": [1] * len(ids), "labels": labels,
+                "status": CONTEXT_TRUNCATED if truncated else OK}
+
+    def encode_dataset(self, dataset: Dataset, split: str = "train") -> tuple[Dataset, EncodingReport]:
+        """Encode a canonical dataset; drop (and count) rows whose input or target cannot fit."""
+        encoded = dataset.map(self.encode, remove_columns=dataset.column_names, desc=f"Tokenizing {split} (seq2seq)",
+                              load_from_cache_file=False)
+        statuses = encoded["status"]
+        report = EncodingReport(split=split, rows=len(dataset), end_token=self.end_text)
+        report.context_truncated = statuses.count(CONTEXT_TRUNCATED)
+        too_long_input, too_long_target = statuses.count(TOO_LONG), statuses.count(TARGET_TOO_LONG)
+        report.dropped_too_long = too_long_input + too_long_target
+        kept = encoded.filter(lambda s: s in (OK, CONTEXT_TRUNCATED), input_columns="status").remove_columns("status")
+        report.kept = len(kept)
+        longest_target = 0
+        for ids, labels in zip(kept["input_ids"], kept["labels"], strict=True):
+            report.max_tokens = max(report.max_tokens, len(ids))
+            longest_target = max(longest_target, len(labels))
+            if self.end_ids and labels[-1:] != self.end_ids:
+                report.rows_missing_end_token += 1
+        report.notes.append(f"seq2seq: encoder inputs up to {report.max_tokens} tokens (max_length={self.max_length}),"
+                            f" targets up to {longest_target} tokens (max_target_length={self.max_target_length})")
+        if too_long_input:
+            report.notes.append(f"{too_long_input} rows dropped: the input does not fit max_length={self.max_length} "
+                                "even with the context cut (or the answer span alone is longer than the room left)")
+        if too_long_target:
+            report.notes.append(f"{too_long_target} rows dropped: the target is longer than max_target_length="
+                                f"{self.max_target_length} tokens; raise `max_target_length` to keep them")
+        if not self.appends_eos:
+            report.notes.append(f"the tokenizer does not add {self.end_text!r} itself; genqa appends it to every "
+                                "encoder input and target")
+        if report.kept == 0 and report.rows:
+            report.notes.append("no row survived: raise max_length / max_target_length or shorten the prompts")
+        return kept, report
+
+
+def seq2seq_training_args(sft: TrainingArguments, max_target_length: int | None = None) -> Seq2SeqTrainingArguments:
+    """`Seq2SeqTrainingArguments` carrying every `TrainingArguments` field of the recipe's `SFTConfig`.
+
+    Evaluation during training reports the loss (`predict_with_generate=False`); answers are generated and scored
+    afterwards by `genqa.generate` / `genqa.evaluate`, exactly as for causal runs.
+    """
+    kwargs = {f.name: getattr(sft, f.name) for f in dataclasses.fields(TrainingArguments) if f.init}
+    return Seq2SeqTrainingArguments(**kwargs, predict_with_generate=False, generation_max_length=max_target_length)
+
+
+def _check_recipe(qa: QAArguments, sft: Any, model_args: Any, where: str) -> None:
+    """Reject recipe keys that cannot apply to an encoder-decoder, naming the key and the fix."""
+    for key in CAUSAL_ONLY_KEYS:
+        if getattr(sft, key, False):
+            raise RecipeError(f"{where}: `{key}` applies to causal LMs only; this run trains an encoder-decoder "
+                              f"(backbone: seq2seq). Remove `{key}` from the recipe.")
+    from transformers import AutoConfig
+
+    from genqa.tiny import resolve_model_path
+
+    config = AutoConfig.from_pretrained(resolve_model_path(model_args.model_name_or_path),
+                                        revision=model_args.model_revision,
+                                        trust_remote_code=bool(getattr(model_args, "trust_remote_code", False)))
+    if not getattr(config, "is_encoder_decoder", False):
+        raise RecipeError(f"{where}: backbone: {qa.backbone} trains an encoder-decoder, but "
+                          f"{model_args.model_name_or_path} ({config.model_type}) is not one. Set `backbone: auto` "
+                          "(or `causal_lm`) for this model.")
+
+
+def train_seq2seq(qa: QAArguments, sft: Any, model_args: Any, recipe_path: str | None) -> str:
+    """Fine-tune an encoder-decoder (T5, BART, ...) with `Seq2SeqTrainer` on the recipe's task; returns the run folder.
+
+    `sft` is the recipe's `trl.SFTConfig` (its `max_length` bounds the encoder input), `model_args` its
+    `trl.ModelConfig` (`use_peft: true` trains a LoRA adapter, otherwise the whole model is fine-tuned).
+    """
+    from transformers import AutoModelForSeq2SeqLM, DataCollatorForSeq2Seq, Seq2SeqTrainer
+
+    from genqa.modeling import load_model, load_tokenizer, lora_config
+
+    where = recipe_path or "command line"
+    _check_recipe(qa, sft, model_args, where)
+    tokenizer = load_tokenizer(model_args)
+    template = load_template(qa.template, tokenizer)
+    task = get_task(qa)
+    train_rows, eval_rows, note = load_canonical_splits(qa, task)
+    print(f"[genqa] data: {qa.dataset_path}: {len(train_rows)} train rows; {note}")
+    target_max = max_target_length(qa)
+    encoder = Seq2SeqEncoder(task, tokenizer, template, sft.max_length, target_max)
+    train_ds, train_report = encoder.encode_dataset(train_rows, "train")
+    reports = [train_report]
+    print(train_report.summary())
+    if train_report.kept == 0:
+        raise DataError(f"{qa.dataset_path}: no training row fits max_length={sft.max_length} and "
+                        f"max_target_length={target_max}; raise them (see the report above).")
+    eval_ds = None
+    if eval_rows is not None:
+        eval_ds, eval_report = encoder.encode_dataset(eval_rows, "validation")
+        reports.append(eval_report)
+        print(eval_report.summary())
+        if len(eval_ds) == 0:
+            eval_ds = None
+    if sft.eval_strategy != "no" and eval_ds is None:
+        raise RecipeError(f"{where}: eval_strategy={sft.eval_strategy} but there is no validation data; set "
+                          "`validation_size` or `eval_split`, or `eval_strategy: 'no'`.")
+
+    tokenizer.chat_template = template  # the run folder's tokenizer carries the template it was trained with
+    resume = prepare_output_dir(sft)
+    save_run_files(sft.output_dir, qa, sft, model_args, reports, eval_rows)
+    args = seq2seq_training_args(sft, target_max)
+    model = load_model(model_args, AutoModelForSeq2SeqLM)
+    if model.generation_config.pad_token_id is None:
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+    peft_config = lora_config(model_args, "SEQ_2_SEQ_LM")
+    if peft_config is not None:
+        from peft import get_peft_model, prepare_model_for_kbit_training
+
+        if model_args.load_in_4bit or model_args.load_in_8bit:
+            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=bool(args.gradient_checkpointing))
+        elif args.gradient_checkpointing:
+            model.enable_input_require_grads()  # frozen embeddings: checkpointed blocks need an input with grad
+        model = get_peft_model(model, peft_config)
+        model.print_trainable_parameters()
+    collator = DataCollatorForSeq2Seq(tokenizer, model=model, label_pad_token_id=-100,
+                                      pad_to_multiple_of=getattr(sft, "pad_to_multiple_of", None))
+    trainer = Seq2SeqTrainer(model=model, args=args, data_collator=collator, train_dataset=train_ds,
+                             eval_dataset=eval_ds, processing_class=tokenizer)
+    trainer.train(resume_from_checkpoint=resume)
+    trainer.save_model(sft.output_dir)
+    trainer.save_state()
+    if trainer.is_world_process_zero():
+        tokenizer.save_pretrained(sft.output_dir)
+        save_run_files(sft.output_dir, qa, sft, model_args, reports, eval_rows)
+    return sft.output_dir
+
+
+def _model_device(model: torch.nn.Module) -> torch.device:
+    try:
+        return next(model.parameters()).device
+    except StopIteration:
+        return torch.device("cpu")
+
+
+def predict_seq2seq(model: Any, tokenizer: PreTrainedTokenizerBase, template: str, task: Task, rows: Dataset,
+                    max_length: int, max_new_tokens: int = DEFAULT_MAX_TARGET_LENGTH, batch_size: int = 32,
+                    num_beams: int = 1) -> list[str]:
+    """Generate an answer for every canonical row with an encoder-decoder; raw decoded texts, in row order.
+
+    Prompts are built and context-truncated exactly as in training (the gold answer, if the rows carry one, is never
+    used to choose what context to keep). Rows are batched longest first; no row is dropped: an input that still
+    does not fit `max_length` is cut at the end. Pass the texts through `task.parse` to get answers.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}.")
+    encoder = Seq2SeqEncoder(task, tokenizer, template, max_length, max_target_length=None)
+    prompts: list[list[int]] = []
+    truncated = 0
+    for ex in rows:
+        blind = {**ex, "answers": [], "answer_starts": []}  # no peeking at the gold span when cutting the context
+        ids, cut = encoder.encode_prompt(blind)
+        if max_length is not None and len(ids) > max_length:
+            ids, cut = encoder._with_eos(ids[:max_length - 1]), True
+        truncated += cut
+        prompts.append(ids)
+    if truncated:
+        print(f"[genqa] predict: {truncated}/{len(prompts)} inputs cut to max_length={max_length} (context first)")
+    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
+    outputs: list[str] = [""] * len(prompts)
+    device = _model_device(model)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            for start in range(0, len(order), batch_size):
+                chunk = order[start:start + batch_size]
+                batch = tokenizer.pad({"input_ids": [prompts[i] for i in chunk]}, padding=True, return_tensors="pt")
+                generated = model.generate(input_ids=batch["input_ids"].to(device),
+                                           attention_mask=batch["attention_mask"].to(device),
+                                           max_new_tokens=max_new_tokens, num_beams=num_beams, do_sample=False)
+                texts = tokenizer.batch_decode(generated, skip_special_tokens=True)
+                for i, text in zip(chunk, texts, strict=True):
+                    outputs[i] = text.strip()
+    finally:
+        model.train(was_training)
+    return outputs
