@@ -113,6 +113,8 @@ def load_source(path: str, fmt: str = "auto", config: str | None = None) -> Data
     if not path:
         raise DataError("No data source: set `dataset_path` in the recipe (a hub id, a file or a saved folder).")
     fmt = detect_format(path) if fmt == "auto" else fmt
+    if fmt not in ("hub", "disk") and Path(path).is_file() and Path(path).stat().st_size == 0:
+        raise DataError(f"{path}: the file is empty. Point `dataset_path` at a file with rows.")
     if fmt == "hub":
         try:
             loaded = load_dataset(path, config)
@@ -125,10 +127,11 @@ def load_source(path: str, fmt: str = "auto", config: str | None = None) -> Data
         loaded = load_from_disk(path)
     elif fmt == "xlsx":
         loaded = _read_xlsx(path)
-    elif fmt in ("json", "jsonl"):
-        loaded = load_dataset("json", data_files=path, split="train")
     else:
-        loaded = load_dataset(fmt, data_files=path, split="train")
+        try:
+            loaded = load_dataset("json" if fmt == "jsonl" else fmt, data_files=path, split="train")
+        except Exception as err:  # noqa: BLE001 - the loaders raise many types; name the file either way
+            raise DataError(f"{path}: could not read it as {fmt} ({type(err).__name__}: {err}).") from err
     if isinstance(loaded, Dataset):
         loaded = DatasetDict({"train": loaded})
     if not isinstance(loaded, DatasetDict):

@@ -97,7 +97,7 @@ class PromptEncoder:
                 if offsets[start][0] > span[0]:
                     return  # the answer alone is longer than the room left
             yield context[offsets[start][0]:offsets[start + keep - 1][1]]
-            cut += max(1, cut // 4)
+            cut += max(1, (n - cut) // 10)
 
     def encode_prompt(self, ex: dict[str, Any], max_new_tokens: int = 0) -> tuple[list[int], bool]:
         """Prompt ids for generation, the context cut to leave `max_new_tokens` room; returns (ids, truncated)."""

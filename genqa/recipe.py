@@ -123,7 +123,8 @@ def resolved_recipe(qa: QAArguments, sft: SFTConfig, model: ModelConfig) -> dict
     for obj in (qa, model):
         out.update(dataclasses.asdict(obj))
     out.update(sft.to_dict())
-    return {k: _plain(v) for k, v in out.items() if k in recipe_keys()}
+    deprecated_aliases = {"gradient_checkpointing", "gradient_checkpointing_kwargs"}  # mirror activation_*
+    return {k: _plain(v) for k, v in out.items() if k in recipe_keys() and k not in deprecated_aliases}
 
 
 def _plain(value: Any) -> Any:

@@ -71,9 +71,10 @@ class Task:
         """Check the columns and map every row of `dataset` onto `CANONICAL_FEATURES`."""
         self.check_columns(dataset.column_names, source, require_answer)
         has_answer = all(c in dataset.column_names for c in self.answer_columns())
+        id_column = self.args.id_column or ("id" if "id" in dataset.column_names else None)
 
         def convert(row: dict[str, Any], idx: int) -> dict[str, Any]:
-            ex = {"id": _text(row[self.args.id_column]) if self.args.id_column else str(idx),
+            ex = {"id": _text(row[id_column]) if id_column else str(idx),
                   "context": _text(row.get(self.args.context_column)) if self.args.context_column else "",
                   "question": _text(row.get(self.args.question_column)) if self.args.question_column else "",
                   "options": [], "answers": [], "answer_starts": [], "label": -1}

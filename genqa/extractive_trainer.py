@@ -1,0 +1,268 @@
+"""Train an extractive QA encoder (BERT / XLM-R / MiniLM + span head): full fine-tuning, LoRA or QLoRA.
+
+`genqa.sft` calls `train_extractive(qa, sft, model_args, recipe_path)` for `backbone: extractive`. Canonical rows →
+sliding windows (`genqa.extractive`) → `transformers.Trainer` with the recipe's `SFTConfig` as training arguments →
+run folder (model or adapter + span head, tokenizer, recipe, window reports, validation rows) → SQuAD EM/F1 of the
+validation rows in `genqa_eval_metrics.json`.
+
+Recipe keys read here until they are fields of `QAArguments`: `doc_stride` (None: min(128, max_length // 3)),
+`max_answer_length` (30), `n_best_size` (20), `null_score_diff_threshold` (0.0).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from genqa.config import QAArguments
+from genqa.data_sources import DataError
+from genqa.extractive import (
+    DEFAULT_DOC_STRIDE,
+    DEFAULT_MAX_ANSWER_LENGTH,
+    DEFAULT_N_BEST_SIZE,
+    DEFAULT_NULL_SCORE_DIFF_THRESHOLD,
+    WindowReport,
+    cls_index,
+    predict_extractive,
+    prepare_train_features,
+    resolve_package_model,
+    window_report,
+)
+from genqa.recipe import RecipeError
+from genqa.run_dir import load_canonical_splits, prepare_output_dir, save_run_files, write_atomic
+from genqa.tasks import get_task
+
+QA_HEAD = "qa_outputs"
+LABEL_NAMES = ["start_positions", "end_positions"]
+EVAL_METRICS_FILE = "genqa_eval_metrics.json"
+EVAL_PREDICTIONS_FILE = "genqa_eval_predictions.json"
+SETTINGS_FILE = "genqa_extractive.json"
+
+
+def default_doc_stride(max_length: int) -> int:
+    """`doc_stride` when the recipe sets none: 128 for 384-token windows, a third of shorter windows."""
+    return min(DEFAULT_DOC_STRIDE, int(max_length) // 3)
+
+
+def extractive_settings(qa: QAArguments, max_length: int) -> dict[str, Any]:
+    """Window and decoding settings of a recipe (new keys read with their defaults until QAArguments has them)."""
+    return {
+        "max_length": int(max_length),
+        "doc_stride": int(default_doc_stride(max_length) if getattr(qa, "doc_stride", None) is None else qa.doc_stride),
+        "max_answer_length": int(getattr(qa, "max_answer_length", DEFAULT_MAX_ANSWER_LENGTH)),
+        "n_best_size": int(getattr(qa, "n_best_size", DEFAULT_N_BEST_SIZE)),
+        "null_score_diff_threshold": float(getattr(qa, "null_score_diff_threshold",
+                                                   DEFAULT_NULL_SCORE_DIFF_THRESHOLD)),
+    }
+
+
+def resolved_model_args(model_args):
+    """A copy of `model_args` whose `pkg:<module>` model name is replaced by the package's model folder."""
+    folder = resolve_package_model(model_args.model_name_or_path)
+    if folder is None:
+        return model_args
+    out = copy.copy(model_args)
+    out.model_name_or_path = folder
+    return out
+
+
+def load_qa_model(model_args):
+    """`AutoModelForQuestionAnswering` as `genqa.modeling.load_model` loads it, with the span head never quantized.
+
+    bitsandbytes would otherwise turn `qa_outputs` into a `Linear4bit` that LoRA's `modules_to_save` cannot train.
+    """
+    from transformers import AutoModelForQuestionAnswering
+
+    from genqa.modeling import disable_cpu_4bit_inference_repack, model_init_kwargs
+    from genqa.tiny import resolve_model_path
+
+    kwargs = model_init_kwargs(model_args)
+    quant = kwargs.get("quantization_config")
+    if quant is not None:
+        skip = list(getattr(quant, "llm_int8_skip_modules", None) or [])
+        quant.llm_int8_skip_modules = skip + [QA_HEAD] if QA_HEAD not in skip else skip
+    model = AutoModelForQuestionAnswering.from_pretrained(resolve_model_path(model_args.model_name_or_path), **kwargs)
+    if model_args.load_in_4bit:
+        disable_cpu_4bit_inference_repack(model)
+    return model
+
+
+def model_max_length(tokenizer, model_path: str, trust_remote_code: bool = False) -> int | None:
+    """Longest window the model takes: the tokenizer's `model_max_length`, else the config's positions."""
+    limit = getattr(tokenizer, "model_max_length", None)
+    if isinstance(limit, int) and 0 < limit < 1_000_000:
+        return limit
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(model_path, trust_remote_code=trust_remote_code)
+    positions = getattr(config, "max_position_embeddings", None)
+    if positions and getattr(config, "model_type", "") in ("roberta", "xlm-roberta", "camembert"):
+        positions -= 2  # RoBERTa positions start after the padding index
+    return positions
+
+
+def encode_split(rows, split: str, tokenizer, settings: dict[str, Any], num_proc: int | None = None):
+    """Canonical rows → training windows (a `Dataset`) and their `WindowReport`."""
+    max_length, doc_stride = settings["max_length"], settings["doc_stride"]
+
+    def fn(batch: dict[str, list], indices: list[int]) -> dict:
+        out = prepare_train_features(batch, tokenizer, max_length, doc_stride, keep_sample_mapping=True)
+        out["row_index"] = [indices[m] for m in out.pop("overflow_to_sample_mapping")]
+        return out
+
+    try:
+        ds = rows.map(fn, batched=True, with_indices=True, remove_columns=rows.column_names, num_proc=num_proc,
+                      desc=f"Windowing {split} rows")
+    except ValueError as err:
+        raise RecipeError(f"{split}: {err}") from err
+    cls_positions = [cls_index(ids, tokenizer) for ids in ds["input_ids"]]
+    report = window_report(split, rows, ds["row_index"], ds["start_positions"], cls_positions, max_length,
+                           doc_stride)
+    return ds.remove_columns(["row_index"]), report
+
+
+def _check(qa: QAArguments, sft, tokenizer, model_args, settings: dict[str, Any], where: str) -> None:
+    if qa.task != "extractive":
+        raise RecipeError(f"{where}: backbone extractive trains span extraction; set `task: extractive` (got "
+                          f"{qa.task!r}) or choose another backbone.")
+    if not getattr(tokenizer, "is_fast", False):
+        raise RecipeError(f"{where}: {model_args.model_name_or_path} has no fast tokenizer; extractive QA needs "
+                          "character offsets from a fast (Rust) tokenizer.")
+    limit = model_max_length(tokenizer, model_args.model_name_or_path, bool(getattr(model_args, "trust_remote_code",
+                                                                                    False)))
+    if limit and settings["max_length"] > limit:
+        raise RecipeError(f"{where}: max_length={settings['max_length']} exceeds what "
+                          f"{model_args.model_name_or_path} takes ({limit} tokens); set `max_length: 384` (and "
+                          "`doc_stride: 128`) or lower.")
+    n_special = tokenizer.num_special_tokens_to_add(pair=True)
+    if settings["doc_stride"] < 0 or settings["max_length"] - n_special - settings["doc_stride"] < 2:
+        raise RecipeError(f"{where}: doc_stride={settings['doc_stride']} must be >= 0 and well below max_length="
+                          f"{settings['max_length']} (e.g. 128 for 384).")
+    if settings["max_answer_length"] < 1 or settings["n_best_size"] < 1:
+        raise RecipeError(f"{where}: max_answer_length and n_best_size must be >= 1.")
+
+
+def _checkpointing(sft) -> tuple[bool, dict | None]:
+    """Activation checkpointing switch and kwargs (`activation_checkpointing*`, or the older `gradient_*` names)."""
+    on = bool(getattr(sft, "activation_checkpointing", None) or getattr(sft, "gradient_checkpointing", None))
+    kwargs = getattr(sft, "activation_checkpointing_kwargs", None) or getattr(sft, "gradient_checkpointing_kwargs",
+                                                                              None)
+    return on, kwargs
+
+
+def attach_lora(model, model_args, sft):
+    """Wrap `model` with LoRA (`QUESTION_ANS`); the span head is trained in full through `modules_to_save`."""
+    from peft import get_peft_model, prepare_model_for_kbit_training
+
+    from genqa.modeling import lora_config
+
+    config = lora_config(model_args, "QUESTION_ANS")
+    saved = list(config.modules_to_save or [])
+    if QA_HEAD not in saved:
+        config.modules_to_save = saved + [QA_HEAD]
+    checkpointing, ckpt_kwargs = _checkpointing(sft)
+    if model_args.load_in_4bit or model_args.load_in_8bit:
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=checkpointing,
+                                                gradient_checkpointing_kwargs=ckpt_kwargs)
+    elif checkpointing:
+        model.enable_input_require_grads()
+    model = get_peft_model(model, config)
+    head = [n for n, p in model.named_parameters() if QA_HEAD in n and p.requires_grad]
+    if not head:
+        raise RecipeError(f"LoRA left the span head `{QA_HEAD}` frozen; add it to `lora_modules_to_save`.")
+    return model
+
+
+def _score(model, tokenizer, rows, settings: dict[str, Any], version_2: bool, batch_size: int, sft) -> tuple:
+    import torch
+
+    from genqa.metrics import squad_scores
+
+    device_type = next(model.parameters()).device.type
+    use_amp = bool(sft.bf16 or sft.fp16)
+    dtype = torch.bfloat16 if sft.bf16 else torch.float16
+    start = time.perf_counter()
+    with torch.autocast(device_type, dtype=dtype, enabled=use_amp):
+        answers = predict_extractive(model, tokenizer, rows, settings["max_length"], settings["doc_stride"],
+                                     batch_size=batch_size, n_best_size=settings["n_best_size"],
+                                     max_answer_length=settings["max_answer_length"],
+                                     null_score_diff_threshold=settings["null_score_diff_threshold"],
+                                     version_2_with_negative=version_2)
+    wall = time.perf_counter() - start
+    ids = list(rows["id"])
+    predictions = dict(zip(ids, answers, strict=True))
+    scores = squad_scores(list(zip(ids, [list(a) for a in rows["answers"]], strict=True)), predictions, version=2)
+    scores.update(rows=len(ids), version_2_with_negative=version_2, predict_seconds=round(wall, 3),
+                  examples_per_second=round(len(ids) / wall, 2) if wall > 0 else None)
+    return scores, predictions
+
+
+def train_extractive(qa: QAArguments, sft, model_args, recipe_path: str | None) -> str:
+    """Fine-tune an encoder with a span head on the recipe's extractive task; returns the run folder."""
+    from transformers import Trainer, default_data_collator
+
+    from genqa.modeling import load_tokenizer
+
+    where = recipe_path or "command line"
+    settings = extractive_settings(qa, sft.max_length or 384)
+    try:
+        load_args = resolved_model_args(model_args)
+    except ValueError as err:
+        raise RecipeError(f"{where}: {err}") from err
+    tokenizer = load_tokenizer(load_args)
+    _check(qa, sft, tokenizer, load_args, settings, where)
+
+    task = get_task(qa)
+    train_rows, eval_rows, note = load_canonical_splits(qa, task)
+    print(f"[genqa] data: {qa.dataset_path}: {len(train_rows)} train rows; {note}")
+    num_proc = getattr(sft, "dataset_num_proc", None)
+    train_ds, train_report = encode_split(train_rows, "train", tokenizer, settings, num_proc)
+    reports: list[WindowReport] = [train_report]
+    print(train_report.summary())
+    if train_report.answer_windows == 0 and train_report.answerable_rows:
+        raise DataError(f"{qa.dataset_path}: no training window holds an answer; raise max_length.")
+    eval_ds = None
+    if eval_rows is not None and len(eval_rows):
+        eval_ds, eval_report = encode_split(eval_rows, "validation", tokenizer, settings, num_proc)
+        reports.append(eval_report)
+        print(eval_report.summary())
+    if sft.eval_strategy != "no" and eval_ds is None:
+        raise RecipeError(f"{where}: eval_strategy={sft.eval_strategy} but there is no validation data; set "
+                          "`validation_size` or `eval_split`, or `eval_strategy: 'no'`.")
+    # SQuAD 2.0-style decoding (answer "" when the CLS score wins) only when the model was taught to abstain.
+    version_2 = train_report.unanswerable_rows > 0
+
+    resume = prepare_output_dir(sft)
+    save_run_files(sft.output_dir, qa, sft, model_args, reports, eval_rows)
+    model = load_qa_model(load_args)
+    if model_args.use_peft:
+        model = attach_lora(model, model_args, sft)
+        model.print_trainable_parameters()
+    elif _checkpointing(sft)[0]:
+        model.config.use_cache = False
+    if sft.label_names is None:
+        sft.label_names = list(LABEL_NAMES)
+    trainer = Trainer(model=model, args=sft, train_dataset=train_ds, eval_dataset=eval_ds,
+                      data_collator=default_data_collator, processing_class=tokenizer)
+    trainer.train(resume_from_checkpoint=resume)
+    trainer.save_model(sft.output_dir)
+    trainer.save_state()
+    settings_doc = {**settings, "version_2_with_negative": version_2}
+    if trainer.is_world_process_zero():
+        tokenizer.save_pretrained(sft.output_dir)
+        save_run_files(sft.output_dir, qa, sft, model_args, reports, eval_rows)
+        write_atomic(Path(sft.output_dir) / SETTINGS_FILE, json.dumps(settings_doc, indent=2) + "\n")
+    if eval_rows is not None and len(eval_rows):
+        # Every rank scores (sharded ZeRO-3 weights need all ranks in each forward); rank 0 writes.
+        scores, predictions = _score(trainer.model, tokenizer, eval_rows, settings, version_2,
+                                     sft.per_device_eval_batch_size, sft)
+        if trainer.is_world_process_zero():
+            out = Path(sft.output_dir)
+            write_atomic(out / EVAL_METRICS_FILE, json.dumps(scores, indent=2) + "\n")
+            write_atomic(out / EVAL_PREDICTIONS_FILE, json.dumps(predictions, indent=2, ensure_ascii=False) + "\n")
+            print(f"[genqa] validation ({scores['rows']} rows): EM {scores['exact']:.2f}  F1 {scores['f1']:.2f} "
+                  f"-> {out / EVAL_METRICS_FILE}")
+    return sft.output_dir

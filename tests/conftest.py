@@ -1,0 +1,40 @@
+"""Shared fixtures: offline mode, the tiny Llama built once per session, the repo root."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _repo_cwd():
+    """Recipes name paths relative to the repo root: run every test from there."""
+    old = os.getcwd()
+    os.chdir(ROOT)
+    yield
+    os.chdir(old)
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_path() -> str:
+    """Folder of the tiny offline Llama (built once, cached under $GENQA_CACHE)."""
+    from genqa.tiny import resolve_model_path
+
+    return resolve_model_path("tiny:llama")
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer(tiny_llama_path):
+    """The tiny Llama's tokenizer."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny_llama_path)

@@ -1,0 +1,142 @@
+"""Response-only masking, BOS handling and context-first truncation, decoded token by token."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+
+from genqa.config import QAArguments
+from genqa.encoding import PromptEncoder
+from genqa.tasks import get_task
+from genqa.templates import load_template
+
+TEMPLATE_END = {"alpaca": "</s>", "alpaca_zh": "</s>", "llama2": "</s>", "llama3": "<|eot_id|>",
+                "chatml": "<|im_end|>"}
+
+ROW = {"id": "r1", "context": "The bridge over the Tam river was finished in 1902 by local masons.",
+       "question": "When was the bridge finished?", "options": [], "answers": ["1902"], "answer_starts": [46],
+       "label": -1}
+
+
+def _mcq_row():
+    return {"id": "m1", "context": "小明每天騎腳踏車上學。", "question": "小明怎麼上學？",
+            "options": ["走路", "騎腳踏車", "坐公車", "坐火車"], "answers": [], "answer_starts": [], "label": 1}
+
+
+def _trained_text(tok, enc):
+    return tok.decode([t for t in enc["labels"] if t != -100], skip_special_tokens=False)
+
+
+def _prompt_text(tok, enc):
+    n = next(i for i, t in enumerate(enc["labels"]) if t != -100)
+    return tok.decode(enc["input_ids"][:n], skip_special_tokens=False)
+
+
+@pytest.mark.parametrize("template", sorted(TEMPLATE_END))
+def test_only_answer_and_end_token_are_trained(template, tiny_tokenizer):
+    task = get_task(QAArguments(task="extractive", template=template))
+    enc = PromptEncoder(task, tiny_tokenizer, load_template(template), max_length=512).encode(dict(ROW))
+    assert enc["status"] == "ok"
+    assert _trained_text(tiny_tokenizer, enc) == "1902" + TEMPLATE_END[template]
+    assert "When was the bridge finished?" in _prompt_text(tiny_tokenizer, enc)
+    assert "1902" not in _prompt_text(tiny_tokenizer, enc).split("Question")[-1]
+
+
+@pytest.mark.parametrize("template", ["llama2", "llama3", "alpaca_zh"])
+def test_mcq_label_is_the_only_trained_text(template, tiny_tokenizer):
+    args = QAArguments(task="mcq", template=template, options_columns=["a", "b", "c", "d"],
+                       option_labels=["1", "2", "3", "4"])
+    enc = PromptEncoder(get_task(args), tiny_tokenizer, load_template(template), max_length=512).encode(_mcq_row())
+    assert _trained_text(tiny_tokenizer, enc) == "2" + TEMPLATE_END[template]
+    assert "1. 走路" in _prompt_text(tiny_tokenizer, enc)
+
+
+def test_mcq_generation_target_layout(tiny_tokenizer):
+    args = QAArguments(task="mcq_generation", template="llama3", options_columns=["a", "b", "c", "d"],
+                       mcq_question_prefix="Câu hỏi:", mcq_answer_prefix="Đáp án:")
+    row = _mcq_row()
+    enc = PromptEncoder(get_task(args), tiny_tokenizer, load_template("llama3"), max_length=512).encode(row)
+    assert _trained_text(tiny_tokenizer, enc) == (
+        "Câu hỏi: 小明怎麼上學？\nA. 走路\nB. 騎腳踏車\nC. 坐公車\nD. 坐火車\nĐáp án: B<|eot_id|>")
+
+
+@pytest.fixture()
+def bos_adding_tokenizer(tiny_tokenizer):
+    """A tokenizer that adds BOS by itself, like Llama's."""
+    from tokenizers.processors import TemplateProcessing
+
+    tok = copy.deepcopy(tiny_tokenizer)
+    tok.backend_tokenizer.post_processor = TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    assert tok("x")["input_ids"][0] == tok.bos_token_id
+    return tok
+
+
+@pytest.mark.parametrize("template", ["llama2", "alpaca", "chatml"])
+def test_exactly_one_bos(template, bos_adding_tokenizer):
+    """llama2 writes BOS in the template, alpaca/chatml rely on the tokenizer: either way exactly one."""
+    tok = bos_adding_tokenizer
+    task = get_task(QAArguments(task="extractive", template=template))
+    encoder = PromptEncoder(task, tok, load_template(template), max_length=512)
+    enc = encoder.encode(dict(ROW))
+    assert enc["input_ids"][0] == tok.bos_token_id and enc["input_ids"][1] != tok.bos_token_id
+    assert enc["input_ids"].count(tok.bos_token_id) == 1
+    from datasets import Dataset
+
+    from genqa.tasks import CANONICAL_FEATURES
+    _, report = encoder.encode_dataset(Dataset.from_list([dict(ROW)], features=CANONICAL_FEATURES))
+    assert report.rows_with_double_bos == 0 and report.rows_missing_end_token == 0
+
+
+def test_long_context_is_cut_not_question_or_answer(tiny_tokenizer):
+    filler = " ".join(f"Sentence {i} talks about the weather in the valley." for i in range(60))
+    context = filler + " The bridge was finished in 1902."
+    row = dict(ROW, context=context, answer_starts=[context.index("1902")])
+    task = get_task(QAArguments(task="extractive", template="alpaca"))
+    encoder = PromptEncoder(task, tiny_tokenizer, load_template("alpaca"), max_length=260)
+    enc = encoder.encode(row)
+    assert enc["status"] == "context_truncated" and len(enc["input_ids"]) <= 260
+    prompt = _prompt_text(tiny_tokenizer, enc)
+    assert "When was the bridge finished?" in prompt      # question intact
+    assert "finished in 1902" in prompt                    # the answer span survives the cut
+    assert "Sentence 0 " not in prompt                     # the cut came from the context
+    assert _trained_text(tiny_tokenizer, enc) == "1902</s>"
+
+
+def test_row_that_cannot_fit_is_dropped_and_counted(tiny_tokenizer):
+    from datasets import Dataset
+
+    from genqa.tasks import CANONICAL_FEATURES
+    long_q = dict(ROW, question="Why " * 200 + "?")
+    task = get_task(QAArguments(task="extractive", template="alpaca"))
+    encoder = PromptEncoder(task, tiny_tokenizer, load_template("alpaca"), max_length=256)
+    kept, report = encoder.encode_dataset(Dataset.from_list([long_q, dict(ROW)], features=CANONICAL_FEATURES))
+    assert report.rows == 2 and report.dropped_too_long == 1 and len(kept) == report.kept
+    assert "dropped, answer would be truncated away: 1" in report.summary()
+
+
+def test_template_that_masks_everything_is_rejected(tmp_path, tiny_tokenizer):
+    from genqa.templates import TemplateError
+    bad = tmp_path / "bad.jinja"
+    bad.write_text("{% for m in messages %}{% if m['role'] == 'user' %}{{ m['content'] }}{% endif %}{% endfor %}",
+                   encoding="utf-8")
+    task = get_task(QAArguments(task="extractive", template=str(bad)))
+    with pytest.raises(TemplateError, match="mask every token"):
+        PromptEncoder(task, tiny_tokenizer, load_template(str(bad)), max_length=256)
+
+
+def test_shipped_chat_templates_carry_generation_markers():
+    for name in ("alpaca", "alpaca_zh", "llama2", "llama3", "chatml"):
+        src = load_template(name)
+        assert "{% generation %}" in src and "{% endgeneration %}" in src, name
+
+
+def test_trl_assistant_only_mask_matches_genqa(tiny_tokenizer):
+    """TRL's assistant_only_loss path (generation markers) trains the same tokens genqa does."""
+    template = load_template("llama3")
+    task = get_task(QAArguments(task="extractive", template="llama3"))
+    enc = PromptEncoder(task, tiny_tokenizer, template, max_length=512).encode(dict(ROW))
+    out = tiny_tokenizer.apply_chat_template(task.messages(dict(ROW)), chat_template=template, tokenize=True,
+                                             return_dict=True, return_assistant_tokens_mask=True)
+    trl_trained = [t for t, m in zip(out["input_ids"], out["assistant_masks"], strict=True) if m]
+    assert tiny_tokenizer.decode(trl_trained) == _trained_text(tiny_tokenizer, enc)

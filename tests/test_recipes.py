@@ -1,0 +1,111 @@
+"""Every shipped recipe parses and validates; bad keys and bad data fail with clear messages."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from genqa.recipe import RecipeError, parse_recipe
+from genqa.sft import main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+RECIPES = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "recipes").rglob("*.yaml"))
+
+
+def test_recipes_exist():
+    names = {Path(r).name for r in RECIPES}
+    assert {"vi_mcq.yaml", "zh_mcq_alpaca.yaml", "squad_llama.yaml"} <= names
+    assert {"extractive.yaml", "mcq.yaml", "mcq_generation.yaml", "abstractive.yaml"} <= names
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_every_recipe_dry_runs(recipe, capsys):
+    assert main([recipe, "--dry_run"]) == 0, capsys.readouterr().err
+    assert "is valid" in capsys.readouterr().out
+
+
+def test_vi_mcq_values():
+    qa, sft, model, _ = parse_recipe(["recipes/vi_mcq.yaml", "--use_cpu", "true"])
+    assert (model.lora_r, model.lora_alpha, model.lora_dropout, model.use_rslora) == (128, 16, 0.0, True)
+    assert model.load_in_4bit and model.bnb_4bit_quant_type == "nf4"
+    assert sorted(model.lora_target_modules) == sorted(
+        ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+    assert (sft.max_length, sft.per_device_train_batch_size, sft.gradient_accumulation_steps) == (2048, 4, 8)
+    assert (sft.learning_rate, sft.warmup_steps, sft.weight_decay, sft.num_train_epochs) == (2e-4, 5, 0.01, 3)
+    assert (sft.optim.value, sft.seed, sft.lr_scheduler_type.value) == ("adamw_8bit", 3407, "linear")
+    assert qa.task == "mcq_generation" and qa.template == "llama3"
+
+
+def test_zh_mcq_values():
+    qa, sft, model, _ = parse_recipe(["recipes/zh_mcq_alpaca.yaml", "--use_cpu", "true"])
+    assert (model.lora_r, model.lora_alpha, model.load_in_4bit) == (4, 8, True)
+    assert (sft.max_length, sft.eval_steps) == (1450, 500)
+    assert qa.option_labels == ["1", "2", "3", "4"] and qa.template == "llama2"
+    assert (qa.submission_id_column, qa.submission_answer_column) == ("ID", "Answer")
+
+
+def test_cli_override_wins():
+    _, sft, _, _ = parse_recipe(["recipes/tiny/mcq.yaml", "--learning_rate", "1e-4", "--output_dir", "x/y"])
+    assert sft.learning_rate == 1e-4 and sft.output_dir == "x/y"
+
+
+def test_config_flag_works_too():
+    qa, _, _, path = parse_recipe(["--config", "recipes/tiny/mcq.yaml"])
+    assert path == "recipes/tiny/mcq.yaml" and qa.task == "mcq"
+
+
+def test_stale_key_in_file_names_file_and_new_key(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text((ROOT / "recipes/tiny/mcq.yaml").read_text(encoding="utf-8") + "\nmax_seq_length: 512\n",
+                   encoding="utf-8")
+    with pytest.raises(RecipeError) as err:
+        parse_recipe([str(bad)])
+    assert str(bad) in str(err.value) and "max_seq_length" in str(err.value) and "max_length" in str(err.value)
+
+
+def test_unknown_key_suggests_closest(tmp_path):
+    bad = tmp_path / "typo.yaml"
+    bad.write_text("task: mcq\nlerning_rate: 0.1\n", encoding="utf-8")
+    with pytest.raises(RecipeError, match=r"typo.yaml.*`lerning_rate`.*`learning_rate`"):
+        parse_recipe([str(bad)])
+
+
+def test_unknown_cli_key_fails_before_loading(capsys):
+    assert main(["recipes/tiny/mcq.yaml", "--lora_rnk", "8"]) == 2
+    assert "lora_rnk" in capsys.readouterr().err
+
+
+def test_unknown_template_fails_in_dry_run(capsys):
+    assert main(["recipes/tiny/mcq.yaml", "--template", "vicuna", "--dry_run"]) == 2
+    err = capsys.readouterr().err
+    assert "vicuna" in err and "alpaca" in err
+
+
+def test_missing_column_names_column_and_key(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["recipes/tiny/mcq.yaml", "--answer_column", "答案", "--output_dir", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "答案" in err and "answer_column" in err and "正確答案" in err
+
+
+def test_empty_data_fails_clearly(tmp_path, capsys):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("", encoding="utf-8")
+    assert main(["recipes/tiny/abstractive.yaml", "--dataset_path", str(empty), "--output_dir",
+                 str(tmp_path / "r")]) == 2
+    assert "empty.jsonl" in capsys.readouterr().err
+
+
+def test_answer_not_in_context_names_row(tmp_path, capsys):
+    data = json.loads((ROOT / "data/tiny/squad_tiny.json").read_text(encoding="utf-8"))
+    qa = data["data"][0]["paragraphs"][0]["qas"][0]
+    qa["answers"] = [{"text": "a sentence that is not there", "answer_start": 3}]
+    bad = tmp_path / "squad_bad.json"
+    bad.write_text(json.dumps(data), encoding="utf-8")
+    assert main(["recipes/tiny/extractive.yaml", "--dataset_path", str(bad), "--validation_size", "0",
+                 "--output_dir", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert qa["id"] in err and "does not occur in its context" in err
