@@ -1,0 +1,233 @@
+"""Predict a test set and write the submission: `python -m genqa.generate --base MODEL --data TEST --out OUT.csv`.
+
+The recipe (task, template, columns, submission format) comes from the run folder (`--adapter RUN_DIR`), the merged
+folder (`--base merged/`), or `--recipe`; extra `--key value` arguments override recipe keys (e.g. the test sheet's
+`--id_column 題號`). Predictions are appended to `OUT.predictions.jsonl` as they are made, so a rerun after a kill
+continues where it stopped. The CSV (or, for `OUT.json`, a SQuAD `{id: answer}` map) is written atomically, and
+metrics are printed when the test data carries gold answers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from genqa.data_sources import DataError, load_source
+from genqa.recipe import RecipeError, parse_recipe
+from genqa.run_dir import RECIPE_FILE, load_run, write_atomic
+from genqa.submission import PredictionStore, SubmissionError, write_json_predictions, write_submission
+from genqa.tasks import get_task
+from genqa.templates import TemplateError, load_template
+
+DEFAULT_MAX_NEW_TOKENS = {"mcq": 8, "extractive": 48, "abstractive": 64, "mcq_generation": 256}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Command-line options of genqa.generate (unknown `--key value` pairs are recipe overrides)."""
+    p = argparse.ArgumentParser(prog="python -m genqa.generate", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--base", required=True, help="Merged model folder, a base model, or tiny:llama.")
+    p.add_argument("--data", required=True, help="Test data: any source genqa trains from (xlsx, json, SQuAD...).")
+    p.add_argument("--out", required=True, help="Submission CSV (or .json for a SQuAD {id: answer} map).")
+    p.add_argument("--recipe", help="Recipe YAML (default: the one saved in --adapter or --base).")
+    p.add_argument("--adapter", help="A run folder holding a LoRA adapter to apply on --base.")
+    p.add_argument("--split", help="Split of --data to predict (default: its only/first split).")
+    p.add_argument("--batch_size", type=int, default=16)
+    p.add_argument("--max_new_tokens", type=int, help="Default by task: mcq 8, extractive 48, abstractive 64, "
+                   "mcq_generation 256.")
+    p.add_argument("--mcq_mode", choices=("score", "generate"), default="score",
+                   help="MCQ answering: score the option labels in one forward pass (default), or generate freely "
+                   "and parse the label.")
+    p.add_argument("--num_beams", type=int, default=1)
+    p.add_argument("--do_sample", action="store_true", help="Sample instead of greedy decoding.")
+    p.add_argument("--dtype", default=None, help="float32 / bfloat16 / float16 (default: the recipe's dtype).")
+    p.add_argument("--fill_missing", help="Answer written for ids without a valid prediction (otherwise refused).")
+    p.add_argument("--lang", choices=("en", "vi", "zh"), default="en", help="Metric normalisation language.")
+    p.add_argument("--limit", type=int, help="Predict only the first N rows (a quick look).")
+    p.add_argument("--no_progress", action="store_true", help="No progress bar.")
+    return p
+
+
+def resolve_recipe(args: argparse.Namespace, overrides: list[str]):
+    """The recipe of this prediction: --recipe, else the one saved with the adapter or the merged base."""
+    if args.recipe:
+        qa, sft, model_args, _ = parse_recipe([args.recipe, "--use_cpu", "true", *overrides])
+        return qa, sft, model_args
+    for folder in (args.adapter, args.base):
+        if folder and (Path(folder) / RECIPE_FILE).is_file():
+            return load_run(folder, ["--use_cpu", "true", *overrides])
+    raise RecipeError(f"no recipe: neither --adapter nor --base ({args.base}) holds {RECIPE_FILE}; pass --recipe.")
+
+
+def unique_ids(ids: list[str]) -> list[str]:
+    """Make repeated ids unique (`id#2`, `id#3`), saying how many were renamed."""
+    seen: dict[str, int] = {}
+    out = []
+    for i in ids:
+        seen[i] = seen.get(i, 0) + 1
+        out.append(i if seen[i] == 1 else f"{i}#{seen[i]}")
+    renamed = sum(n - 1 for n in seen.values())
+    if renamed:
+        print(f"[genqa] warning: {renamed} repeated ids in the test data; later copies are renamed id#2, id#3, ...",
+              file=sys.stderr)
+    return out
+
+
+def load_test_rows(qa, task, data: str, split: str | None, limit: int | None) -> tuple[list[dict[str, Any]], bool]:
+    """Canonical test rows (answers optional) and whether the source carries gold answers."""
+    source = load_source(data)
+    name = split or ("test" if "test" in source else next(iter(source)))
+    if name not in source:
+        raise DataError(f"{data}: no split `{name}` (splits: {', '.join(source)}).")
+    ds = source[name]
+    if limit:
+        ds = ds.select(range(min(limit, len(ds))))
+    labelled = all(c in ds.column_names for c in task.answer_columns())
+    rows = task.to_canonical(ds, f"{data} [{name}]", require_answer=False).to_list()
+    for row, uid in zip(rows, unique_ids([r["id"] for r in rows]), strict=True):
+        row["id"] = uid
+    return rows, labelled
+
+
+def load_model_for(backbone: str, base: str, adapter: str | None, dtype):
+    """The model to predict with: base (merged or not) plus an optional adapter, in eval mode."""
+    from transformers import AutoModelForCausalLM, AutoModelForQuestionAnswering, AutoModelForSeq2SeqLM
+
+    from genqa.tiny import resolve_model_path
+
+    auto = {"causal_lm": AutoModelForCausalLM, "seq2seq": AutoModelForSeq2SeqLM,
+            "extractive": AutoModelForQuestionAnswering}[backbone]
+    model = auto.from_pretrained(resolve_model_path(base), dtype=dtype)
+    if adapter:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, adapter)
+    return model.eval()
+
+
+def _tokenizer_and_template(args, qa):
+    from transformers import AutoTokenizer
+
+    from genqa.tiny import resolve_model_path
+
+    folder = args.adapter or args.base
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(folder))
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
+    tokenizer.padding_side = "left"
+    saved_by_genqa = (Path(folder) / RECIPE_FILE).is_file() and tokenizer.chat_template
+    template = tokenizer.chat_template if saved_by_genqa else load_template(qa.template, tokenizer)
+    return tokenizer, template
+
+
+def predict(args: argparse.Namespace, qa, sft, model_args, rows: list[dict[str, Any]],
+            store: PredictionStore) -> None:
+    """Predict every row not yet in `store`, appending records batch by batch."""
+    from genqa.encoding import PromptEncoder
+    from genqa.modeling import detect_backbone, torch_dtype
+    from genqa.predict import generate_texts, map_to_context, score_labels
+
+    task = get_task(qa)
+    todo = [r for r in rows if r["id"] not in store]
+    if len(todo) < len(rows):
+        print(f"[genqa] resuming: {len(rows) - len(todo)} of {len(rows)} rows already predicted in {store.path}")
+    if not todo:
+        return
+    backbone = detect_backbone(args.base, qa.backbone)
+    tokenizer, template = _tokenizer_and_template(args, qa)
+    model = load_model_for(backbone, args.base, args.adapter, torch_dtype(args.dtype or model_args.dtype))
+    max_new = args.max_new_tokens or DEFAULT_MAX_NEW_TOKENS[qa.task]
+
+    def record(row: dict[str, Any], raw: str, how: str) -> dict[str, Any]:
+        if task.name == "mcq":
+            answer = raw if how == "label_score" else task.parse(raw, row)
+            return {"id": row["id"], "raw": raw, "answer": answer, "how": how if answer else "unparseable"}
+        answer = task.parse(raw)
+        if task.name == "extractive" and answer:
+            answer, how = map_to_context(answer, row["context"])
+        elif task.name in ("extractive", "abstractive") and not answer:
+            how = "no_answer"
+        return {"id": row["id"], "raw": raw, "answer": answer, "how": how}
+
+    def sink(how: str):
+        return lambda done: store.add([record(todo[i], raw, how) for i, raw in done])
+
+    if backbone == "causal_lm":
+        encoder = PromptEncoder(task, tokenizer, template, sft.max_length)
+        if task.name == "mcq" and args.mcq_mode == "score":
+            score_labels(model, encoder, todo, task.labels_for, args.batch_size, sink("label_score"),
+                         not args.no_progress)
+        else:
+            generate_texts(model, encoder, todo, args.batch_size, max_new, args.num_beams, args.do_sample,
+                           sink("generate"), not args.no_progress)
+    elif backbone == "seq2seq":
+        from datasets import Dataset
+
+        from genqa.seq2seq import predict_seq2seq
+        from genqa.tasks import CANONICAL_FEATURES
+
+        for start in range(0, len(todo), args.batch_size * 8):  # chunks, so a kill loses little
+            chunk = todo[start:start + args.batch_size * 8]
+            raws = predict_seq2seq(model, tokenizer, template, task, Dataset.from_list(chunk, features=CANONICAL_FEATURES),
+                                   max_length=sft.max_length or 512, max_new_tokens=max_new,
+                                   batch_size=args.batch_size, num_beams=args.num_beams)
+            store.add([record(r, raw, "generate") for r, raw in zip(chunk, raws, strict=True)])
+    else:
+        from datasets import Dataset
+
+        from genqa.extractive import predict_extractive
+        from genqa.tasks import CANONICAL_FEATURES
+
+        for start in range(0, len(todo), args.batch_size * 8):
+            chunk = todo[start:start + args.batch_size * 8]
+            spans = predict_extractive(model, tokenizer, Dataset.from_list(chunk, features=CANONICAL_FEATURES),
+                                       max_length=sft.max_length or 384, doc_stride=getattr(qa, "doc_stride", 128),
+                                       batch_size=args.batch_size)
+            store.add([{"id": r["id"], "raw": s, "answer": s, "how": "span" if s else "no_answer"}
+                       for r, s in zip(chunk, spans, strict=True)])
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of `python -m genqa.generate`."""
+    args, overrides = build_parser().parse_known_args(argv)
+    try:
+        qa, sft, model_args = resolve_recipe(args, overrides)
+        task = get_task(qa)
+        rows, labelled = load_test_rows(qa, task, args.data, args.split, args.limit)
+        out = Path(args.out)
+        store = PredictionStore(out.with_name(out.name + ".predictions.jsonl"))
+        predict(args, qa, sft, model_args, rows, store)
+        ids = [r["id"] for r in rows]
+        answers = {i: store.records[i]["answer"] for i in ids if i in store.records}
+        from genqa.predict import count_by
+
+        how = count_by(store.records[i]["how"] for i in ids if i in store.records)
+        print(f"[genqa] {len(answers)}/{len(ids)} rows predicted; {json.dumps(how, ensure_ascii=False)}")
+        if out.suffix == ".json":
+            write_json_predictions(out, ids, answers)
+        else:
+            valid = set(task.args.option_labels) if task.name == "mcq" else None
+            stats = write_submission(out, ids, answers, qa.submission_id_column, qa.submission_answer_column,
+                                     is_valid=(lambda a: a in valid) if valid else (lambda a: a is not None),
+                                     fill=args.fill_missing)
+            if stats["filled"]:
+                print(f"[genqa] {stats['filled']} missing/invalid answers filled with {args.fill_missing!r}")
+        print(f"[genqa] wrote {out}")
+        from genqa.task_metrics import has_gold, task_metrics
+
+        if labelled and has_gold(task, rows) or task.name == "mcq_generation":
+            metrics = task_metrics(task, rows, answers, args.lang)
+            metrics["predictions"] = how
+            write_atomic(out.with_name(out.name + ".metrics.json"), json.dumps(metrics, indent=2, ensure_ascii=False))
+            print(json.dumps(metrics, indent=2, ensure_ascii=False))
+        return 0
+    except (RecipeError, DataError, TemplateError, SubmissionError) as err:
+        print(f"genqa.generate: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,202 @@
+"""Fast predictions from a causal LM: batched greedy generation and one-pass MCQ label scoring.
+
+Prompts come from the same `PromptEncoder` that built the training rows, so a model is prompted exactly as it was
+trained. Generation left-pads, sorts by length so each batch wastes little padding, stops at EOS and at the
+template's end-of-turn token, and reports examples/s. MCQ answering scores the valid option labels in one forward
+pass by default (the label the model finds most likely wins), so it never produces an unparseable answer.
+"""
+
+from __future__ import annotations
+
+import time
+import unicodedata
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from genqa.encoding import PromptEncoder
+
+
+@dataclass
+class Prediction:
+    """One model answer: the raw output and the task's parsed answer."""
+
+    id: str
+    raw: str
+    answer: str | None
+    how: str = ""  # e.g. "label_score", "generate", "exact", "normalized", "not_in_context", "no_answer"
+
+
+def stop_token_ids(encoder: PromptEncoder) -> list[int]:
+    """EOS plus the template's end-of-turn token, when that is a single token."""
+    tok = encoder.tokenizer
+    ids = [tok.eos_token_id] if tok.eos_token_id is not None else []
+    if len(encoder.end_ids) == 1 and encoder.end_ids[0] not in ids:
+        ids.append(encoder.end_ids[0])
+    return ids
+
+
+def _batches(order: list[int], size: int) -> Iterator[list[int]]:
+    for i in range(0, len(order), size):
+        yield order[i:i + size]
+
+
+def _left_pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, width - len(s):] = torch.tensor(s, dtype=torch.long)
+        mask[i, width - len(s):] = 1
+    return ids, mask
+
+
+class _Progress:
+    """tqdm bar that shows examples/s."""
+
+    def __init__(self, total: int, desc: str, enabled: bool = True) -> None:
+        self.bar = tqdm(total=total, desc=desc, unit="ex", disable=not enabled)
+        self.start, self.done = time.perf_counter(), 0
+
+    def update(self, n: int) -> None:
+        self.done += n
+        self.bar.update(n)
+        self.bar.set_postfix(ex_per_s=f"{self.done / max(time.perf_counter() - self.start, 1e-9):.1f}")
+
+    def close(self) -> float:
+        self.bar.close()
+        return self.done / max(time.perf_counter() - self.start, 1e-9)
+
+
+def _device(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+@torch.inference_mode()
+def generate_texts(model, encoder: PromptEncoder, rows: list[dict[str, Any]], batch_size: int = 16,
+                   max_new_tokens: int = 64, num_beams: int = 1, do_sample: bool = False,
+                   on_batch: Callable[[list[tuple[int, str]]], None] | None = None, progress: bool = True,
+                   ) -> list[str]:
+    """Greedy (or beam / sampled) generation for `rows`, batched and length-sorted; outputs in row order."""
+    tok = encoder.tokenizer
+    prompts = [encoder.encode_prompt(ex, max_new_tokens)[0] for ex in rows]
+    order = sorted(range(len(rows)), key=lambda i: -len(prompts[i]))
+    stops = stop_token_ids(encoder)
+    outputs: list[str] = [""] * len(rows)
+    end_text = encoder.end_text.strip()
+    bar = _Progress(len(rows), "generating", progress)
+    device = _device(model)
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    for batch in _batches(order, batch_size):
+        ids, mask = _left_pad([prompts[i] for i in batch], pad)
+        out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=max_new_tokens,
+                             do_sample=do_sample, num_beams=num_beams, eos_token_id=stops, pad_token_id=pad)
+        done = []
+        for row_i, seq in zip(batch, out[:, ids.shape[1]:].tolist(), strict=True):
+            text = tok.decode(seq, skip_special_tokens=False)
+            if end_text and end_text in text:
+                text = text.split(end_text, 1)[0]
+            for special in (tok.eos_token, tok.pad_token):
+                if special:
+                    text = text.split(special, 1)[0]
+            outputs[row_i] = text.strip()
+            done.append((row_i, outputs[row_i]))
+        if on_batch:
+            on_batch(done)
+        bar.update(len(batch))
+    bar.close()
+    return outputs
+
+
+@torch.inference_mode()
+def score_labels(model, encoder: PromptEncoder, rows: list[dict[str, Any]], labels_of: Callable[[dict], list[str]],
+                 batch_size: int = 16, on_batch: Callable[[list[tuple[int, str]]], None] | None = None,
+                 progress: bool = True) -> list[str]:
+    """Pick, for every row, the valid label whose tokens the model finds most likely after the prompt.
+
+    Single-token labels (the usual `A`-`D`, `1`-`4`) need one forward pass per batch; multi-token labels are scored
+    by the summed log-probability of their tokens.
+    """
+    tok = encoder.tokenizer
+    prompts = [encoder.encode_prompt(ex, 8)[0] for ex in rows]
+    order = sorted(range(len(rows)), key=lambda i: -len(prompts[i]))
+    label_ids = {lab: encoder._ids(lab, is_prompt=False) for ex in rows for lab in labels_of(ex)}
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    device = _device(model)
+    answers: list[str] = [""] * len(rows)
+    bar = _Progress(len(rows), "scoring labels", progress)
+    for batch in _batches(order, batch_size):
+        labels = [labels_of(rows[i]) for i in batch]
+        if all(len(label_ids[lab]) == 1 for labs in labels for lab in labs):
+            ids, mask = _left_pad([prompts[i] for i in batch], pad)
+            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits[:, -1, :].float()
+            logp = torch.log_softmax(logits, dim=-1).cpu()
+            scores = [[float(logp[b, label_ids[lab][0]]) for lab in labs] for b, labs in enumerate(labels)]
+        else:
+            scores = [[_sequence_logprob(model, prompts[i], label_ids[lab], device) for lab in labs]
+                      for i, labs in zip(batch, labels, strict=True)]
+        done = []
+        for row_i, labs, sc in zip(batch, labels, scores, strict=True):
+            answers[row_i] = labs[max(range(len(labs)), key=sc.__getitem__)]
+            done.append((row_i, answers[row_i]))
+        if on_batch:
+            on_batch(done)
+        bar.update(len(batch))
+    bar.close()
+    return answers
+
+
+def _sequence_logprob(model, prompt: list[int], target: list[int], device) -> float:
+    ids = torch.tensor([prompt + target], device=device)
+    logp = torch.log_softmax(model(input_ids=ids).logits[0, len(prompt) - 1:-1].float(), dim=-1)
+    return float(logp[torch.arange(len(target)), torch.tensor(target, device=device)].sum())
+
+
+# ---- extractive answers from generative models -------------------------------------------------------------------
+
+def _norm_with_map(text: str) -> tuple[str, list[int]]:
+    """Lower-cased, NFC, whitespace-collapsed text, with each char's index in the original."""
+    out, idx = [], []
+    prev_space = False
+    for i, ch in enumerate(text):
+        ch = unicodedata.normalize("NFC", ch).lower()
+        if ch.isspace():
+            if prev_space or not out:
+                continue
+            ch, prev_space = " ", True
+        else:
+            prev_space = False
+        out.append(ch)
+        idx.append(i)
+    return "".join(out), idx
+
+
+def map_to_context(answer: str, context: str) -> tuple[str, str]:
+    """Map a generated answer onto its context: (span, how) with how = exact / normalized / not_in_context."""
+    if not answer:
+        return "", "no_answer"
+    if answer in context:
+        return answer, "exact"
+    stripped = answer.strip(" \t\n\"'.,;:!?")
+    if stripped and stripped in context:
+        return stripped, "exact"
+    norm_ctx, idx = _norm_with_map(unicodedata.normalize("NFC", context))
+    norm_ans, _ = _norm_with_map(unicodedata.normalize("NFC", stripped or answer))
+    norm_ans = norm_ans.strip()
+    pos = norm_ctx.find(norm_ans) if norm_ans else -1
+    if pos >= 0:
+        ctx = unicodedata.normalize("NFC", context)
+        return ctx[idx[pos]:idx[pos + len(norm_ans) - 1] + 1], "normalized"
+    return answer, "not_in_context"
+
+
+def count_by(values: Iterable[str]) -> dict[str, int]:
+    """Occurrences of each value."""
+    out: dict[str, int] = {}
+    for v in values:
+        out[v] = out.get(v, 0) + 1
+    return out
+
