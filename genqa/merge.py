@@ -1,0 +1,204 @@
+"""Fold a trained adapter into its base: `python -m genqa.merge --adapter RUN_DIR --out merged/`.
+
+The base is reloaded in full precision (fp32 or bf16, never 4-bit unless `--merge_into_4bit` is given), the adapter
+applied and `merge_and_unload`-ed, and the result saved as safetensors with the tokenizer, chat template, generation
+config and the run's recipe. Before saving, the merge is checked on prompts from the run's own validation rows: the
+merged model's logits must match the adapter on the full-precision base (max abs difference printed; a mismatch
+fails). For QLoRA runs it also prints how far the 4-bit training-time model is from the merged one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from genqa.data_sources import DataError
+from genqa.recipe import RecipeError, dump_recipe
+from genqa.run_dir import RECIPE_FILE, VALIDATION_FILE, load_run, load_validation_rows
+from genqa.templates import TemplateError
+
+TOLERANCE = {torch.float32: 1e-3, torch.bfloat16: 5e-2, torch.float16: 2e-2}
+
+
+class MergeError(RuntimeError):
+    """The merged model does not reproduce its adapter."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Command-line options of genqa.merge."""
+    p = argparse.ArgumentParser(prog="python -m genqa.merge", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--adapter", required=True, help="Run folder holding the adapter (and genqa_recipe.yaml).")
+    p.add_argument("--out", required=True, help="Folder for the merged model (must not exist, or pass --overwrite).")
+    p.add_argument("--base", help="Base model (default: the run's model_name_or_path).")
+    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"),
+                   help="Precision of the reloaded base and the merged weights.")
+    p.add_argument("--check_rows", type=int, default=4, help="Validation rows used to check the merge.")
+    p.add_argument("--tolerance", type=float, help="Max abs logit difference accepted (default by dtype).")
+    p.add_argument("--max_shard_size", default="5GB", help="Safetensors shard size.")
+    p.add_argument("--merge_into_4bit", action="store_true",
+                   help="Merge into the 4-bit quantized base instead (lossy: LoRA deltas get quantized). Only if you "
+                   "know you want it.")
+    p.add_argument("--overwrite", action="store_true", help="Replace an existing --out folder.")
+    return p
+
+
+def _auto_class(backbone: str):
+    from transformers import AutoModelForCausalLM, AutoModelForQuestionAnswering, AutoModelForSeq2SeqLM
+
+    return {"causal_lm": AutoModelForCausalLM, "seq2seq": AutoModelForSeq2SeqLM,
+            "extractive": AutoModelForQuestionAnswering}[backbone]
+
+
+def check_batch(run_dir: str, qa, sft, tokenizer, backbone: str, n_rows: int) -> dict[str, torch.Tensor]:
+    """Token ids for the merge check: prompt + answer of the run's first validation rows (training rows if none)."""
+    from genqa.encoding import PromptEncoder
+    from genqa.run_dir import load_canonical_splits
+    from genqa.tasks import get_task
+
+    task = get_task(qa)
+    rows = load_validation_rows(run_dir)
+    if rows is None:
+        rows, _, _ = load_canonical_splits(qa, task)
+    rows = rows.select(range(min(n_rows, len(rows)))).to_list()
+    if backbone == "extractive":
+        enc = tokenizer([r["question"] for r in rows], [r["context"] for r in rows], truncation="only_second",
+                        max_length=sft.max_length or 384, padding=True, return_tensors="pt")
+        return dict(enc)
+    template = tokenizer.chat_template
+    if backbone == "seq2seq":
+        encoder = PromptEncoder(task, tokenizer, template, sft.max_length)
+        enc = tokenizer([encoder.prompt_text(r) for r in rows], truncation=True, max_length=sft.max_length or 512,
+                        padding=True, return_tensors="pt")
+        labels = tokenizer([task.target(r) for r in rows], padding=True, return_tensors="pt")["input_ids"]
+        return {**dict(enc), "labels": labels}
+    encoder = PromptEncoder(task, tokenizer, template, sft.max_length)
+    seqs = [encoder.encode(r)["input_ids"] for r in rows]
+    seqs = [s for s in seqs if s] or [tokenizer("check")["input_ids"]]
+    width = max(map(len, seqs))
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    ids = torch.tensor([s + [pad] * (width - len(s)) for s in seqs])
+    mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in seqs])
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+@torch.inference_mode()
+def logits_of(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Float32 logits (QA models: start and end logits stacked) on the padding-free positions."""
+    device = next(model.parameters()).device
+    out = model(**{k: v.to(device) for k, v in batch.items()})
+    if hasattr(out, "start_logits") and getattr(out, "logits", None) is None:
+        logits = torch.stack([out.start_logits, out.end_logits], dim=-1)
+    else:
+        logits = out.logits
+    logits = logits.float().cpu()
+    mask = batch.get("attention_mask")
+    if mask is not None and logits.shape[:2] == mask.shape:
+        logits = logits[mask.bool()]
+    return logits
+
+
+def merge(args: argparse.Namespace) -> dict[str, Any]:
+    """Merge, check and save; returns the merge report."""
+    from peft import PeftModel
+    from transformers import AutoTokenizer
+
+    from genqa.modeling import detect_backbone, disable_cpu_4bit_inference_repack, model_init_kwargs, torch_dtype
+    from genqa.tiny import resolve_model_path
+
+    run = Path(args.adapter)
+    if not (run / "adapter_config.json").is_file():
+        raise RecipeError(f"{run}: no adapter_config.json; nothing to merge (a fully fine-tuned run is already a "
+                          "complete model: pass it to genqa.generate --base directly).")
+    out = Path(args.out)
+    if out.exists() and not args.overwrite:
+        raise RecipeError(f"{out} already exists; choose another --out or pass --overwrite.")
+    qa, sft, model_args = load_run(run, ["--use_cpu", "true"])
+    base = args.base or model_args.model_name_or_path
+    backbone = detect_backbone(base, qa.backbone)
+    auto = _auto_class(backbone)
+    dtype = torch_dtype(args.dtype)
+    tokenizer = AutoTokenizer.from_pretrained(run)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
+    batch = check_batch(str(run), qa, sft, tokenizer, backbone, args.check_rows)
+    report: dict[str, Any] = {"adapter": str(run), "base": base, "dtype": args.dtype, "check_rows": args.check_rows}
+
+    model = PeftModel.from_pretrained(auto.from_pretrained(resolve_model_path(base), dtype=dtype), run)
+    adapter_logits = logits_of(model.eval(), batch)
+    model = model.merge_and_unload()
+    merged_logits = logits_of(model.eval(), batch)
+    diff = float((merged_logits - adapter_logits).abs().max())
+    tol = args.tolerance if args.tolerance is not None else TOLERANCE[dtype]
+    report["merged_vs_adapter_max_abs_diff"] = diff
+    print(f"[genqa] merged vs adapter on the {args.dtype} base: max |logit diff| = {diff:.3g} (tolerance {tol:g})")
+    if diff > tol:
+        raise MergeError(f"the merged model does not reproduce its adapter (max |logit diff| {diff:.3g} > {tol:g}); "
+                         "not saving it.")
+
+    if model_args.load_in_4bit or model_args.load_in_8bit:
+        qmodel = auto.from_pretrained(resolve_model_path(base), **model_init_kwargs(model_args))
+        disable_cpu_4bit_inference_repack(qmodel)
+        qmodel = PeftModel.from_pretrained(qmodel, run).eval()
+        q_logits = logits_of(qmodel, batch)
+        report["train_time_4bit_vs_merged_max_abs_diff"] = float((q_logits - merged_logits).abs().max())
+        print("[genqa] quantization error: the 4-bit training-time model differs from the merged model by max "
+              f"|logit diff| = {report['train_time_4bit_vs_merged_max_abs_diff']:.3g}")
+        if args.merge_into_4bit:
+            model = qmodel.merge_and_unload()
+            report["merged_into_4bit_vs_adapter_max_abs_diff"] = float(
+                (logits_of(model, batch) - adapter_logits).abs().max())
+            print("[genqa] warning: merged INTO 4-bit weights as asked: max |logit diff| vs the adapter = "
+                  f"{report['merged_into_4bit_vs_adapter_max_abs_diff']:.3g}")
+        else:
+            del qmodel
+
+    save_merged(model, tokenizer, run, out, args, qa, sft, model_args, report)
+    return report
+
+
+def save_merged(model, tokenizer, run: Path, out: Path, args, qa, sft, model_args, report: dict[str, Any]) -> None:
+    """Write the merged model, tokenizer, recipe and report to a temp folder, then move it into place."""
+    from genqa.recipe import resolved_recipe
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    try:
+        model.save_pretrained(tmp, max_shard_size=args.max_shard_size, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        recipe = resolved_recipe(qa, sft, model_args)
+        recipe.update(model_name_or_path=str(out), use_peft=False, load_in_4bit=False, load_in_8bit=False,
+                      dtype=args.dtype)
+        dump_recipe(recipe, tmp / RECIPE_FILE)
+        if (run / VALIDATION_FILE).is_file():
+            shutil.copy2(run / VALIDATION_FILE, tmp / VALIDATION_FILE)
+        (tmp / "genqa_merge_report.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    print(f"[genqa] merged model saved to {out}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of `python -m genqa.merge`."""
+    args = build_parser().parse_args(argv)
+    try:
+        merge(args)
+        return 0
+    except (RecipeError, DataError, TemplateError, MergeError) as err:
+        print(f"genqa.merge: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,139 @@
+"""Merge (LoRA and QLoRA), generation, label scoring, resumable predictions and the Kaggle CSV, on tiny models."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from genqa.generate import main as generate_main
+from genqa.merge import main as merge_main
+from genqa.sft import main as sft_main
+from genqa.submission import PredictionStore, SubmissionError, write_submission
+
+
+@pytest.fixture(scope="module")
+def mcq_run(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("runs") / "mcq"
+    assert sft_main(["recipes/tiny/mcq.yaml", "--output_dir", str(out), "--max_steps", "20",
+                     "--save_strategy", "no"]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def qlora_run(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("runs") / "qlora"
+    assert sft_main(["recipes/tiny/mcq_generation.yaml", "--output_dir", str(out), "--max_steps", "10",
+                     "--save_strategy", "no"]) == 0
+    return out
+
+
+def _report(folder: Path) -> dict:
+    return json.loads((folder / "genqa_merge_report.json").read_text())
+
+
+def test_lora_merge_matches_adapter(mcq_run, tmp_path):
+    assert merge_main(["--adapter", str(mcq_run), "--out", str(tmp_path / "m")]) == 0
+    rep = _report(tmp_path / "m")
+    assert rep["merged_vs_adapter_max_abs_diff"] < 1e-4
+    assert (tmp_path / "m" / "model.safetensors").exists() and (tmp_path / "m" / "genqa_recipe.yaml").exists()
+    assert merge_main(["--adapter", str(mcq_run), "--out", str(tmp_path / "m")]) == 2  # never overwrites silently
+
+
+def test_qlora_merge_is_exact_and_4bit_merge_is_worse(qlora_run, tmp_path):
+    assert merge_main(["--adapter", str(qlora_run), "--out", str(tmp_path / "full")]) == 0
+    good = _report(tmp_path / "full")
+    assert good["merged_vs_adapter_max_abs_diff"] < 1e-4
+    assert good["train_time_4bit_vs_merged_max_abs_diff"] > 0  # the quantization error is shown
+    assert merge_main(["--adapter", str(qlora_run), "--out", str(tmp_path / "q4"), "--merge_into_4bit"]) == 0
+    bad = _report(tmp_path / "q4")
+    assert bad["merged_into_4bit_vs_adapter_max_abs_diff"] > 100 * max(good["merged_vs_adapter_max_abs_diff"], 1e-6)
+
+
+def test_generate_writes_kaggle_csv_in_input_order(mcq_run, tmp_path):
+    out = tmp_path / "sub.csv"
+    assert generate_main(["--base", "tiny:llama", "--adapter", str(mcq_run), "--data", "data/tiny/zh_mcq_test.xlsx",
+                          "--out", str(out), "--id_column", "題號", "--no_progress"]) == 0
+    rows = list(csv.reader(out.open(encoding="utf-8")))
+    assert rows[0] == ["ID", "Answer"]
+    assert [r[0] for r in rows[1:]] == ["1", "2", "3", "4", "5", "6"]
+    assert all(r[1] in {"1", "2", "3", "4"} for r in rows[1:])
+
+
+def test_label_scoring_agrees_with_free_generation(mcq_run, tmp_path):
+    """Where greedy generation starts with a valid label, scoring the labels picks the same one."""
+    args = ["--base", "tiny:llama", "--adapter", str(mcq_run), "--data", "data/tiny/zh_mcq.xlsx", "--no_progress"]
+    assert generate_main([*args, "--out", str(tmp_path / "score.csv")]) == 0
+    assert generate_main([*args, "--out", str(tmp_path / "gen.csv"), "--mcq_mode", "generate",
+                          "--fill_missing", "1"]) == 0
+    scored = PredictionStore(tmp_path / "score.csv.predictions.jsonl").records
+    generated = PredictionStore(tmp_path / "gen.csv.predictions.jsonl").records
+    defined = [i for i, r in generated.items() if r["raw"][:1] in {"1", "2", "3", "4"}]
+    assert defined, "free generation produced no label at all"
+    assert all(scored[i]["answer"] == generated[i]["raw"][0] for i in defined)
+    metrics = json.loads((tmp_path / "score.csv.metrics.json").read_text())
+    assert metrics["total"] == 12 and metrics["invalid"] == 0
+
+
+def test_merged_model_generates_like_adapter(mcq_run, tmp_path):
+    assert merge_main(["--adapter", str(mcq_run), "--out", str(tmp_path / "m")]) == 0
+    common = ["--data", "data/tiny/zh_mcq.xlsx", "--no_progress"]
+    assert generate_main(["--base", str(tmp_path / "m"), *common, "--out", str(tmp_path / "a.csv")]) == 0
+    assert generate_main(["--base", "tiny:llama", "--adapter", str(mcq_run), *common,
+                          "--out", str(tmp_path / "b.csv")]) == 0
+    assert (tmp_path / "a.csv").read_text() == (tmp_path / "b.csv").read_text()
+
+
+def test_submission_refuses_invalid_answers_unless_filled(tmp_path):
+    out = tmp_path / "s.csv"
+    labels = {"1", "2", "3", "4"}
+    with pytest.raises(SubmissionError, match="2 of 3 ids"):
+        write_submission(out, ["a", "b", "c"], {"a": "1", "b": None, "c": "7"}, "ID", "Answer",
+                         is_valid=lambda x: x in labels)
+    assert not out.exists()
+    stats = write_submission(out, ["a", "b", "c"], {"a": "1", "b": None, "c": "7"}, "ID", "Answer",
+                             is_valid=lambda x: x in labels, fill="1")
+    assert stats == {"rows": 3, "filled": 2}
+    assert out.read_text() == "ID,Answer\na,1\nb,1\nc,1\n"
+
+
+def test_prediction_store_drops_a_torn_last_line(tmp_path):
+    path = tmp_path / "p.jsonl"
+    path.write_text('{"id": "a", "answer": "1"}\n{"id": "b", "answ', encoding="utf-8")
+    store = PredictionStore(path)
+    assert "a" in store and "b" not in store
+    store.add([{"id": "b", "answer": "2"}])
+    assert [json.loads(line)["id"] for line in path.read_text().splitlines()] == ["a", "b"]
+
+
+def test_generate_resumes_after_kill_without_duplicates(qlora_run, tmp_path):
+    out = tmp_path / "gen.csv"
+    preds = tmp_path / "gen.csv.predictions.jsonl"
+    cmd = [sys.executable, "-m", "genqa.generate", "--base", "tiny:llama", "--adapter", str(qlora_run),
+           "--data", "data/tiny/vi_mcq_gen.jsonl", "--out", str(out), "--batch_size", "1", "--max_new_tokens", "48",
+           "--no_progress"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and (not preds.exists() or len(preds.read_text().splitlines()) < 2):
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done_before = len(preds.read_text().splitlines())
+    assert 2 <= done_before < 12, done_before
+    assert not out.exists()
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert f"resuming: {done_before} of 12" in result.stdout
+    ids = [json.loads(line)["id"] for line in preds.read_text().splitlines()]
+    assert len(ids) == len(set(ids)) == 12
+    rows = list(csv.reader(out.open(encoding="utf-8")))
+    assert [r[0] for r in rows[1:]] == [f"vi-{i}" for i in range(12)]
