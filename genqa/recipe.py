@@ -123,8 +123,10 @@ def resolved_recipe(qa: QAArguments, sft: SFTConfig, model: ModelConfig) -> dict
     for obj in (qa, model):
         out.update(dataclasses.asdict(obj))
     out.update(sft.to_dict())
-    deprecated_aliases = {"gradient_checkpointing", "gradient_checkpointing_kwargs"}  # mirror activation_*
-    return {k: _plain(v) for k, v in out.items() if k in recipe_keys() and k not in deprecated_aliases}
+    # Deprecated aliases: gradient_checkpointing* mirror activation_checkpointing*; pad_token warns when set at all.
+    deprecated = {"gradient_checkpointing", "gradient_checkpointing_kwargs"} | ({"pad_token"} if sft.pad_token is None
+                                                                               else set())
+    return {k: _plain(v) for k, v in out.items() if k in recipe_keys() and k not in deprecated}
 
 
 def _plain(value: Any) -> Any:

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Create .venv with genqa and its test tools, offline-capable, on a CPU machine.
+# torch is pinned first to the CPU wheel (an open `torch` requirement would pull a multi-GB CUDA build); GPU users
+# install genqa with `pip install -e .` into an environment that already has their torch build.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+.venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip
+.venv/bin/python -m pip install -q --disable-pip-version-check torch==2.13.0
+.venv/bin/python -m pip install -q --disable-pip-version-check -c constraints-cpu.txt -e ".[test]"
+.venv/bin/python -c "import torch, transformers, trl, peft; print('genqa env ready: torch', torch.__version__, '| transformers', transformers.__version__, '| trl', trl.__version__, '| peft', peft.__version__)"
