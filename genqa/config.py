@@ -104,6 +104,31 @@ class QAArguments:
                   "everything else as a causal LM."},
     )
 
+    # ---- extractive encoders (backbone: extractive) -------------------------------------------------------------
+    doc_stride: int = field(
+        default=128, metadata={"help": "Overlap, in tokens, between the windows a long context is split into."}
+    )
+    max_answer_length: int = field(default=30, metadata={"help": "Longest answer span considered, in tokens."})
+    n_best_size: int = field(default=20, metadata={"help": "Start and end candidates searched per window."})
+    null_score_diff_threshold: float = field(
+        default=0.0,
+        metadata={"help": "Predict no answer when the null score beats the best span by more than this (SQuAD 2.0)."},
+    )
+
+    # ---- seq2seq (backbone: seq2seq) ---------------------------------------------------------------------------
+    max_target_length: int = field(default=32, metadata={"help": "Longest target (answer) in tokens for seq2seq."})
+
+    # ---- generation-based evaluation during training -----------------------------------------------------------
+    generation_eval_samples: int = field(
+        default=0,
+        metadata={"help": "At every evaluation, generate answers for the first N validation rows and log the task "
+                  "metric as eval_gen_* (EM/F1, accuracy, MCQ-generation validity). 0 disables."},
+    )
+    generation_eval_max_new_tokens: int = field(default=64, metadata={"help": "Token budget of those answers."})
+    metric_lang: str = field(
+        default="en", metadata={"help": "Answer normalisation of EM/F1: en (official SQuAD), vi (NFC), zh (chars)."}
+    )
+
     # ---- submission --------------------------------------------------------------------------------------------
     submission_id_column: str = field(default="id", metadata={"help": "Id column name of the submission CSV."})
     submission_answer_column: str = field(
@@ -133,5 +158,7 @@ class QAArguments:
         if self.options_columns and self.options_column:
             raise ValueError("Set either `options_columns` (one column per option) or `options_column` (one list "
                              "column), not both.")
+        if self.metric_lang not in ("en", "vi", "zh"):
+            raise ValueError(f"metric_lang: use en, vi or zh, got {self.metric_lang!r}.")
         if self.validation_size < 0:
             raise ValueError(f"validation_size must be >= 0, got {self.validation_size}.")

@@ -117,6 +117,13 @@ def train_causal_lm(qa: QAArguments, sft, model_args, recipe_path: str | None) -
         model.generation_config.pad_token_id = tokenizer.pad_token_id
     trainer = SFTTrainer(model=model, args=sft, train_dataset=train_ds, eval_dataset=eval_ds,
                          processing_class=tokenizer, peft_config=lora_config(model_args, "CAUSAL_LM"))
+    if qa.generation_eval_samples and eval_rows is not None:
+        from genqa.generation_eval import GenerationEvalCallback
+
+        rows = eval_rows.select(range(min(qa.generation_eval_samples, len(eval_rows)))).to_list()
+        callback = GenerationEvalCallback(encoder, rows, qa.generation_eval_max_new_tokens, qa.metric_lang)
+        callback.trainer = trainer
+        trainer.add_callback(callback)
     trainer.train(resume_from_checkpoint=resume)
     trainer.save_model(sft.output_dir)
     trainer.save_state()

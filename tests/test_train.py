@@ -111,3 +111,11 @@ def test_qlora_gradients_survive_an_evaluation_pass(tiny_llama_path, fix):
         pytest.skip("this CPU does not repack 4-bit weights for inference (no AVX512-BF16): no trap to show")
     else:
         assert worst > 0.1  # without the fix the frozen-layer gradients are dropped
+
+
+def test_generation_based_evaluation_is_logged(tmp_path):
+    run = _train("recipes/tiny/mcq.yaml", tmp_path / "geneval", "--max_steps", "4", "--eval_strategy", "steps",
+                 "--eval_steps", "2", "--generation_eval_samples", "3", "--save_strategy", "no")
+    state = json.loads((run / "trainer_state.json").read_text())
+    gen = [h for h in state["log_history"] if "eval_gen_accuracy" in h]
+    assert len(gen) == 2 and all(h["eval_gen_total"] == 3 for h in gen)

@@ -1,0 +1,60 @@
+"""Generation-based evaluation during training: the task's own metric (EM/F1, accuracy, MCQ-generation validity) on a
+validation subset, computed with the same prediction code as `genqa.generate` at every evaluation.
+
+Enabled by the recipe key `generation_eval_samples: N` (0 = off); logged as `eval_gen_<metric>`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from transformers import TrainerCallback
+
+from genqa.encoding import PromptEncoder
+from genqa.predict import generate_texts, map_to_context, score_labels
+from genqa.task_metrics import task_metrics
+
+
+def predict_answers(model, encoder: PromptEncoder, rows: list[dict[str, Any]], max_new_tokens: int,
+                    batch_size: int = 16) -> dict[str, str | None]:
+    """Answers of a causal LM for canonical rows, read back the way genqa.generate reads them."""
+    task = encoder.task
+    if task.name == "mcq":
+        labels = score_labels(model, encoder, rows, task.labels_for, batch_size, progress=False)
+        return {r["id"]: a for r, a in zip(rows, labels, strict=True)}
+    raws = generate_texts(model, encoder, rows, batch_size, max_new_tokens, progress=False)
+    answers: dict[str, str | None] = {}
+    for row, raw in zip(rows, raws, strict=True):
+        answer = task.parse(raw)
+        if task.name == "extractive" and answer:
+            answer, _ = map_to_context(answer, row["context"])
+        answers[row["id"]] = answer
+    return answers
+
+
+class GenerationEvalCallback(TrainerCallback):
+    """After each evaluation, generate on the first `n` validation rows and log the task metric."""
+
+    def __init__(self, encoder: PromptEncoder, rows: list[dict[str, Any]], max_new_tokens: int = 64,
+                 lang: str = "en") -> None:
+        self.encoder, self.rows, self.max_new_tokens, self.lang = encoder, rows, max_new_tokens, lang
+        self.trainer = None
+        self.history: list[dict[str, Any]] = []
+
+    def on_evaluate(self, args, state, control, model=None, **kwargs):
+        """Run the generation pass (main process only) and log `eval_gen_*`."""
+        if self.trainer is None or not state.is_world_process_zero or not self.rows:
+            return
+        model = self.trainer.model
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.inference_mode():
+                answers = predict_answers(model, self.encoder, self.rows, self.max_new_tokens)
+        finally:
+            model.train(was_training)
+        metrics = task_metrics(self.encoder.task, self.rows, answers, self.lang)
+        flat = {f"eval_gen_{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}
+        self.history.append({"step": state.global_step, **flat})
+        self.trainer.log(flat)
