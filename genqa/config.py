@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 TASKS = ("extractive", "mcq", "mcq_generation", "abstractive")
 BACKBONES = ("auto", "causal_lm", "seq2seq", "extractive")
-DATASET_FORMATS = ("auto", "hub", "json", "jsonl", "csv", "parquet", "xlsx", "squad", "disk")
+DATASET_FORMATS = ("auto", "hub", "json", "jsonl", "csv", "parquet", "xlsx", "squad", "c3", "disk")
 
 
 @dataclass
@@ -66,6 +66,17 @@ class QAArguments:
     )
     options_column: str | None = field(
         default=None, metadata={"help": "mcq: a single column holding the list of options (C3 `choice`)."}
+    )
+    options_in_question: bool = field(
+        default=False,
+        metadata={"help": "mcq: the options are lines `A. ...` inside the question text (Vietnamese exam MCQs); "
+                  "they are split off into options."},
+    )
+
+    on_bad_row: str = field(
+        default="error",
+        metadata={"help": "A row genqa cannot use (answer not in its context, unknown label, unparseable options): "
+                  "`error` stops naming the row; `skip` drops such rows and prints how many and why."},
     )
 
     # ---- task --------------------------------------------------------------------------------------------------
@@ -158,6 +169,8 @@ class QAArguments:
         if self.options_columns and self.options_column:
             raise ValueError("Set either `options_columns` (one column per option) or `options_column` (one list "
                              "column), not both.")
+        if self.on_bad_row not in ("error", "skip"):
+            raise ValueError(f"on_bad_row: use error or skip, got {self.on_bad_row!r}.")
         if self.metric_lang not in ("en", "vi", "zh"):
             raise ValueError(f"metric_lang: use en, vi or zh, got {self.metric_lang!r}.")
         if self.validation_size < 0:

@@ -67,16 +67,36 @@ def load_squad_json(path: str | os.PathLike) -> Dataset:
     return Dataset.from_list(rows)
 
 
-def _json_is_squad(path: Path) -> bool:
+def is_c3_json(data: Any) -> bool:
+    """True for the C3 layout: `[[passage sentences], [{question, choice, answer}], doc_id]` documents."""
+    return (isinstance(data, list) and bool(data) and isinstance(data[0], list) and len(data[0]) == 3
+            and isinstance(data[0][0], list) and isinstance(data[0][1], list))
+
+
+def load_c3_json(path: str | os.PathLike) -> Dataset:
+    """Read C3 (Chinese multiple-choice reading comprehension) into rows: id, context, question, choice, answer."""
+    with open(path, encoding="utf-8") as fh:
+        data = json.load(fh)
+    if not is_c3_json(data):
+        raise DataError(f"{path}: not a C3-layout JSON file (a list of [sentences, questions, id] documents).")
+    rows = [{"id": f"{doc_id}-{q}", "context": "\n".join(sentences), "question": item["question"],
+             "choice": list(item["choice"]), "answer": item.get("answer", "")}
+            for sentences, items, doc_id in data for q, item in enumerate(items)]
+    return Dataset.from_list(rows)
+
+
+def _json_layout(path: Path) -> str:
+    """`squad`, `c3` or `json` for a .json file."""
     with open(path, encoding="utf-8") as fh:
         head = fh.read(4096).lstrip()
-    if not head.startswith("{"):
-        return False
+    if not (head.startswith("{") or head.startswith("[") and head[1:].lstrip().startswith("[")):
+        return "json"
     with open(path, encoding="utf-8") as fh:
         try:
-            return is_squad_json(json.load(fh))
+            data = json.load(fh)
         except json.JSONDecodeError:
-            return False
+            return "json"
+    return "squad" if is_squad_json(data) else "c3" if is_c3_json(data) else "json"
 
 
 def detect_format(path: str) -> str:
@@ -92,9 +112,7 @@ def detect_format(path: str) -> str:
         if fmt is None:
             raise DataError(f"{path}: unknown file type {p.suffix!r}; use json, jsonl, csv, parquet or xlsx, or set "
                             "`dataset_format`.")
-        if fmt == "json" and _json_is_squad(p):
-            return "squad"
-        return fmt
+        return _json_layout(p) if fmt == "json" else fmt
     if p.suffix.lower() in SUFFIX_FORMATS or not re.fullmatch(r"[\w.-]+(/[\w.-]+)?", path) or path.startswith("."):
         raise DataError(f"{path}: file not found (working directory: {os.getcwd()}).")
     return "hub"
@@ -123,6 +141,8 @@ def load_source(path: str, fmt: str = "auto", config: str | None = None) -> Data
                             "point `dataset_path` at a local file instead.") from err
     elif fmt == "squad":
         loaded = load_squad_json(path)
+    elif fmt == "c3":
+        loaded = load_c3_json(path)
     elif fmt == "disk":
         loaded = load_from_disk(path)
     elif fmt == "xlsx":

@@ -132,7 +132,7 @@ def score_labels(model, encoder: PromptEncoder, rows: list[dict[str, Any]], labe
         labels = [labels_of(rows[i]) for i in batch]
         if all(len(label_ids[lab]) == 1 for labs in labels for lab in labs):
             ids, mask = _left_pad([prompts[i] for i in batch], pad)
-            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits[:, -1, :].float()
+            logits = _last_logits(model, ids.to(device), mask.to(device))
             logp = torch.log_softmax(logits, dim=-1).cpu()
             scores = [[float(logp[b, label_ids[lab][0]]) for lab in labs] for b, labs in enumerate(labels)]
         else:
@@ -147,6 +147,15 @@ def score_labels(model, encoder: PromptEncoder, rows: list[dict[str, Any]], labe
         bar.update(len(batch))
     bar.close()
     return answers
+
+
+def _last_logits(model, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Logits of the last position only (`logits_to_keep=1` skips the LM head on the prompt, where supported)."""
+    try:
+        out = model(input_ids=ids, attention_mask=mask, logits_to_keep=1)
+    except TypeError:
+        out = model(input_ids=ids, attention_mask=mask)
+    return out.logits[:, -1, :].float()
 
 
 def _sequence_logprob(model, prompt: list[int], target: list[int], device) -> float:

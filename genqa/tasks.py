@@ -73,16 +73,30 @@ class Task:
         has_answer = all(c in dataset.column_names for c in self.answer_columns())
         id_column = self.args.id_column or ("id" if "id" in dataset.column_names else None)
 
+        skipped: list[str] = []
+
         def convert(row: dict[str, Any], idx: int) -> dict[str, Any]:
             ex = {"id": _text(row[id_column]) if id_column else str(idx),
                   "context": _text(row.get(self.args.context_column)) if self.args.context_column else "",
                   "question": _text(row.get(self.args.question_column)) if self.args.question_column else "",
                   "options": [], "answers": [], "answer_starts": [], "label": -1}
-            self.fill(ex, row, f"{source} row {idx} (id {ex['id']})", has_answer)
+            try:
+                self.fill(ex, row, f"{source} row {idx} (id {ex['id']})", has_answer)
+            except DataError as err:
+                if self.args.on_bad_row != "skip":
+                    raise DataError(f"{err} (or set `on_bad_row: skip` to skip such rows, counted)") from None
+                skipped.append(str(err))
+                ex.update(options=[], answers=[], answer_starts=[], label=-2)  # -2 marks a skipped row
             return ex
 
-        return dataset.map(convert, with_indices=True, remove_columns=dataset.column_names,
-                           features=CANONICAL_FEATURES, desc=f"Mapping {source} onto the {self.name} task")
+        out = dataset.map(convert, with_indices=True, remove_columns=dataset.column_names,
+                          features=CANONICAL_FEATURES, desc=f"Mapping {source} onto the {self.name} task",
+                          load_from_cache_file=False)
+        if skipped:
+            out = out.filter(lambda label: label != -2, input_columns="label")
+            shown = "\n  ".join(skipped[:5])
+            print(f"[genqa] {source}: skipped {len(skipped)} bad rows (on_bad_row: skip), e.g.:\n  {shown}")
+        return out
 
     def fill(self, ex: dict[str, Any], row: dict[str, Any], where: str, has_answer: bool) -> None:
         """Fill task-specific canonical fields of `ex` from the source `row`."""
@@ -217,6 +231,18 @@ def _options_from_row(args: QAArguments, row: dict[str, Any], where: str) -> lis
     return [_text(row[c]) for c in args.options_columns or []]
 
 
+def split_options(text: str, labels: list[str], where: str) -> tuple[str, list[str]]:
+    """Split `question\nA. opt\nB. opt ...` into the question and its options (labels in order)."""
+    alternation = "|".join(re.escape(lab) for lab in labels)
+    # an option marker starts a line or follows a tab / a run of spaces: "\nA. ...", "\tB. ..."
+    parts = re.split(rf"(?:^|\n|\t| {{2,}})[ \t]*({alternation})[ \t]*[.):][ \t]*", text)
+    found = parts[1::2]
+    by_label = dict(zip(found, (p.strip() for p in parts[2::2]), strict=True))
+    if len(by_label) != len(found) or sorted(found) != sorted(labels):
+        raise DataError(f"{where}: could not find options {', '.join(labels)} as lines `A. ...` in the question.")
+    return parts[0].strip(), [by_label[lab] for lab in labels]
+
+
 @dataclass
 class MCQTask(Task):
     """Multiple-choice reading comprehension: options → the label of the right one (`A`–`D` or `1`–`4`)."""
@@ -228,16 +254,16 @@ class MCQTask(Task):
         labels = ", ".join(self.args.option_labels)
         self.default_instruction = ("Read the context and answer the multiple-choice question with the label of the "
                                     f"correct option ({labels}) only.")
-        if not (self.args.options_columns or self.args.options_column):
-            raise DataError(f"task {self.name}: set `options_columns` (one column per option) or `options_column` "
-                            "(one column holding a list of options).")
+        if not (self.args.options_columns or self.args.options_column or self.args.options_in_question):
+            raise DataError(f"task {self.name}: set `options_columns` (one column per option), `options_column` "
+                            "(one column holding a list of options) or `options_in_question: true`.")
         if self.args.options_columns and len(self.args.options_columns) > len(self.args.option_labels):
             raise DataError(f"options_columns has {len(self.args.options_columns)} columns but option_labels only "
                             f"{len(self.args.option_labels)} labels; add labels.")
 
     def input_columns(self):
         extra = self.args.options_columns or [self.args.options_column]
-        return super().input_columns() + [c for c in extra if c]
+        return super().input_columns() + [c for c in extra if c and not self.args.options_in_question]
 
     def label_index(self, value: Any, options: list[str], where: str) -> int:
         """Index of the gold answer given as a label, a 1-based option number or the option's text."""
@@ -251,11 +277,17 @@ class MCQTask(Task):
             return int(cleaned) - 1
         if text in options:
             return options.index(text)
+        columns = self.args.options_columns or []
+        if text in columns[:len(options)]:  # the answer names the option's column (`選項1`)
+            return columns.index(text)
         raise DataError(f"{where}: answer {text!r} is neither a label ({', '.join(labels[:len(options)])}), an option "
                         "number, nor the text of an option. Fix the row or set `option_labels`.")
 
     def fill(self, ex, row, where, has_answer):
-        options = _options_from_row(self.args, row, where)
+        if self.args.options_in_question:
+            ex["question"], options = split_options(ex["question"], self.args.option_labels, where)
+        else:
+            options = _options_from_row(self.args, row, where)
         if len(options) > len(self.args.option_labels):
             raise DataError(f"{where}: {len(options)} options but only {len(self.args.option_labels)} option_labels.")
         if len(options) < 2:
