@@ -1,0 +1,89 @@
+"""Tasks, data-source readers and answer read-back on small hand-written fixtures."""
+
+from __future__ import annotations
+
+import json
+import unicodedata
+
+import pytest
+from datasets import Dataset
+
+from genqa.config import QAArguments
+from genqa.data_sources import DataError, grouped_split, load_source
+from genqa.predict import map_to_context
+from genqa.tasks import get_task, split_options
+
+LABELS = ["A", "B", "C", "D"]
+
+
+def test_split_options_lines_tabs_and_order():
+    q, opts = split_options("Câu 3: Thủ đô là gì?\n\tA. Huế. \tB. Hà Nội. \tC. Đà Nẵng. \tD. Vinh.", LABELS, "r")
+    assert q == "Câu 3: Thủ đô là gì?" and opts == ["Huế.", "Hà Nội.", "Đà Nẵng.", "Vinh."]
+    _, opts = split_options("Q?\nA. one\nC. three\nB. two\nD. four", LABELS, "r")
+    assert opts == ["one", "two", "three", "four"]
+    with pytest.raises(DataError, match="row 7"):
+        split_options("Q?\nA. one\nB. two", LABELS, "row 7")
+
+
+@pytest.mark.parametrize("gold,index", [("B", 1), ("b.", 1), ("2", 1), (2, 1), ("選項2", 1), ("two", 1)])
+def test_mcq_gold_forms(gold, index):
+    task = get_task(QAArguments(task="mcq", options_columns=["選項1", "選項2", "選項3", "選項4"]))
+    assert task.label_index(gold, ["one", "two", "three", "four"], "row") == index
+
+
+def test_mcq_unknown_gold_names_row():
+    task = get_task(QAArguments(task="mcq", options_columns=["a", "b", "c", "d"]))
+    with pytest.raises(DataError, match="row 3"):
+        task.label_index("E", ["w", "x", "y", "z"], "row 3")
+
+
+@pytest.mark.parametrize("text,expected", [("B", "B"), (" (c) because", "C"), ("The answer is D.", "D"),
+                                           ("Đáp án: A", "A"), ("no idea", None), ("", None)])
+def test_mcq_parse(text, expected):
+    task = get_task(QAArguments(task="mcq", options_columns=["a", "b", "c", "d"]))
+    assert task.parse(text) == expected
+
+
+def test_on_bad_row_skip_counts(capsys):
+    ds = Dataset.from_list([{"context": "Sky is blue.", "question": "Color?", "answers": "blue"},
+                            {"context": "Grass is green.", "question": "Color?", "answers": "red"}])
+    with pytest.raises(DataError, match="on_bad_row: skip"):
+        get_task(QAArguments(task="extractive")).to_canonical(ds, "toy")
+    rows = get_task(QAArguments(task="extractive", on_bad_row="skip")).to_canonical(ds, "toy")
+    assert len(rows) == 1 and "skipped 1 bad rows" in capsys.readouterr().out
+
+
+def test_c3_and_squad_without_ids(tmp_path):
+    c3 = [[["男：你去哪儿？", "女：我去图书馆。"], [{"question": "女的去哪儿？", "choice": ["商店", "图书馆"],
+                                                  "answer": "图书馆"}], "d-1"]]
+    (tmp_path / "c3.json").write_text(json.dumps(c3, ensure_ascii=False), encoding="utf-8")
+    rows = get_task(QAArguments(task="mcq", options_column="choice", answer_column="answer")).to_canonical(
+        load_source(str(tmp_path / "c3.json"))["train"], "c3")
+    assert rows[0]["id"] == "d-1-0" and rows[0]["label"] == 1 and rows[0]["context"].startswith("男：")
+    squad = {"data": [{"title": "t", "paragraphs": [{"context": "Hà Nội là thủ đô.", "qas": [
+        {"question": "Thủ đô?", "answers": [{"text": "Hà Nội", "answer_start": 0}]}]}]}]}
+    (tmp_path / "vi.json").write_text(json.dumps(squad, ensure_ascii=False), encoding="utf-8")
+    ds = load_source(str(tmp_path / "vi.json"))["train"]
+    assert ds[0]["id"] == "0-0-0" and ds[0]["answers"] == ["Hà Nội"]
+
+
+def test_grouped_split_keeps_contexts_apart():
+    ds = Dataset.from_list([{"context": f"c{i // 3}", "q": str(i)} for i in range(30)])
+    train, val = grouped_split(ds, 0.2, 1, "context")
+    assert not set(train["context"]) & set(val["context"]) and len(train) + len(val) == 30
+
+
+def test_map_generated_answer_back_to_context():
+    ctx = "The  Old Bridge was built in 1902 by Mira."
+    assert map_to_context("1902", ctx) == ("1902", "exact")
+    assert map_to_context("the old bridge", ctx) == ("The  Old Bridge", "normalized")
+    assert map_to_context("a castle", ctx) == ("a castle", "not_in_context")
+    assert map_to_context("", ctx) == ("", "no_answer")
+    vi = unicodedata.normalize("NFD", "Sông Hồng chảy qua Hà Nội.")
+    span, how = map_to_context(unicodedata.normalize("NFC", "hà nội"), vi)
+    assert how == "normalized" and unicodedata.normalize("NFC", span) == "Hà Nội"
+
+
+def test_extractive_no_answer_read_back():
+    task = get_task(QAArguments(task="extractive", no_answer_text="unanswerable"))
+    assert task.parse("Unanswerable.") == "" and task.parse(" 1902 ") == "1902"
