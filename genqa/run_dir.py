@@ -17,6 +17,7 @@ from datasets import Dataset
 
 from genqa.config import QAArguments
 from genqa.data_sources import load_source, train_validation
+from genqa.messages import is_main_process, say
 from genqa.recipe import RecipeError, dump_recipe, parse_recipe, resolved_recipe
 from genqa.tasks import CANONICAL_FEATURES, Task
 
@@ -61,14 +62,14 @@ def prepare_output_dir(sft) -> str | bool | None:
     if isinstance(wanted, str) and wanted.lower() not in ("true", "auto", "latest", "last"):
         if not Path(wanted).is_dir():
             raise RecipeError(f"resume_from_checkpoint: {wanted} is not a checkpoint folder.")
-        print(f"[genqa] resuming from {wanted}")
+        say(f"[genqa] resuming from {wanted}")
         return wanted
     if last is not None:
-        print(f"[genqa] resuming from the last checkpoint in {out}: {last} "
+        say(f"[genqa] resuming from the last checkpoint in {out}: {last} "
               "(set `resume_from_checkpoint: never` or another output_dir to start over)")
         return last
     if wanted:
-        print(f"[genqa] no checkpoint in {out} yet: starting from scratch")
+        say(f"[genqa] no checkpoint in {out} yet: starting from scratch")
     elif any(out.glob("adapter_model.safetensors")) or any(out.glob("model*.safetensors")):
         raise RecipeError(f"output_dir {out} already holds a trained model and no checkpoint to resume from; "
                           "choose another output_dir or remove it (genqa does not overwrite a finished run).")
@@ -78,6 +79,8 @@ def prepare_output_dir(sft) -> str | bool | None:
 def save_run_files(output_dir: str, qa: QAArguments, sft, model_args, reports: list, validation: Dataset | None,
                    ) -> None:
     """Write the resolved recipe, the tokenization report and the canonical validation rows into the run folder."""
+    if not is_main_process():
+        return
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     dump_recipe(resolved_recipe(qa, sft, model_args), out / RECIPE_FILE)

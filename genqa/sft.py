@@ -7,6 +7,7 @@ Encoder-decoders (T5) and extractive encoders (BERT / XLM-R) share everything up
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import yaml
 
 from genqa.config import QAArguments
 from genqa.data_sources import DataError, detect_format
+from genqa.messages import say
 from genqa.recipe import RecipeError, non_default_items, parse_recipe
 from genqa.run_dir import load_canonical_splits, prepare_output_dir, save_run_files
 from genqa.tasks import get_task
@@ -92,19 +94,21 @@ def train_causal_lm(qa: QAArguments, sft, model_args, recipe_path: str | None) -
     template = load_template(qa.template, tokenizer)
     task = get_task(qa)
     train_rows, eval_rows, note = load_canonical_splits(qa, task)
-    print(f"[genqa] data: {qa.dataset_path}: {len(train_rows)} train rows; {note}")
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    say(f"[genqa] processes: {world} ({'GPU' if torch_cuda_available() else 'CPU'})")
+    say(f"[genqa] data: {qa.dataset_path}: {len(train_rows)} train rows; {note}")
     encoder = PromptEncoder(task, tokenizer, template, sft.max_length,
                             completion_only_loss=sft.completion_only_loss is not False)
     train_ds, train_report = encoder.encode_dataset(train_rows, "train")
     reports = [train_report]
-    print(train_report.summary())
+    say(train_report.summary())
     if train_report.kept == 0:
         raise DataError(f"{qa.dataset_path}: no training row fits max_length={sft.max_length}; raise it.")
     eval_ds = None
     if eval_rows is not None:
         eval_ds, eval_report = encoder.encode_dataset(eval_rows, "validation")
         reports.append(eval_report)
-        print(eval_report.summary())
+        say(eval_report.summary())
     if sft.eval_strategy != "no" and eval_ds is None:
         raise RecipeError(f"{recipe_path}: eval_strategy={sft.eval_strategy} but there is no validation data; set "
                           "`validation_size` or `eval_split`, or `eval_strategy: 'no'`.")
@@ -129,7 +133,7 @@ def train_causal_lm(qa: QAArguments, sft, model_args, recipe_path: str | None) -
     trainer.save_state()
     if trainer.is_world_process_zero():
         tokenizer.save_pretrained(sft.output_dir)
-        save_run_files(sft.output_dir, qa, sft, model_args, reports, eval_rows)
+    save_run_files(sft.output_dir, qa, sft, model_args, reports, eval_rows)
     return sft.output_dir
 
 
@@ -149,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[genqa] recipe {recipe_path or '(command line)'} is valid.")
             return 0
         if is_tiny(model_args.model_name_or_path):
-            print(f"[genqa] {model_args.model_name_or_path}: a tiny model built offline by genqa -- a pipeline check, "
+            say(f"[genqa] {model_args.model_name_or_path}: a tiny model built offline by genqa -- a pipeline check, "
                   "not a useful model.")
         from genqa.modeling import detect_backbone
 
@@ -161,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             trainer_fn = train_causal_lm
         out = trainer_fn(qa, sft, model_args, recipe_path)
-        print(f"[genqa] run folder: {out}")
+        say(f"[genqa] run folder: {out}")
         return 0
     except USER_ERRORS as err:
         print(f"genqa.sft: error: {err}", file=sys.stderr)

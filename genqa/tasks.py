@@ -15,6 +15,7 @@ from datasets import Dataset, Features, Sequence, Value
 from genqa.config import QAArguments
 from genqa.data_sources import DataError
 from genqa.mcq_format import format_mcq
+from genqa.messages import say
 
 CANONICAL_FEATURES = Features({
     "id": Value("string"),
@@ -95,7 +96,7 @@ class Task:
         if skipped:
             out = out.filter(lambda label: label != -2, input_columns="label")
             shown = "\n  ".join(skipped[:5])
-            print(f"[genqa] {source}: skipped {len(skipped)} bad rows (on_bad_row: skip), e.g.:\n  {shown}")
+            say(f"[genqa] {source}: skipped {len(skipped)} bad rows (on_bad_row: skip), e.g.:\n  {shown}")
         return out
 
     def fill(self, ex: dict[str, Any], row: dict[str, Any], where: str, has_answer: bool) -> None:
