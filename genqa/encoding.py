@@ -101,6 +101,7 @@ class PromptEncoder:
 
     def encode_prompt(self, ex: dict[str, Any], max_new_tokens: int = 0) -> tuple[list[int], bool]:
         """Prompt ids for generation, the context cut to leave `max_new_tokens` room; returns (ids, truncated)."""
+        ex = {**ex, "answers": [], "answer_starts": []}  # at prediction time the gold span must not steer the cut
         ids = self._ids(self.prompt_text(ex), is_prompt=True)
         if self.max_length is None or len(ids) + max_new_tokens <= self.max_length or not ex["context"]:
             return ids, False

@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from datasets import Dataset
 from transformers import PreTrainedTokenizerBase, Seq2SeqTrainingArguments, TrainingArguments
+from trl import ModelConfig, SFTConfig
 
 from genqa.config import QAArguments
 from genqa.data_sources import DataError
@@ -91,12 +92,35 @@ class Seq2SeqEncoder(PromptEncoder):
         """Decoder labels of a canonical row: `task.target(ex)` + `</s>`."""
         return self._ids(self.task.target(ex), is_prompt=False)
 
+    def fit_prompt(self, ex: dict[str, Any]) -> tuple[list[int], bool]:
+        """Encoder ids of a row, the context cut until they fit `max_length`; returns (ids, context_was_cut).
+
+        An extractive row's gold span (`answer_starts`) is kept inside the cut context; the ids can still be longer
+        than `max_length` when even the shortest context does not fit (the caller drops or cuts the row).
+        """
+        ids = self._ids(self.prompt_text(ex), is_prompt=True)
+        if self.max_length is None or len(ids) <= self.max_length or not ex["context"]:
+            return ids, False
+        for context in self._context_windows(ex, len(ids) - self.max_length):
+            ids = self._ids(self.prompt_text({**ex, "context": context}), is_prompt=True)
+            if len(ids) <= self.max_length:
+                break
+        return ids, True
+
+    def encode_prompt(self, ex: dict[str, Any], max_new_tokens: int = 0) -> tuple[list[int], bool]:
+        """Encoder ids for generation (the gold answer is not used to choose the context kept); (ids, truncated).
+
+        `max_new_tokens` is accepted for `PromptEncoder` compatibility and ignored: an encoder-decoder's answer does
+        not share the input's length budget.
+        """
+        return self.fit_prompt({**ex, "answers": [], "answer_starts": []})
+
     def encode(self, ex: dict[str, Any]) -> dict[str, Any]:
         """Encoder ids and decoder labels for one canonical row, with its status (ok / context_truncated / dropped)."""
         labels = self.target_ids(ex)
         if self.max_target_length is not None and len(labels) > self.max_target_length:
             return {"input_ids": [], "attention_mask": [], "labels": [], "status": TARGET_TOO_LONG}
-        ids, truncated = self.encode_prompt(ex)
+        ids, truncated = self.fit_prompt(ex)
         if self.max_length is not None and len(ids) > self.max_length:
             return {"input_ids": [], "attention_mask": [], "labels": [], "status": TOO_LONG}
         return {"input_ids": ids, "attention_mask": [1] * len(ids), "labels": labels,
@@ -145,7 +169,7 @@ def seq2seq_training_args(sft: TrainingArguments, max_target_length: int | None 
     return Seq2SeqTrainingArguments(**kwargs, predict_with_generate=False, generation_max_length=max_target_length)
 
 
-def _check_recipe(qa: QAArguments, sft: Any, model_args: Any, where: str) -> None:
+def _check_recipe(qa: QAArguments, sft: SFTConfig, model_args: ModelConfig, where: str) -> None:
     """Reject recipe keys that cannot apply to an encoder-decoder, naming the key and the fix."""
     for key in CAUSAL_ONLY_KEYS:
         if getattr(sft, key, False):
@@ -164,7 +188,7 @@ def _check_recipe(qa: QAArguments, sft: Any, model_args: Any, where: str) -> Non
                           "(or `causal_lm`) for this model.")
 
 
-def train_seq2seq(qa: QAArguments, sft: Any, model_args: Any, recipe_path: str | None) -> str:
+def train_seq2seq(qa: QAArguments, sft: SFTConfig, model_args: ModelConfig, recipe_path: str | None) -> str:
     """Fine-tune an encoder-decoder (T5, BART, ...) with `Seq2SeqTrainer` on the recipe's task; returns the run folder.
 
     `sft` is the recipe's `trl.SFTConfig` (its `max_length` bounds the encoder input), `model_args` its
@@ -254,8 +278,7 @@ def predict_seq2seq(model: Any, tokenizer: PreTrainedTokenizerBase, template: st
     prompts: list[list[int]] = []
     truncated = 0
     for ex in rows:
-        blind = {**ex, "answers": [], "answer_starts": []}  # no peeking at the gold span when cutting the context
-        ids, cut = encoder.encode_prompt(blind)
+        ids, cut = encoder.encode_prompt(ex)  # never peeks at a gold span when cutting the context
         if max_length is not None and len(ids) > max_length:
             ids, cut = encoder._with_eos(ids[:max_length - 1]), True
         truncated += cut

@@ -18,7 +18,7 @@ from pathlib import Path
 from genqa.templates import TEMPLATE_DIR
 
 TINY_PREFIX = "tiny:"
-TINY_VERSION = "2"
+TINY_VERSION = "3"
 SAMPLE_DIR = TEMPLATE_DIR.parent / "data" / "tiny"
 SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>", "<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>",
                   "<|eot_id|>", "<|im_start|>", "<|im_end|>"]
@@ -118,8 +118,13 @@ def build_t5(path: Path) -> None:
     import torch
     from transformers import T5Config, T5ForConditionalGeneration
 
+    from tokenizers import processors
+
     tokenizer = build_tokenizer()
-    config = T5Config(vocab_size=len(tokenizer), d_model=64, d_kv=16, d_ff=128, num_layers=2, num_decoder_layers=2,
+    eos = tokenizer.eos_token_id
+    tokenizer.backend_tokenizer.post_processor = processors.TemplateProcessing(  # T5 tokenizers end inputs with </s>
+        single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", eos)])
+    config = T5Config(bos_token_id=tokenizer.bos_token_id, vocab_size=len(tokenizer), d_model=64, d_kv=16, d_ff=128, num_layers=2, num_decoder_layers=2,
                       num_heads=4, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
                       decoder_start_token_id=tokenizer.pad_token_id)
     torch.manual_seed(0)

@@ -16,6 +16,17 @@ SHARED_DATA = ROOT.parent / "shared" / "data"
 
 
 @pytest.fixture(scope="session", autouse=True)
+def _one_thread():
+    """Tiny models are overhead-bound: one intra-op thread is several times faster than two on this 2-core machine."""
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="session", autouse=True)
 def _repo_cwd():
     """Recipes name paths relative to the repo root: run every test from there."""
     old = os.getcwd()

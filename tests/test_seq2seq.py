@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from datasets import Dataset
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
@@ -44,6 +45,15 @@ def _train_rows(run_dir: Path):
     task = get_task(qa)
     train, _, _ = load_canonical_splits(qa, task)
     return qa, sft, task, train
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """Tiny models gain nothing from a second thread; on a busy 2-core machine OpenMP spinning made training 8x slower."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +120,9 @@ def test_batched_prediction_keeps_row_order(trained):
     tokenizer = AutoTokenizer.from_pretrained(trained)
     one = predict_seq2seq(model, tokenizer, tokenizer.chat_template, task, rows, sft.max_length, batch_size=1)
     batched = predict_seq2seq(model, tokenizer, tokenizer.chat_template, task, rows, sft.max_length, batch_size=3)
-    assert batched == one and len(one) == 7
+    tokenizer.padding_side = "left"  # as genqa.generate sets it: the encoder's attention mask makes it equivalent
+    left = predict_seq2seq(model, tokenizer, tokenizer.chat_template, task, rows, sft.max_length, batch_size=3)
+    assert batched == one == left and len(one) == 7
 
 
 # ---- encoding: targets, end-of-sequence, context-first truncation ------------------------------------------------
@@ -143,12 +155,16 @@ def test_long_inputs_lose_context_never_the_question(t5_tokenizer, prompt_format
         assert enc["status"] == "context_truncated"
         assert len(enc["input_ids"]) <= 96 and enc["input_ids"][-1] == t5_tokenizer.eos_token_id
         text = t5_tokenizer.decode(enc["input_ids"], skip_special_tokens=True)
-        assert QUESTION in text and task.instruction in text  # the instruction (default format) is kept too
+        assert QUESTION in text
+        if prompt_format is None:
+            assert task.instruction in text  # the default format's instruction is kept too
         assert len(text) < len(encoder.prompt_text(row))
         target = t5_tokenizer.decode(enc["labels"], skip_special_tokens=True)
         assert enc["labels"][-1] == t5_tokenizer.eos_token_id  # the decoder learns to stop
         if row["answers"]:
-            assert ANSWER in text and target == ANSWER  # the gold span survives the cut
+            assert ANSWER in text and target == ANSWER  # training: the gold span survives the cut
+            blind, cut = encoder.encode_prompt(row)  # generation: the gold span does not choose the context kept
+            assert cut and len(blind) <= 96 and ANSWER not in t5_tokenizer.decode(blind, skip_special_tokens=True)
         else:
             assert target == qa.no_answer_text == "unanswerable" and task.parse(target) == ""
 
@@ -219,7 +235,8 @@ def test_squad_v2_recipe_reads_the_hub_layout(tmp_path, t5_tokenizer):
                                         ("Who paid for it?", None), ("Where is it?", "on the library wall")])]
     path = tmp_path / "squad_v2_like.jsonl"
     path.write_text("\n".join(json.dumps(r) for r in rows) + "\n", encoding="utf-8")
-    qa, sft, _, _ = parse_recipe([str(BIG_RECIPE), "--dataset_path", str(path), "--validation_size", "0"])
+    qa, sft, _, _ = parse_recipe([str(BIG_RECIPE), "--dataset_path", str(path), "--validation_size", "0",
+                                  "--use_cpu", "true"])  # the recipe asks for bf16, which needs a GPU or use_cpu
     task = get_task(qa)
     train, val, _ = load_canonical_splits(qa, task)
     assert val is None and [task.target(ex) for ex in train] == ["Marta Ruiz", "2004", "unanswerable",
