@@ -116,9 +116,8 @@ def build_llama(path: Path) -> None:
 def build_t5(path: Path) -> None:
     """Write a tiny randomly initialised (seeded) T5 model and its tokenizer to `path`."""
     import torch
-    from transformers import T5Config, T5ForConditionalGeneration
-
     from tokenizers import processors
+    from transformers import T5Config, T5ForConditionalGeneration
 
     tokenizer = build_tokenizer()
     eos = tokenizer.eos_token_id
