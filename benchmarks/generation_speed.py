@@ -32,17 +32,31 @@ def main() -> None:
     from genqa.tiny import resolve_model_path
 
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--rows", type=int, default=64)
-    p.add_argument("--batch_size", type=int, default=16)
+    p.add_argument("--rows", type=int, default=256)
+    p.add_argument("--batch_size", type=int, default=32)
     p.add_argument("--max_new_tokens", type=int, default=32)
     p.add_argument("--mcq_new_tokens", type=int, default=8, help="Tokens a notebook loop generates per MCQ answer.")
+    p.add_argument("--threads", type=int, default=1, help="torch intra-op threads (tiny models: 1 is fastest).")
+    p.add_argument("--hidden", type=int, default=0, help="Use a random Llama of this width instead of tiny:llama.")
+    p.add_argument("--layers", type=int, default=4, help="Layers of the --hidden model.")
     args = p.parse_args()
+    torch.set_num_threads(args.threads)
 
     torch.manual_seed(0)
     path = resolve_model_path("tiny:llama")
     tok = AutoTokenizer.from_pretrained(path)
     tok.padding_side = "left"
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    if args.hidden:
+        # A bigger model of the same architecture (random weights: timing only) so per-token work is not hidden by
+        # Python overhead the way it is with the 0.2M-parameter tiny model.
+        from transformers import LlamaConfig, LlamaForCausalLM
+
+        cfg = AutoModelForCausalLM.from_pretrained(path).config.to_dict()
+        cfg.update(hidden_size=args.hidden, intermediate_size=int(args.hidden * 2.75), num_hidden_layers=args.layers,
+                   num_attention_heads=max(1, args.hidden // 64), num_key_value_heads=max(1, args.hidden // 128))
+        model = LlamaForCausalLM(LlamaConfig(**cfg)).eval()
+    else:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
     qa = QAArguments(task="mcq", template="llama2", id_column="ID", context_column="文章", question_column="問題",
                      options_columns=["選項1", "選項2", "選項3", "選項4"], answer_column="正確答案",
                      option_labels=["1", "2", "3", "4"])
@@ -68,9 +82,12 @@ def main() -> None:
                                            ex))
     t_loop = time.perf_counter() - t
     unparseable = sum(a is None for a in loop_answers)
+    agree = sum(a == b for a, b in zip(scored, loop_answers, strict=True) if b is not None)
     print(f"MCQ label scoring : {len(rows) / t_score:8.1f} ex/s ({t_score:.2f} s), every answer a valid label")
-    print(f"MCQ notebook loop : {len(rows) / t_loop:8.1f} ex/s ({t_loop:.2f} s), {unparseable} unparseable answers")
-    print(f"  ratio label scoring / notebook loop: {t_loop / t_score:.1f}x (target >= 20x)")
+    print(f"MCQ notebook loop : {len(rows) / t_loop:8.1f} ex/s ({t_loop:.2f} s), {unparseable} unparseable answers; "
+          f"label scoring agrees on {agree}/{len(rows) - unparseable} of the parseable ones")
+    ratio = t_loop / t_score
+    print(f"  ratio label scoring / notebook loop: {ratio:.1f}x (target >= 20x: {'met' if ratio >= 20 else 'NOT met'})")
 
     # 2. batched vs one-by-one free generation (same greedy settings)
     t = time.perf_counter()
@@ -82,9 +99,9 @@ def main() -> None:
     same = sum(a == b for a, b in zip(batched, single, strict=True))
     print(f"batched generation (batch {args.batch_size}): {len(rows) / t_batched:8.1f} ex/s ({t_batched:.2f} s)")
     print(f"one-by-one generation         : {len(rows) / t_single:8.1f} ex/s ({t_single:.2f} s)")
-    print(f"  ratio batched / one-by-one: {t_single / t_batched:.1f}x (target >= 5x); identical outputs {same}/{len(rows)}")
-    print(f"  (label scoring picked the same label as greedy first token on "
-          f"{sum(s == (b[:1] or None) for s, b in zip(scored, batched, strict=True))}/{len(rows)} rows)")
+    ratio = t_single / t_batched
+    print(f"  ratio batched / one-by-one: {ratio:.1f}x (target >= 5x: {'met' if ratio >= 5 else 'NOT met'}); "
+          f"identical outputs {same}/{len(rows)}")
 
 
 if __name__ == "__main__":
