@@ -16,17 +16,14 @@ from typing import Any
 
 from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
 
+from genqa.metrics import squad_question_id
+
 SUFFIX_FORMATS = {".json": "json", ".jsonl": "jsonl", ".csv": "csv", ".parquet": "parquet", ".xlsx": "xlsx",
                   ".xls": "xlsx"}
 
 
 class DataError(ValueError):
     """Data a user supplied that genqa cannot use; the message names the file, row or column and what to do."""
-
-
-def squad_question_id(article: int, paragraph: int, question: int) -> str:
-    """Id given to a SQuAD-layout question that has none (UIT-ViQuAD 1.0): `article-paragraph-question`."""
-    return f"{article}-{paragraph}-{question}"
 
 
 def is_squad_json(data: Any) -> bool:
