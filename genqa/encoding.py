@@ -160,3 +160,27 @@ class PromptEncoder:
         if report.kept == 0 and report.rows:
             report.notes.append("no row survived: raise max_length or shorten the prompts")
         return kept, report
+
+
+def encode_splits(encoder, train_rows: Dataset, eval_rows: Dataset | None, eval_strategy: str, where: str,
+                  hint: str = "raise max_length") -> tuple[Dataset, Dataset | None, list[EncodingReport]]:
+    """Tokenize the train and validation rows with `encoder` (any object with `encode_dataset`), print their
+    reports, and fail clearly when nothing is left to train on or evaluation has no data."""
+    from genqa.data_sources import DataError
+    from genqa.messages import say
+    from genqa.recipe import RecipeError
+
+    train_ds, report = encoder.encode_dataset(train_rows, "train")
+    say(report.summary())
+    if report.kept == 0:
+        raise DataError(f"{where}: no training row fits; {hint} (see the report above).")
+    reports, eval_ds = [report], None
+    if eval_rows is not None:
+        eval_ds, eval_report = encoder.encode_dataset(eval_rows, "validation")
+        reports.append(eval_report)
+        say(eval_report.summary())
+        eval_ds = eval_ds if len(eval_ds) else None
+    if eval_strategy != "no" and eval_ds is None:
+        raise RecipeError(f"{where}: eval_strategy={eval_strategy} but there is no validation data; set "
+                          "`validation_size` or `eval_split`, or `eval_strategy: 'no'`.")
+    return train_ds, eval_ds, reports

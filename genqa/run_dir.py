@@ -106,3 +106,25 @@ def load_validation_rows(run_dir: str | os.PathLike) -> Dataset | None:
         return None
     rows: list[dict[str, Any]] = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
     return Dataset.from_list(rows, features=CANONICAL_FEATURES) if rows else None
+
+
+def start_run(sft, qa: QAArguments, model_args, tokenizer, template: str, reports: list,
+              validation: Dataset | None) -> str | bool | None:
+    """Prepare the run folder before training (template onto the tokenizer, genqa's files written); returns the
+    checkpoint to resume from."""
+    if template:
+        tokenizer.chat_template = template  # the run folder's tokenizer carries the template it was trained with
+    resume = prepare_output_dir(sft)
+    save_run_files(sft.output_dir, qa, sft, model_args, reports, validation)
+    return resume
+
+
+def finish_run(trainer, tokenizer, sft, qa: QAArguments, model_args, reports: list,
+               validation: Dataset | None) -> str:
+    """Save the model (adapter or full), trainer state, tokenizer and genqa's files; returns the run folder."""
+    trainer.save_model(sft.output_dir)
+    trainer.save_state()
+    if trainer.is_world_process_zero():
+        tokenizer.save_pretrained(sft.output_dir)
+    save_run_files(sft.output_dir, qa, sft, model_args, reports, validation)
+    return sft.output_dir

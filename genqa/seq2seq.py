@@ -30,10 +30,10 @@ from transformers import PreTrainedTokenizerBase, Seq2SeqTrainingArguments, Trai
 from trl import ModelConfig, SFTConfig
 
 from genqa.config import QAArguments
-from genqa.data_sources import DataError
-from genqa.encoding import CONTEXT_TRUNCATED, OK, TOO_LONG, EncodingReport, PromptEncoder
+from genqa.encoding import CONTEXT_TRUNCATED, OK, TOO_LONG, EncodingReport, PromptEncoder, encode_splits
+from genqa.messages import say
 from genqa.recipe import RecipeError
-from genqa.run_dir import load_canonical_splits, prepare_output_dir, save_run_files
+from genqa.run_dir import finish_run, load_canonical_splits, start_run
 from genqa.tasks import Task, get_task
 from genqa.templates import load_template
 
@@ -204,29 +204,13 @@ def train_seq2seq(qa: QAArguments, sft: SFTConfig, model_args: ModelConfig, reci
     template = load_template(qa.template, tokenizer)
     task = get_task(qa)
     train_rows, eval_rows, note = load_canonical_splits(qa, task)
-    print(f"[genqa] data: {qa.dataset_path}: {len(train_rows)} train rows; {note}")
+    say(f"[genqa] data: {qa.dataset_path}: {len(train_rows)} train rows; {note}")
     target_max = max_target_length(qa)
     encoder = Seq2SeqEncoder(task, tokenizer, template, sft.max_length, target_max)
-    train_ds, train_report = encoder.encode_dataset(train_rows, "train")
-    reports = [train_report]
-    print(train_report.summary())
-    if train_report.kept == 0:
-        raise DataError(f"{qa.dataset_path}: no training row fits max_length={sft.max_length} and "
-                        f"max_target_length={target_max}; raise them (see the report above).")
-    eval_ds = None
-    if eval_rows is not None:
-        eval_ds, eval_report = encoder.encode_dataset(eval_rows, "validation")
-        reports.append(eval_report)
-        print(eval_report.summary())
-        if len(eval_ds) == 0:
-            eval_ds = None
-    if sft.eval_strategy != "no" and eval_ds is None:
-        raise RecipeError(f"{where}: eval_strategy={sft.eval_strategy} but there is no validation data; set "
-                          "`validation_size` or `eval_split`, or `eval_strategy: 'no'`.")
-
-    tokenizer.chat_template = template  # the run folder's tokenizer carries the template it was trained with
-    resume = prepare_output_dir(sft)
-    save_run_files(sft.output_dir, qa, sft, model_args, reports, eval_rows)
+    train_ds, eval_ds, reports = encode_splits(encoder, train_rows, eval_rows, sft.eval_strategy, where,
+                                               hint=f"raise max_length={sft.max_length} or "
+                                                    f"max_target_length={target_max}")
+    resume = start_run(sft, qa, model_args, tokenizer, template, reports, eval_rows)
     args = seq2seq_training_args(sft, target_max)
     model = load_model(model_args, AutoModelForSeq2SeqLM)
     if model.generation_config.pad_token_id is None:
@@ -246,12 +230,7 @@ def train_seq2seq(qa: QAArguments, sft: SFTConfig, model_args: ModelConfig, reci
     trainer = Seq2SeqTrainer(model=model, args=args, data_collator=collator, train_dataset=train_ds,
                              eval_dataset=eval_ds, processing_class=tokenizer)
     trainer.train(resume_from_checkpoint=resume)
-    trainer.save_model(sft.output_dir)
-    trainer.save_state()
-    if trainer.is_world_process_zero():
-        tokenizer.save_pretrained(sft.output_dir)
-        save_run_files(sft.output_dir, qa, sft, model_args, reports, eval_rows)
-    return sft.output_dir
+    return finish_run(trainer, tokenizer, sft, qa, model_args, reports, eval_rows)
 
 
 def _model_device(model: torch.nn.Module) -> torch.device:

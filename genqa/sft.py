@@ -17,7 +17,7 @@ from genqa.config import QAArguments
 from genqa.data_sources import DataError, detect_format
 from genqa.messages import say
 from genqa.recipe import RecipeError, non_default_items, parse_recipe
-from genqa.run_dir import load_canonical_splits, prepare_output_dir, save_run_files
+from genqa.run_dir import finish_run, load_canonical_splits, start_run
 from genqa.tasks import get_task
 from genqa.templates import TemplateError, load_template
 from genqa.tiny import is_tiny
@@ -87,7 +87,7 @@ def train_causal_lm(qa: QAArguments, sft, model_args, recipe_path: str | None) -
     from transformers import AutoModelForCausalLM
     from trl import SFTTrainer
 
-    from genqa.encoding import PromptEncoder
+    from genqa.encoding import PromptEncoder, encode_splits
     from genqa.modeling import load_model, load_tokenizer, lora_config
 
     tokenizer = load_tokenizer(model_args)
@@ -99,23 +99,9 @@ def train_causal_lm(qa: QAArguments, sft, model_args, recipe_path: str | None) -
     say(f"[genqa] data: {qa.dataset_path}: {len(train_rows)} train rows; {note}")
     encoder = PromptEncoder(task, tokenizer, template, sft.max_length,
                             completion_only_loss=sft.completion_only_loss is not False)
-    train_ds, train_report = encoder.encode_dataset(train_rows, "train")
-    reports = [train_report]
-    say(train_report.summary())
-    if train_report.kept == 0:
-        raise DataError(f"{qa.dataset_path}: no training row fits max_length={sft.max_length}; raise it.")
-    eval_ds = None
-    if eval_rows is not None:
-        eval_ds, eval_report = encoder.encode_dataset(eval_rows, "validation")
-        reports.append(eval_report)
-        say(eval_report.summary())
-    if sft.eval_strategy != "no" and eval_ds is None:
-        raise RecipeError(f"{recipe_path}: eval_strategy={sft.eval_strategy} but there is no validation data; set "
-                          "`validation_size` or `eval_split`, or `eval_strategy: 'no'`.")
-
-    tokenizer.chat_template = template  # the run folder's tokenizer carries the template it was trained with
-    resume = prepare_output_dir(sft)
-    save_run_files(sft.output_dir, qa, sft, model_args, reports, eval_rows)
+    train_ds, eval_ds, reports = encode_splits(encoder, train_rows, eval_rows, sft.eval_strategy,
+                                               recipe_path or qa.dataset_path)
+    resume = start_run(sft, qa, model_args, tokenizer, template, reports, eval_rows)
     model = load_model(model_args, AutoModelForCausalLM)
     if model.generation_config.pad_token_id is None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
@@ -129,12 +115,7 @@ def train_causal_lm(qa: QAArguments, sft, model_args, recipe_path: str | None) -
         callback.trainer = trainer
         trainer.add_callback(callback)
     trainer.train(resume_from_checkpoint=resume)
-    trainer.save_model(sft.output_dir)
-    trainer.save_state()
-    if trainer.is_world_process_zero():
-        tokenizer.save_pretrained(sft.output_dir)
-    save_run_files(sft.output_dir, qa, sft, model_args, reports, eval_rows)
-    return sft.output_dir
+    return finish_run(trainer, tokenizer, sft, qa, model_args, reports, eval_rows)
 
 
 def main(argv: list[str] | None = None) -> int:
