@@ -140,3 +140,15 @@ def test_trl_assistant_only_mask_matches_genqa(tiny_tokenizer):
                                              return_dict=True, return_assistant_tokens_mask=True)
     trl_trained = [t for t, m in zip(out["input_ids"], out["assistant_masks"], strict=True) if m]
     assert tiny_tokenizer.decode(trl_trained) == _trained_text(tiny_tokenizer, enc)
+
+
+def test_tokenizer_own_chat_template(tiny_tokenizer):
+    from genqa.templates import TemplateError
+
+    tok = copy.deepcopy(tiny_tokenizer)
+    with pytest.raises(TemplateError, match="has none"):
+        load_template("tokenizer", tok)
+    tok.chat_template = load_template("chatml")
+    task = get_task(QAArguments(task="extractive", template="tokenizer"))
+    enc = PromptEncoder(task, tok, load_template("tokenizer", tok), max_length=512).encode(dict(ROW))
+    assert _trained_text(tok, enc) == "1902<|im_end|>"
