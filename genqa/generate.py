@@ -184,8 +184,10 @@ def predict(args: argparse.Namespace, qa, sft, model_args, rows: list[dict[str, 
         for start in range(0, len(todo), args.batch_size * 8):
             chunk = todo[start:start + args.batch_size * 8]
             spans = predict_extractive(model, tokenizer, Dataset.from_list(chunk, features=CANONICAL_FEATURES),
-                                       max_length=sft.max_length or 384, doc_stride=getattr(qa, "doc_stride", 128),
-                                       batch_size=args.batch_size)
+                                       max_length=sft.max_length or 384, doc_stride=qa.doc_stride,
+                                       batch_size=args.batch_size, n_best_size=qa.n_best_size,
+                                       max_answer_length=qa.max_answer_length,
+                                       null_score_diff_threshold=qa.null_score_diff_threshold)
             store.add([{"id": r["id"], "raw": s, "answer": s, "how": "span" if s else "no_answer"}
                        for r, s in zip(chunk, spans, strict=True)])
 
