@@ -116,8 +116,10 @@ class QAArguments:
     )
 
     # ---- extractive encoders (backbone: extractive) -------------------------------------------------------------
-    doc_stride: int = field(
-        default=128, metadata={"help": "Overlap, in tokens, between the windows a long context is split into."}
+    doc_stride: int | None = field(
+        default=None,
+        metadata={"help": "Overlap, in tokens, between the windows a long context is split into (default: "
+                  "min(128, max_length // 3))."},
     )
     max_answer_length: int = field(default=30, metadata={"help": "Longest answer span considered, in tokens."})
     n_best_size: int = field(default=20, metadata={"help": "Start and end candidates searched per window."})

@@ -297,17 +297,27 @@ def _has(obj: Any, key: str) -> bool:
 
 
 # ---- batched scoring -----------------------------------------------------------------------------------------------
+AUTOCAST_DTYPES = {"bf16": "bfloat16", "bfloat16": "bfloat16", "fp16": "float16", "float16": "float16"}
+
+
 def predict_extractive(model, tokenizer, rows, max_length: int, doc_stride: int = DEFAULT_DOC_STRIDE,
-                       batch_size: int = 32, **postprocess_kwargs: Any) -> list[str]:
+                       batch_size: int = 32, autocast_dtype=None, **postprocess_kwargs: Any) -> list[str]:
     """Answers of a QA model for canonical `rows` (`context`, `question` columns), in row order; "" = no answer.
 
     All windows of all rows are scored in batches of `batch_size`, sorted by length and padded per batch (no
     padding to `max_length`), under `torch.inference_mode()`; `postprocess_kwargs` go to `postprocess_predictions`
-    (`n_best_size`, `max_answer_length`, `null_score_diff_threshold`, `version_2_with_negative`). The model's
-    train/eval mode is restored afterwards.
+    (`n_best_size`, `max_answer_length`, `null_score_diff_threshold`, `version_2_with_negative`). With
+    `autocast_dtype` ("bf16", "fp16" or a torch dtype) the forward passes run under `torch.autocast` on the model's
+    device: on CPUs with AVX512-BF16 / AMX, "bf16" scores 2-3x faster. The model's train/eval mode is restored.
     """
+    import contextlib
+
     import torch
 
+    if isinstance(autocast_dtype, str):
+        if autocast_dtype not in AUTOCAST_DTYPES:
+            raise ValueError(f"autocast_dtype: use one of {', '.join(AUTOCAST_DTYPES)} or None, got {autocast_dtype!r}.")
+        autocast_dtype = getattr(torch, AUTOCAST_DTYPES[autocast_dtype])
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
     for col in ("context", "question"):
@@ -329,8 +339,10 @@ def predict_extractive(model, tokenizer, rows, max_length: int, doc_stride: int 
     end_all: list[np.ndarray | None] = [None] * n
     was_training = model.training
     model.eval()
+    amp = (torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype is not None
+           else contextlib.nullcontext())
     try:
-        with torch.inference_mode():
+        with torch.inference_mode(), amp:
             for b in range(0, n, batch_size):
                 idx = order[b:b + batch_size]
                 width = max(lengths[i] for i in idx)

@@ -5,14 +5,15 @@ sliding windows (`genqa.extractive`) → `transformers.Trainer` with the recipe'
 run folder (model or adapter + span head, tokenizer, recipe, window reports, validation rows) → SQuAD EM/F1 of the
 validation rows in `genqa_eval_metrics.json`.
 
-Recipe keys read here until they are fields of `QAArguments`: `doc_stride` (None: min(128, max_length // 3)),
-`max_answer_length` (30), `n_best_size` (20), `null_score_diff_threshold` (0.0).
+Window and decoding settings are the `QAArguments` keys `doc_stride`, `max_answer_length`, `n_best_size` and
+`null_score_diff_threshold` (a `doc_stride` of None means min(128, max_length // 3)).
 """
 
 from __future__ import annotations
 
 import copy
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ from genqa.extractive import (
     resolve_package_model,
     window_report,
 )
+from genqa.messages import say
 from genqa.recipe import RecipeError
 from genqa.run_dir import load_canonical_splits, prepare_output_dir, save_run_files, write_atomic
 from genqa.tasks import get_task
@@ -48,7 +50,7 @@ def default_doc_stride(max_length: int) -> int:
 
 
 def extractive_settings(qa: QAArguments, max_length: int) -> dict[str, Any]:
-    """Window and decoding settings of a recipe (new keys read with their defaults until QAArguments has them)."""
+    """Window and decoding settings of a recipe (the `QAArguments` keys, with max_length from SFTConfig)."""
     return {
         "max_length": int(max_length),
         "doc_stride": int(default_doc_stride(max_length) if getattr(qa, "doc_stride", None) is None else qa.doc_stride),
@@ -88,6 +90,34 @@ def load_qa_model(model_args):
     if model_args.load_in_4bit:
         disable_cpu_4bit_inference_repack(model)
     return model
+
+
+def load_extractive_run(run_dir: str | Path, model_args=None):
+    """(model, tokenizer, settings) of a finished extractive run folder, ready for `predict_extractive`.
+
+    The base model (quantized as the recipe says) gets the LoRA adapter and trained span head when the folder holds
+    an adapter; a fully fine-tuned folder is loaded as is. `settings` are the window / decoding settings the run
+    was trained with (`genqa_extractive.json`; {} for folders without one). `model_args` defaults to the run's
+    saved recipe.
+    """
+    from transformers import AutoTokenizer
+
+    run = Path(run_dir)
+    if model_args is None:
+        from genqa.run_dir import load_run
+
+        model_args = load_run(run)[2]
+    settings = json.loads((run / SETTINGS_FILE).read_text(encoding="utf-8")) if (run / SETTINGS_FILE).is_file() else {}
+    tokenizer = AutoTokenizer.from_pretrained(str(run))
+    if (run / "adapter_config.json").is_file():
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(load_qa_model(resolved_model_args(model_args)), str(run))
+    else:
+        args = copy.copy(model_args)
+        args.model_name_or_path = str(run)
+        model = load_qa_model(args)
+    return model.eval(), tokenizer, settings
 
 
 def model_max_length(tokenizer, model_path: str, trust_remote_code: bool = False) -> int | None:
@@ -154,12 +184,17 @@ def _checkpointing(sft) -> tuple[bool, dict | None]:
 
 
 def attach_lora(model, model_args, sft):
-    """Wrap `model` with LoRA (`QUESTION_ANS`); the span head is trained in full through `modules_to_save`."""
+    """Wrap `model` with LoRA; the span head is trained in full through `modules_to_save`.
+
+    No PEFT task type on purpose: PEFT 0.21's `PeftModelForQuestionAnswering.forward` does not pass
+    `token_type_ids` (nor `position_ids`) to the model, so BERT-style models would train without segment embeddings
+    and then meet them at inference and after merging. The generic `PeftModel` forwards every input.
+    """
     from peft import get_peft_model, prepare_model_for_kbit_training
 
     from genqa.modeling import lora_config
 
-    config = lora_config(model_args, "QUESTION_ANS")
+    config = lora_config(model_args, None)
     saved = list(config.modules_to_save or [])
     if QA_HEAD not in saved:
         config.modules_to_save = saved + [QA_HEAD]
@@ -176,25 +211,22 @@ def attach_lora(model, model_args, sft):
     return model
 
 
-def _score(model, tokenizer, rows, settings: dict[str, Any], version_2: bool, batch_size: int, sft) -> tuple:
-    import torch
-
+def _score(model, tokenizer, rows, settings: dict[str, Any], version_2: bool, batch_size: int, sft,
+           lang: str = "en") -> tuple:
     from genqa.metrics import squad_scores
 
-    device_type = next(model.parameters()).device.type
-    use_amp = bool(sft.bf16 or sft.fp16)
-    dtype = torch.bfloat16 if sft.bf16 else torch.float16
+    amp = "bf16" if sft.bf16 else "fp16" if sft.fp16 else None  # score in the precision the run trained in
     start = time.perf_counter()
-    with torch.autocast(device_type, dtype=dtype, enabled=use_amp):
-        answers = predict_extractive(model, tokenizer, rows, settings["max_length"], settings["doc_stride"],
-                                     batch_size=batch_size, n_best_size=settings["n_best_size"],
-                                     max_answer_length=settings["max_answer_length"],
-                                     null_score_diff_threshold=settings["null_score_diff_threshold"],
-                                     version_2_with_negative=version_2)
+    answers = predict_extractive(model, tokenizer, rows, settings["max_length"], settings["doc_stride"],
+                                 batch_size=batch_size, autocast_dtype=amp, n_best_size=settings["n_best_size"],
+                                 max_answer_length=settings["max_answer_length"],
+                                 null_score_diff_threshold=settings["null_score_diff_threshold"],
+                                 version_2_with_negative=version_2)
     wall = time.perf_counter() - start
     ids = list(rows["id"])
     predictions = dict(zip(ids, answers, strict=True))
-    scores = squad_scores(list(zip(ids, [list(a) for a in rows["answers"]], strict=True)), predictions, version=2)
+    golds = list(zip(ids, [list(a) for a in rows["answers"]], strict=True))
+    scores = squad_scores(golds, predictions, lang=lang, version=2)
     scores.update(rows=len(ids), version_2_with_negative=version_2, predict_seconds=round(wall, 3),
                   examples_per_second=round(len(ids) / wall, 2) if wall > 0 else None)
     return scores, predictions
@@ -202,6 +234,7 @@ def _score(model, tokenizer, rows, settings: dict[str, Any], version_2: bool, ba
 
 def train_extractive(qa: QAArguments, sft, model_args, recipe_path: str | None) -> str:
     """Fine-tune an encoder with a span head on the recipe's extractive task; returns the run folder."""
+    import torch
     from transformers import Trainer, default_data_collator
 
     from genqa.modeling import load_tokenizer
@@ -217,18 +250,20 @@ def train_extractive(qa: QAArguments, sft, model_args, recipe_path: str | None) 
 
     task = get_task(qa)
     train_rows, eval_rows, note = load_canonical_splits(qa, task)
-    print(f"[genqa] data: {qa.dataset_path}: {len(train_rows)} train rows; {note}")
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    say(f"[genqa] processes: {world} ({'GPU' if torch.cuda.is_available() else 'CPU'})")
+    say(f"[genqa] data: {qa.dataset_path}: {len(train_rows)} train rows; {note}")
     num_proc = getattr(sft, "dataset_num_proc", None)
     train_ds, train_report = encode_split(train_rows, "train", tokenizer, settings, num_proc)
     reports: list[WindowReport] = [train_report]
-    print(train_report.summary())
+    say(train_report.summary())
     if train_report.answer_windows == 0 and train_report.answerable_rows:
         raise DataError(f"{qa.dataset_path}: no training window holds an answer; raise max_length.")
     eval_ds = None
     if eval_rows is not None and len(eval_rows):
         eval_ds, eval_report = encode_split(eval_rows, "validation", tokenizer, settings, num_proc)
         reports.append(eval_report)
-        print(eval_report.summary())
+        say(eval_report.summary())
     if sft.eval_strategy != "no" and eval_ds is None:
         raise RecipeError(f"{where}: eval_strategy={sft.eval_strategy} but there is no validation data; set "
                           "`validation_size` or `eval_split`, or `eval_strategy: 'no'`.")
@@ -240,7 +275,10 @@ def train_extractive(qa: QAArguments, sft, model_args, recipe_path: str | None) 
     model = load_qa_model(load_args)
     if model_args.use_peft:
         model = attach_lora(model, model_args, sft)
-        model.print_trainable_parameters()
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        total = sum(p.numel() for p in model.parameters())
+        say(f"[genqa] LoRA: {trainable:,} trainable parameters of {total:,} ({100 * trainable / total:.2f}%), span "
+            f"head `{QA_HEAD}` in full")
     elif _checkpointing(sft)[0]:
         model.config.use_cache = False
     if sft.label_names is None:
@@ -258,11 +296,11 @@ def train_extractive(qa: QAArguments, sft, model_args, recipe_path: str | None) 
     if eval_rows is not None and len(eval_rows):
         # Every rank scores (sharded ZeRO-3 weights need all ranks in each forward); rank 0 writes.
         scores, predictions = _score(trainer.model, tokenizer, eval_rows, settings, version_2,
-                                     sft.per_device_eval_batch_size, sft)
+                                     sft.per_device_eval_batch_size, sft, getattr(qa, "metric_lang", "en"))
         if trainer.is_world_process_zero():
             out = Path(sft.output_dir)
             write_atomic(out / EVAL_METRICS_FILE, json.dumps(scores, indent=2) + "\n")
             write_atomic(out / EVAL_PREDICTIONS_FILE, json.dumps(predictions, indent=2, ensure_ascii=False) + "\n")
-            print(f"[genqa] validation ({scores['rows']} rows): EM {scores['exact']:.2f}  F1 {scores['f1']:.2f} "
+            say(f"[genqa] validation ({scores['rows']} rows): EM {scores['exact']:.2f}  F1 {scores['f1']:.2f} "
                   f"-> {out / EVAL_METRICS_FILE}")
     return sft.output_dir

@@ -179,15 +179,19 @@ def predict(args: argparse.Namespace, qa, sft, model_args, rows: list[dict[str, 
         from datasets import Dataset
 
         from genqa.extractive import predict_extractive
+        from genqa.extractive_trainer import SETTINGS_FILE, extractive_settings
         from genqa.tasks import CANONICAL_FEATURES
 
+        # the window/decoding settings the run was trained with (recipe keys as a fallback)
+        settings = {**extractive_settings(qa, sft.max_length or 384), "version_2_with_negative": True}
+        for folder in (args.adapter, args.base):
+            if folder and (Path(folder) / SETTINGS_FILE).is_file():
+                settings.update(json.loads((Path(folder) / SETTINGS_FILE).read_text(encoding="utf-8")))
+                break
         for start in range(0, len(todo), args.batch_size * 8):
             chunk = todo[start:start + args.batch_size * 8]
             spans = predict_extractive(model, tokenizer, Dataset.from_list(chunk, features=CANONICAL_FEATURES),
-                                       max_length=sft.max_length or 384, doc_stride=qa.doc_stride,
-                                       batch_size=args.batch_size, n_best_size=qa.n_best_size,
-                                       max_answer_length=qa.max_answer_length,
-                                       null_score_diff_threshold=qa.null_score_diff_threshold)
+                                       batch_size=args.batch_size, **settings)
             store.add([{"id": r["id"], "raw": s, "answer": s, "how": "span" if s else "no_answer"}
                        for r, s in zip(chunk, spans, strict=True)])
 

@@ -177,8 +177,9 @@ def save_merged(model, tokenizer, run: Path, out: Path, args, qa, sft, model_arg
         recipe.update(model_name_or_path=str(out), use_peft=False, load_in_4bit=False, load_in_8bit=False,
                       dtype=args.dtype)
         dump_recipe(recipe, tmp / RECIPE_FILE)
-        if (run / VALIDATION_FILE).is_file():
-            shutil.copy2(run / VALIDATION_FILE, tmp / VALIDATION_FILE)
+        for name in (VALIDATION_FILE, "genqa_extractive.json"):  # rows for checks; span-search settings
+            if (run / name).is_file():
+                shutil.copy2(run / name, tmp / name)
         (tmp / "genqa_merge_report.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
         if out.exists():
             shutil.rmtree(out)

@@ -136,7 +136,12 @@ BUILDERS = {"llama": build_llama, "t5": build_t5}
 
 
 def resolve_model_path(name: str) -> str:
-    """Map `tiny:<kind>` to a built folder (building it once, atomically); other names pass through."""
+    """Map `tiny:<kind>` to a built folder (building it once, atomically) and `pkg:<package>` to a model shipped
+    inside an installed Python package; other names pass through."""
+    if name and name.startswith("pkg:"):
+        from genqa.extractive import resolve_package_model
+
+        return resolve_package_model(name)
     if not is_tiny(name):
         return name
     kind = name[len(TINY_PREFIX):]

