@@ -34,7 +34,7 @@ from genqa.extractive import (
 )
 from genqa.messages import say
 from genqa.recipe import RecipeError
-from genqa.run_dir import load_canonical_splits, prepare_output_dir, save_run_files, write_atomic
+from genqa.run_dir import finish_run, load_canonical_splits, start_run, write_atomic
 from genqa.tasks import get_task
 
 QA_HEAD = "qa_outputs"
@@ -270,8 +270,7 @@ def train_extractive(qa: QAArguments, sft, model_args, recipe_path: str | None) 
     # SQuAD 2.0-style decoding (answer "" when the CLS score wins) only when the model was taught to abstain.
     version_2 = train_report.unanswerable_rows > 0
 
-    resume = prepare_output_dir(sft)
-    save_run_files(sft.output_dir, qa, sft, model_args, reports, eval_rows)
+    resume = start_run(sft, qa, model_args, tokenizer, "", reports, eval_rows)
     model = load_qa_model(load_args)
     if model_args.use_peft:
         model = attach_lora(model, model_args, sft)
@@ -286,12 +285,9 @@ def train_extractive(qa: QAArguments, sft, model_args, recipe_path: str | None) 
     trainer = Trainer(model=model, args=sft, train_dataset=train_ds, eval_dataset=eval_ds,
                       data_collator=default_data_collator, processing_class=tokenizer)
     trainer.train(resume_from_checkpoint=resume)
-    trainer.save_model(sft.output_dir)
-    trainer.save_state()
+    finish_run(trainer, tokenizer, sft, qa, model_args, reports, eval_rows)
     settings_doc = {**settings, "version_2_with_negative": version_2}
     if trainer.is_world_process_zero():
-        tokenizer.save_pretrained(sft.output_dir)
-        save_run_files(sft.output_dir, qa, sft, model_args, reports, eval_rows)
         write_atomic(Path(sft.output_dir) / SETTINGS_FILE, json.dumps(settings_doc, indent=2) + "\n")
     if eval_rows is not None and len(eval_rows):
         # Every rank scores (sharded ZeRO-3 weights need all ranks in each forward); rank 0 writes.
