@@ -10,6 +10,7 @@ metrics are printed when the test data carries gold answers.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -44,6 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num_beams", type=int, default=1)
     p.add_argument("--do_sample", action="store_true", help="Sample instead of greedy decoding.")
     p.add_argument("--dtype", default=None, help="float32 / bfloat16 / float16 (default: the recipe's dtype).")
+    p.add_argument("--autocast", choices=("none", "bf16"), default="none",
+                   help="Run the forward passes under bf16 autocast (weights stay as loaded): 2-4x faster on CPUs "
+                   "with AVX512-BF16 / AMX and on GPUs, at a small cost in agreement with fp32.")
     p.add_argument("--fill_missing", help="Answer written for ids without a valid prediction (otherwise refused).")
     p.add_argument("--lang", choices=("en", "vi", "zh"), default="en", help="Metric normalisation language.")
     p.add_argument("--limit", type=int, help="Predict only the first N rows (a quick look).")
@@ -126,9 +130,10 @@ def _tokenizer_and_template(args, qa):
 def predict(args: argparse.Namespace, qa, sft, model_args, rows: list[dict[str, Any]],
             store: PredictionStore) -> None:
     """Predict every row not yet in `store`, appending records batch by batch."""
-    from genqa.encoding import PromptEncoder
+    import torch
+
     from genqa.modeling import detect_backbone, torch_dtype
-    from genqa.predict import generate_texts, map_to_context, score_labels
+    from genqa.predict import map_to_context
 
     task = get_task(qa)
     todo = [r for r in rows if r["id"] not in store]
@@ -154,6 +159,16 @@ def predict(args: argparse.Namespace, qa, sft, model_args, rows: list[dict[str, 
 
     def sink(how: str):
         return lambda done: store.add([record(todo[i], raw, how) for i, raw in done])
+
+    device_type = next(model.parameters()).device.type
+    with (torch.autocast(device_type, dtype=torch.bfloat16) if args.autocast == "bf16" else contextlib.nullcontext()):
+        _predict_rows(args, qa, sft, task, backbone, model, tokenizer, template, todo, max_new, record, sink, store)
+
+
+def _predict_rows(args, qa, sft, task, backbone, model, tokenizer, template, todo, max_new, record, sink, store):
+    """Dispatch to the backbone's prediction code; every batch goes to `store` as soon as it is done."""
+    from genqa.encoding import PromptEncoder
+    from genqa.predict import generate_texts, score_labels
 
     if backbone == "causal_lm":
         encoder = PromptEncoder(task, tokenizer, template, sft.max_length)
