@@ -315,17 +315,8 @@ def test_recipe_errors_are_clear(tmp_path):
         train_extractive(qa, sft, margs, path)
 
 
-@pytest.fixture
-def one_thread():
-    """Train on one thread: on a shared 2-core machine, OpenMP spin-waits make 2 threads ~7x slower under load."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 @pytest.mark.slow
-def test_minilm_lora_learns_on_toy_squad(tmp_path, one_thread):
+def test_minilm_lora_learns_on_toy_squad(tmp_path):
     from peft import PeftModel
 
     from genqa.extractive_trainer import load_extractive_run, load_qa_model, resolved_model_args, train_extractive

@@ -11,7 +11,6 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 from datasets import Dataset
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
@@ -45,15 +44,6 @@ def _train_rows(run_dir: Path):
     task = get_task(qa)
     train, _, _ = load_canonical_splits(qa, task)
     return qa, sft, task, train
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny models gain nothing from a second thread; on a busy 2-core machine OpenMP spinning made training 8x slower."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 @pytest.fixture(scope="module")
