@@ -50,15 +50,23 @@ def write_atomic(path: str | os.PathLike, text: str) -> None:
 
 
 def prepare_output_dir(sft) -> str | bool | None:
-    """Create the output folder; return the checkpoint to resume from (explicit, or the last one found)."""
+    """Create the output folder; return the checkpoint to resume from (explicit, or the last one found).
+
+    A folder holding a finished model or checkpoints is never trained over from scratch: genqa resumes, or refuses.
+    """
     from transformers.trainer_utils import get_last_checkpoint
 
     out = Path(sft.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     wanted = sft.resume_from_checkpoint
+    last = get_last_checkpoint(str(out))
+    finished = any(out.glob("adapter_model.safetensors")) or any(out.glob("model*.safetensors"))
     if isinstance(wanted, str) and wanted.lower() in ("false", "no", "never"):
+        if finished or last:
+            raise RecipeError(f"output_dir {out} already holds a trained model or checkpoints; starting over "
+                              "(`resume_from_checkpoint: never`) would overwrite them. Choose another output_dir or "
+                              "remove that folder.")
         return None
-    last = get_last_checkpoint(str(out)) if out.is_dir() else None
     if isinstance(wanted, str) and wanted.lower() not in ("true", "auto", "latest", "last"):
         if not Path(wanted).is_dir():
             raise RecipeError(f"resume_from_checkpoint: {wanted} is not a checkpoint folder.")
@@ -66,14 +74,40 @@ def prepare_output_dir(sft) -> str | bool | None:
         return wanted
     if last is not None:
         say(f"[genqa] resuming from the last checkpoint in {out}: {last} "
-              "(set `resume_from_checkpoint: never` or another output_dir to start over)")
+            "(use another output_dir to start over)")
         return last
-    if wanted:
-        say(f"[genqa] no checkpoint in {out} yet: starting from scratch")
-    elif any(out.glob("adapter_model.safetensors")) or any(out.glob("model*.safetensors")):
+    if finished:
         raise RecipeError(f"output_dir {out} already holds a trained model and no checkpoint to resume from; "
                           "choose another output_dir or remove it (genqa does not overwrite a finished run).")
+    if wanted:
+        say(f"[genqa] no checkpoint in {out} yet: starting from scratch")
     return None
+
+
+# Keys that may change when a run is resumed (how long, how often to log/save/evaluate, where to report).
+RUN_CONTROL_KEYS = {
+    "output_dir", "max_steps", "num_train_epochs", "resume_from_checkpoint", "logging_steps", "logging_dir",
+    "save_steps", "save_strategy", "save_total_limit", "eval_steps", "eval_strategy", "report_to", "run_name",
+    "disable_tqdm", "dataloader_num_workers", "per_device_eval_batch_size", "generation_eval_samples",
+    "generation_eval_max_new_tokens", "dry_run", "use_cpu", "logging_first_step", "logging_strategy",
+}
+
+
+def check_resumed_recipe(output_dir: str, recipe: dict[str, Any]) -> None:
+    """Refuse to resume a run with a recipe that differs from the one it was trained with (except run control)."""
+    import yaml
+
+    path = Path(output_dir) / RECIPE_FILE
+    if not path.is_file():
+        return
+    saved = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    changed = sorted(k for k in set(saved) | set(recipe)
+                     if k not in RUN_CONTROL_KEYS and saved.get(k) != recipe.get(k))
+    if changed:
+        detail = ", ".join(f"{k}: {saved.get(k)!r} -> {recipe.get(k)!r}" for k in changed[:6])
+        raise RecipeError(f"output_dir {output_dir} holds a run trained with a different recipe ({detail}); "
+                          "resuming would mix the two. Use another output_dir, or the recipe the run was started "
+                          f"with ({path}).")
 
 
 def save_run_files(output_dir: str, qa: QAArguments, sft, model_args, reports: list, validation: Dataset | None,
@@ -115,6 +149,8 @@ def start_run(sft, qa: QAArguments, model_args, tokenizer, template: str, report
     if template:
         tokenizer.chat_template = template  # the run folder's tokenizer carries the template it was trained with
     resume = prepare_output_dir(sft)
+    if resume:
+        check_resumed_recipe(sft.output_dir, resolved_recipe(qa, sft, model_args))
     save_run_files(sft.output_dir, qa, sft, model_args, reports, validation)
     return resume
 

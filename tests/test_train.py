@@ -119,3 +119,26 @@ def test_generation_based_evaluation_is_logged(tmp_path):
     state = json.loads((run / "trainer_state.json").read_text())
     gen = [h for h in state["log_history"] if "eval_gen_accuracy" in h]
     assert len(gen) == 2 and all(h["eval_gen_total"] == 3 for h in gen)
+
+
+def test_resume_with_a_different_recipe_is_refused(tmp_path, capsys):
+    out = tmp_path / "changed"
+    _train("recipes/tiny/abstractive.yaml", out, "--max_steps", "2", "--save_steps", "2")
+    before = (out / "genqa_recipe.yaml").read_text()
+    assert main(["recipes/tiny/abstractive.yaml", "--output_dir", str(out), "--max_steps", "4", "--save_steps", "2",
+                 "--template", "alpaca", "--learning_rate", "0.01"]) == 2
+    err = capsys.readouterr().err
+    assert "different recipe" in err and "template" in err and "learning_rate" in err
+    assert (out / "genqa_recipe.yaml").read_text() == before  # nothing rewritten
+    # run-control keys (more steps) may change
+    _train("recipes/tiny/abstractive.yaml", out, "--max_steps", "4", "--save_steps", "2")
+
+
+def test_starting_over_never_overwrites_a_finished_run(tmp_path, capsys):
+    out = tmp_path / "never"
+    _train("recipes/tiny/abstractive.yaml", out, "--max_steps", "2", "--save_strategy", "no")
+    weights = (out / "adapter_model.safetensors").read_bytes()
+    assert main(["recipes/tiny/abstractive.yaml", "--output_dir", str(out), "--max_steps", "2",
+                 "--resume_from_checkpoint", "never"]) == 2
+    assert "would overwrite" in capsys.readouterr().err
+    assert (out / "adapter_model.safetensors").read_bytes() == weights
