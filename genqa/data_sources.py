@@ -115,10 +115,14 @@ def detect_format(path: str) -> str:
     return "hub"
 
 
-def _read_xlsx(path: str) -> Dataset:
+def _read_table(path: str, fmt: str) -> Dataset:
+    """xlsx / csv as text cells (ids like `001` keep their zeros; empty cells are "")."""
     import pandas as pd
 
-    frame = pd.read_excel(path, dtype=str).fillna("")
+    if fmt == "xlsx":
+        frame = pd.read_excel(path, dtype=str).fillna("")
+    else:
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
     frame.columns = [str(c).strip() for c in frame.columns]
     return Dataset.from_pandas(frame, preserve_index=False)
 
@@ -142,8 +146,11 @@ def load_source(path: str, fmt: str = "auto", config: str | None = None) -> Data
         loaded = load_c3_json(path)
     elif fmt == "disk":
         loaded = load_from_disk(path)
-    elif fmt == "xlsx":
-        loaded = _read_xlsx(path)
+    elif fmt in ("xlsx", "csv"):
+        try:
+            loaded = _read_table(path, fmt)
+        except Exception as err:  # noqa: BLE001 - pandas raises many types; name the file either way
+            raise DataError(f"{path}: could not read it as {fmt} ({type(err).__name__}: {err}).") from err
     else:
         try:
             loaded = load_dataset("json" if fmt == "jsonl" else fmt, data_files=path, split="train")

@@ -49,7 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Run the forward passes under bf16 autocast (weights stay as loaded): 2-4x faster on CPUs "
                    "with AVX512-BF16 / AMX and on GPUs, at a small cost in agreement with fp32.")
     p.add_argument("--fill_missing", help="Answer written for ids without a valid prediction (otherwise refused).")
-    p.add_argument("--lang", choices=("en", "vi", "zh"), default="en", help="Metric normalisation language.")
+    p.add_argument("--lang", choices=("en", "vi", "zh"), help="Metric normalisation language (default: the "
+                   "recipe's metric_lang).")
     p.add_argument("--limit", type=int, help="Predict only the first N rows (a quick look).")
     p.add_argument("--no_progress", action="store_true", help="No progress bar.")
     return p
@@ -63,7 +64,11 @@ def resolve_recipe(args: argparse.Namespace, overrides: list[str]):
     for folder in (args.adapter, args.base):
         if folder and (Path(folder) / RECIPE_FILE).is_file():
             return load_run(folder, ["--use_cpu", "true", *overrides])
-    raise RecipeError(f"no recipe: neither --adapter nor --base ({args.base}) holds {RECIPE_FILE}; pass --recipe.")
+    for flag, folder in (("--adapter", args.adapter), ("--base", args.base)):
+        if folder and folder.startswith((".", "/", "~")) and not Path(folder).expanduser().exists():
+            raise RecipeError(f"{flag} {folder}: no such folder.")
+    raise RecipeError(f"no recipe: neither --adapter nor --base ({args.base}) holds {RECIPE_FILE} (a genqa run or "
+                      "merged folder does); pass --recipe RECIPE.yaml.")
 
 
 def unique_ids(ids: list[str]) -> list[str]:
@@ -96,6 +101,24 @@ def load_test_rows(qa, task, data: str, split: str | None, limit: int | None) ->
     return rows, labelled
 
 
+def fingerprint(args: argparse.Namespace, qa, sft, model_args) -> dict[str, Any]:
+    """What makes a set of predictions: model, data file, recipe and decoding settings (not --limit/--batch_size)."""
+    import hashlib
+
+    from genqa.recipe import resolved_recipe
+
+    data = Path(args.data)
+    recipe = resolved_recipe(qa, sft, model_args)
+    for key in ("output_dir", "logging_dir", "run_name", "dry_run"):
+        recipe.pop(key, None)
+    digest = hashlib.sha256(json.dumps(recipe, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return {"base": args.base, "adapter": args.adapter, "data": str(data.resolve()) if data.exists() else args.data,
+            "data_bytes": data.stat().st_size if data.is_file() else None,
+            "data_mtime": int(data.stat().st_mtime) if data.exists() else None, "split": args.split,
+            "mcq_mode": args.mcq_mode, "max_new_tokens": args.max_new_tokens, "num_beams": args.num_beams,
+            "do_sample": args.do_sample, "dtype": args.dtype, "autocast": args.autocast, "recipe": digest}
+
+
 def load_model_for(backbone: str, base: str, adapter: str | None, dtype):
     """The model to predict with: base (merged or not) plus an optional adapter, in eval mode."""
     from transformers import AutoModelForCausalLM, AutoModelForQuestionAnswering, AutoModelForSeq2SeqLM
@@ -112,7 +135,7 @@ def load_model_for(backbone: str, base: str, adapter: str | None, dtype):
     return model.eval()
 
 
-def _tokenizer_and_template(args, qa):
+def _tokenizer_and_template(args, qa, template_overridden: bool = False):
     from transformers import AutoTokenizer
 
     from genqa.tiny import resolve_model_path
@@ -123,8 +146,9 @@ def _tokenizer_and_template(args, qa):
         tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
     tokenizer.padding_side = "left"
     saved_by_genqa = (Path(folder) / RECIPE_FILE).is_file() and tokenizer.chat_template
-    template = tokenizer.chat_template if saved_by_genqa else load_template(qa.template, tokenizer)
-    return tokenizer, template
+    if saved_by_genqa and not template_overridden:  # exactly the template the model was trained with
+        return tokenizer, tokenizer.chat_template
+    return tokenizer, load_template(qa.template, tokenizer)
 
 
 def predict(args: argparse.Namespace, qa, sft, model_args, rows: list[dict[str, Any]],
@@ -142,7 +166,7 @@ def predict(args: argparse.Namespace, qa, sft, model_args, rows: list[dict[str, 
     if not todo:
         return
     backbone = detect_backbone(args.base, qa.backbone)
-    tokenizer, template = _tokenizer_and_template(args, qa)
+    tokenizer, template = _tokenizer_and_template(args, qa, args.template_overridden)
     model = load_model_for(backbone, args.base, args.adapter, torch_dtype(args.dtype or model_args.dtype))
     max_new = args.max_new_tokens or DEFAULT_MAX_NEW_TOKENS[qa.task]
 
@@ -219,7 +243,13 @@ def main(argv: list[str] | None = None) -> int:
         task = get_task(qa)
         rows, labelled = load_test_rows(qa, task, args.data, args.split, args.limit)
         out = Path(args.out)
-        store = PredictionStore(out.with_name(out.name + ".predictions.jsonl"))
+        renamed = [r["id"] for r in rows if "#" in r["id"] and r["id"].rsplit("#", 1)[1].isdigit()]
+        if renamed and out.suffix != ".json":
+            raise SubmissionError(f"{args.data}: {len(renamed)} repeated ids (e.g. {renamed[0].rsplit('#', 1)[0]!r}); "
+                                  "a submission needs one row per id. Set --id_column to a column with unique ids "
+                                  "(or write --out X.json for evaluation).")
+        args.template_overridden = any(a.split("=", 1)[0] == "--template" for a in overrides)
+        store = PredictionStore(out.with_name(out.name + ".predictions.jsonl"), fingerprint(args, qa, sft, model_args))
         predict(args, qa, sft, model_args, rows, store)
         ids = [r["id"] for r in rows]
         answers = {i: store.records[i]["answer"] for i in ids if i in store.records}
@@ -240,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
         from genqa.task_metrics import has_gold, task_metrics
 
         if labelled and has_gold(task, rows) or task.name == "mcq_generation":
-            metrics = task_metrics(task, rows, answers, args.lang)
+            metrics = task_metrics(task, rows, answers, args.lang or qa.metric_lang)
             metrics["predictions"] = how
             write_atomic(out.with_name(out.name + ".metrics.json"), json.dumps(metrics, indent=2, ensure_ascii=False))
             print(json.dumps(metrics, indent=2, ensure_ascii=False))

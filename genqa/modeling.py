@@ -6,6 +6,7 @@ normalisations users expect (`all-linear` as a single target, a pad token, the t
 
 from __future__ import annotations
 
+import copy
 import logging
 
 import torch
@@ -109,6 +110,7 @@ def load_model(model_args: ModelConfig, auto_class):
 
 def lora_config(model_args: ModelConfig, task_type: str):
     """PEFT `LoraConfig` from the recipe (None without `use_peft`); `all-linear` accepted as a single target."""
+    model_args = copy.copy(model_args)  # the recipe's ModelConfig stays as the user wrote it
     model_args.lora_task_type = task_type
     config = get_peft_config(model_args)
     if config is not None and isinstance(config.target_modules, (list, set)) and len(config.target_modules) == 1:

@@ -39,6 +39,16 @@ def stop_token_ids(encoder: PromptEncoder) -> list[int]:
     return ids
 
 
+def encode_prompts(encoder: PromptEncoder, rows: list[dict[str, Any]], room: int) -> list[list[int]]:
+    """Prompt ids of every row, contexts cut to leave `room` tokens within max_length; says how many were cut."""
+    encoded = [encoder.encode_prompt(ex, room) for ex in rows]
+    cut = sum(truncated for _, truncated in encoded)
+    if cut:
+        print(f"[genqa] {cut}/{len(rows)} prompts had their context cut to fit max_length={encoder.max_length} with "
+              f"{room} tokens of room for the answer (the question and options are kept)")
+    return [ids for ids, _ in encoded]
+
+
 def _batches(order: list[int], size: int) -> Iterator[list[int]]:
     for i in range(0, len(order), size):
         yield order[i:i + size]
@@ -82,7 +92,7 @@ def generate_texts(model, encoder: PromptEncoder, rows: list[dict[str, Any]], ba
                    ) -> list[str]:
     """Greedy (or beam / sampled) generation for `rows`, batched and length-sorted; outputs in row order."""
     tok = encoder.tokenizer
-    prompts = [encoder.encode_prompt(ex, max_new_tokens)[0] for ex in rows]
+    prompts = encode_prompts(encoder, rows, max_new_tokens)
     order = sorted(range(len(rows)), key=lambda i: -len(prompts[i]))
     stops = stop_token_ids(encoder)
     outputs: list[str] = [""] * len(rows)
@@ -121,7 +131,7 @@ def score_labels(model, encoder: PromptEncoder, rows: list[dict[str, Any]], labe
     by the summed log-probability of their tokens.
     """
     tok = encoder.tokenizer
-    prompts = [encoder.encode_prompt(ex, 8)[0] for ex in rows]
+    prompts = encode_prompts(encoder, rows, 8)
     order = sorted(range(len(rows)), key=lambda i: -len(prompts[i]))
     label_ids = {lab: encoder._ids(lab, is_prompt=False) for ex in rows for lab in labels_of(ex)}
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id

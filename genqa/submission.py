@@ -23,24 +23,46 @@ class SubmissionError(ValueError):
     """Predictions that cannot make a valid submission; the message says how many and what to do."""
 
 
-class PredictionStore:
-    """Append-only JSONL of predictions keyed by id; reopening it resumes."""
+FINGERPRINT_KEY = "genqa_fingerprint"
 
-    def __init__(self, path: str | os.PathLike) -> None:
+
+class PredictionStore:
+    """Append-only JSONL of predictions keyed by id; reopening it resumes.
+
+    The first line records what made the predictions (model, data, decoding settings); reopening the store with a
+    different fingerprint is refused, so a resumed run never mixes answers of two models or two settings.
+    """
+
+    def __init__(self, path: str | os.PathLike, fingerprint: dict[str, Any] | None = None) -> None:
         self.path = Path(path)
+        self.fingerprint = fingerprint
         self.records: dict[str, dict[str, Any]] = {}
-        if self.path.exists():
-            lines = self.path.read_text(encoding="utf-8").splitlines()
-            for n, line in enumerate(lines):
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError:
-                    if n == len(lines) - 1:  # a line cut short by a kill: predict that example again
-                        continue
-                    raise SubmissionError(f"{self.path}: line {n + 1} is not JSON; remove it or the file.") from None
+        if not self.path.exists():
+            return
+        lines = self.path.read_text(encoding="utf-8").splitlines()
+        saved = None
+        for n, line in enumerate(lines):
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                if n == len(lines) - 1:  # a line cut short by a kill: predict that example again
+                    continue
+                raise SubmissionError(f"{self.path}: line {n + 1} is not JSON; remove it or the file.") from None
+            if FINGERPRINT_KEY in rec:
+                saved = rec[FINGERPRINT_KEY]
+            else:
                 self.records[str(rec["id"])] = rec
-            # rewrite without a torn last line so appends stay valid JSONL
-            write_atomic(self.path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in self.records.values()))
+        if fingerprint is not None and saved is not None and saved != fingerprint:
+            changed = sorted(k for k in set(saved) | set(fingerprint) if saved.get(k) != fingerprint.get(k))
+            raise SubmissionError(f"{self.path} holds predictions made with other settings (changed: "
+                                  f"{', '.join(changed)}); resuming would mix them. Delete it or choose another --out.")
+        self.fingerprint = saved if fingerprint is None else fingerprint
+        self._rewrite()  # drop a torn last line so appends stay valid JSONL
+
+    def _rewrite(self) -> None:
+        header = [{FINGERPRINT_KEY: self.fingerprint}] if self.fingerprint is not None else []
+        write_atomic(self.path, "".join(json.dumps(r, ensure_ascii=False) + "\n"
+                                        for r in [*header, *self.records.values()]))
 
     def __contains__(self, example_id: str) -> bool:
         return example_id in self.records
@@ -53,6 +75,8 @@ class PredictionStore:
         if not records:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        if not self.path.exists():
+            self._rewrite()
         with open(self.path, "a", encoding="utf-8") as fh:
             for rec in records:
                 fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
@@ -70,9 +94,16 @@ def write_submission(path: str | os.PathLike, ids: list[str], answers: dict[str,
         raise SubmissionError(f"{path}: the test ids are not unique; a submission needs one row per id.")
     bad = [i for i in ids if not is_valid(answers.get(i))]
     if bad and fill is None:
-        raise SubmissionError(f"{path}: {len(bad)} of {len(ids)} ids have a missing or invalid answer (e.g. id "
-                              f"{bad[0]!r}); not writing the submission. Rerun to complete the predictions, or pass "
-                              "--fill_missing VALUE to fill them.")
+        missing = [i for i in bad if i not in answers]
+        invalid = [i for i in bad if i in answers]
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} have no prediction yet (e.g. id {missing[0]!r}: rerun to continue)")
+        if invalid:
+            parts.append(f"{len(invalid)} have an invalid or unparseable answer (e.g. id {invalid[0]!r}: pass "
+                         "--fill_missing VALUE, or for MCQ use --mcq_mode score, which always gives a valid label)")
+        raise SubmissionError(f"{path}: {len(bad)} of {len(ids)} ids are not answered: {'; '.join(parts)}. "
+                              "Not writing the submission.")
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow([id_column, answer_column])

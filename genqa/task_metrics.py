@@ -20,7 +20,12 @@ def task_metrics(task: Task, rows: list[dict[str, Any]], answers: dict[str, str 
     """SQuAD EM/F1 (v1.1 keys, or v2.0 keys when some questions are unanswerable), MCQ accuracy, or MCQ-generation
     structural quality."""
     if task.name == "mcq":
-        return mcq_accuracy([task.args.option_labels[r["label"]] for r in rows], [answers.get(r["id"]) for r in rows])
+        labelled = [r for r in rows if r["label"] >= 0]
+        out = mcq_accuracy([task.args.option_labels[r["label"]] for r in labelled],
+                           [answers.get(r["id"]) for r in labelled])
+        if len(labelled) < len(rows):
+            out["unlabelled_rows_skipped"] = len(rows) - len(labelled)
+        return out
     if task.name == "mcq_generation":
         return mcq_generation_quality([answers.get(r["id"]) or "" for r in rows], labels=task.args.option_labels,
                                       question_prefix=task.args.mcq_question_prefix,

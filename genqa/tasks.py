@@ -66,7 +66,8 @@ class Task:
                 key = next((k for k in ("id_column", "context_column", "question_column", "answer_column",
                                         "options_column") if getattr(self.args, k, None) == col), "options_columns")
                 raise DataError(f"{source}: column `{col}` (recipe key `{key}`) is missing; the source has "
-                                f"{', '.join(columns)}. Map the right column with `{key}: <name>`.")
+                                f"{', '.join(columns)}. Map the right column with `{key}: <name>` in the recipe "
+                                f"(or `--{key} <name>` on the command line).")
 
     def to_canonical(self, dataset: Dataset, source: str, require_answer: bool = True) -> Dataset:
         """Check the columns and map every row of `dataset` onto `CANONICAL_FEATURES`."""
@@ -319,9 +320,10 @@ class MCQTask(Task):
         if not text:
             return None
         alternation = "|".join(re.escape(lab) for lab in sorted(labels, key=len, reverse=True))
-        m = re.match(rf"^[\s(\[]*({alternation})(?![\w])", text, flags=re.IGNORECASE)
-        if m is None:  # "The answer is B", "答案：2", "Đáp án: C"
-            m = re.search(rf"(?<![\w])({alternation})(?![\w])", text, flags=re.IGNORECASE)
+        # 1. the answer starts with a label: "B", "(b)", "B. Paris" (any case only here)
+        m = re.match(rf"^[\s(\[*]*({alternation})(?![A-Za-z0-9])", text, flags=re.IGNORECASE)
+        if m is None:  # 2. a label as written, not inside an ASCII word: "so B", "答案是2", "Đáp án: C" (not "a dog")
+            m = re.search(rf"(?<![A-Za-z0-9])({alternation})(?![A-Za-z0-9])", text)
         if m:
             hit = m.group(1).lower()
             return next(lab for lab in labels if lab.lower() == hit)

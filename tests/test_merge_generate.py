@@ -104,6 +104,17 @@ def test_submission_refuses_invalid_answers_unless_filled(tmp_path):
     assert out.read_text() == "ID,Answer\na,1\nb,1\nc,1\n"
 
 
+def test_mcq_accuracy_skips_unlabelled_rows():
+    from genqa.config import QAArguments
+    from genqa.task_metrics import task_metrics
+    from genqa.tasks import get_task
+
+    task = get_task(QAArguments(task="mcq", options_columns=["a", "b"], option_labels=["1", "2"]))
+    rows = [{"id": str(i), "label": lab} for i, lab in enumerate([0, 1, -1, -1])]
+    metrics = task_metrics(task, rows, {"0": "1", "1": "1", "2": "2", "3": "2"})
+    assert (metrics["correct"], metrics["total"], metrics["unlabelled_rows_skipped"]) == (1, 2, 2)
+
+
 def test_prediction_store_drops_a_torn_last_line(tmp_path):
     path = tmp_path / "p.jsonl"
     path.write_text('{"id": "a", "answer": "1"}\n{"id": "b", "answ', encoding="utf-8")
@@ -122,18 +133,22 @@ def test_generate_resumes_after_kill_without_duplicates(qlora_run, tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
+    def predicted() -> list[str]:
+        lines = preds.read_text().splitlines() if preds.exists() else []
+        return [json.loads(line)["id"] for line in lines if line.startswith('{"id"')]
+
     deadline = time.time() + 120
-    while time.time() < deadline and (not preds.exists() or len(preds.read_text().splitlines()) < 2):
+    while time.time() < deadline and len(predicted()) < 2:
         time.sleep(0.2)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    done_before = len(preds.read_text().splitlines())
+    done_before = len(set(predicted()))
     assert 2 <= done_before < 12, done_before
     assert not out.exists()
     result = subprocess.run(cmd, env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
     assert f"resuming: {done_before} of 12" in result.stdout
-    ids = [json.loads(line)["id"] for line in preds.read_text().splitlines()]
+    ids = predicted()
     assert len(ids) == len(set(ids)) == 12
     rows = list(csv.reader(out.open(encoding="utf-8")))
     assert [r[0] for r in rows[1:]] == [f"vi-{i}" for i in range(12)]
@@ -154,3 +169,35 @@ def test_extractive_lora_merge_matches_adapter_with_segment_ids(tmp_path):
     assert (tmp_path / "a.json").read_text() == (tmp_path / "b.json").read_text()
     metrics = json.loads((tmp_path / "a.json.metrics.json").read_text())
     assert metrics["total"] == 24 and "HasAns_f1" in metrics
+
+
+def test_resume_refuses_predictions_made_with_other_settings(mcq_run, tmp_path, capsys):
+    args = ["--base", "tiny:llama", "--adapter", str(mcq_run), "--data", "data/tiny/zh_mcq.xlsx", "--no_progress",
+            "--out", str(tmp_path / "s.csv")]
+    assert generate_main(args) == 0
+    capsys.readouterr()
+    assert generate_main([*args, "--mcq_mode", "generate"]) == 2
+    assert "other settings (changed: mcq_mode)" in capsys.readouterr().err
+
+
+def test_duplicate_test_ids_are_refused_for_a_csv(mcq_run, tmp_path, capsys):
+    import pandas as pd
+
+    frame = pd.read_excel("data/tiny/zh_mcq_test.xlsx", dtype=str)
+    frame.loc[1, "題號"] = frame.loc[0, "題號"]
+    frame.to_excel(tmp_path / "dup.xlsx", index=False)
+    assert generate_main(["--base", "tiny:llama", "--adapter", str(mcq_run), "--data", str(tmp_path / "dup.xlsx"),
+                          "--id_column", "題號", "--out", str(tmp_path / "dup.csv"), "--no_progress"]) == 2
+    assert "repeated ids" in capsys.readouterr().err and not (tmp_path / "dup.csv").exists()
+
+
+def test_csv_ids_keep_leading_zeros(mcq_run, tmp_path):
+    import pandas as pd
+
+    frame = pd.read_excel("data/tiny/zh_mcq_test.xlsx", dtype=str)
+    frame["題號"] = [f"{i:03d}" for i in range(1, len(frame) + 1)]
+    frame.to_csv(tmp_path / "test.csv", index=False)
+    assert generate_main(["--base", "tiny:llama", "--adapter", str(mcq_run), "--data", str(tmp_path / "test.csv"),
+                          "--id_column", "題號", "--out", str(tmp_path / "sub.csv"), "--no_progress"]) == 0
+    rows = list(csv.reader((tmp_path / "sub.csv").open(encoding="utf-8")))
+    assert [r[0] for r in rows[1:]] == ["001", "002", "003", "004", "005", "006"]

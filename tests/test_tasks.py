@@ -38,9 +38,17 @@ def test_mcq_unknown_gold_names_row():
 
 
 @pytest.mark.parametrize("text,expected", [("B", "B"), (" (c) because", "C"), ("The answer is D.", "D"),
-                                           ("Đáp án: A", "A"), ("no idea", None), ("", None)])
+                                           ("Đáp án: A", "A"), ("It is a dog, so B", "B"),
+                                           ("The correct option is a: no wait, B", "B"), ("no idea", None), ("", None)])
 def test_mcq_parse(text, expected):
     task = get_task(QAArguments(task="mcq", options_columns=["a", "b", "c", "d"]))
+    assert task.parse(text) == expected
+
+
+@pytest.mark.parametrize("text,expected", [("2", "2"), ("答案是2", "2"), ("正确答案为3。", "3"), ("选项4", "4"),
+                                           ("答案：1", "1"), ("12", None)])
+def test_mcq_parse_numeric_labels_in_chinese(text, expected):
+    task = get_task(QAArguments(task="mcq", options_columns=["a", "b", "c", "d"], option_labels=["1", "2", "3", "4"]))
     assert task.parse(text) == expected
 
 
