@@ -24,9 +24,11 @@ from genqa.metrics import (
     is_squad_v2,
     mcq_accuracy,
     mcq_generation_quality,
+    normalize_choice,
     squad_examples,
     squad_question_id,
     squad_scores,
+    unique_ids,
 )
 
 __all__ = ["TASKS", "build_parser", "main", "squad_question_id"]
@@ -80,6 +82,8 @@ def _read_table(path: Path, flag: str) -> list[dict[str, Any]]:
                     _fail(f"{flag} file '{path}' line {n} is not valid JSON ({err}).")
                 if not isinstance(row, dict):
                     _fail(f"{flag} file '{path}' line {n} is not a JSON object.")
+                if "genqa_fingerprint" in row:  # header of genqa.generate's OUT.predictions.jsonl
+                    continue
                 rows.append(row)
         return rows
     if suffix not in TABLE_SUFFIXES:
@@ -179,10 +183,17 @@ def _evaluate_squad(args: argparse.Namespace) -> dict[str, Any]:
         _fail(f"--data file '{data_path}' has no gold answers (an unlabelled test split?); "
               "evaluate against a labelled dev file.")
     ids = [qid for qid, _ in examples]
-    if len(set(ids)) != len(ids):
-        print(f"genqa.evaluate: warning: --data file '{data_path}' repeats {len(ids) - len(set(ids))} question "
-              "ids; each occurrence gets the same prediction.", file=sys.stderr)
     preds = _load_answer_map(pred_path, args.id_column, args.answer_column)
+    if len(set(ids)) != len(ids):
+        renamed, n = unique_ids(ids)
+        if any(r in preds for r in renamed if r not in set(ids)):  # predictions keyed like genqa.generate's id#2
+            examples = [(r, golds) for r, (_, golds) in zip(renamed, examples, strict=True)]
+            ids = renamed
+            note = "matched to predictions keyed id#2, id#3, ... as genqa.generate writes them"
+        else:
+            note = "as in the official script, only the last occurrence of each id is scored"
+        print(f"genqa.evaluate: warning: --data file '{data_path}' repeats {n} question ids; {note}.",
+              file=sys.stderr)
     _check_known_ids(list(preds), set(ids), pred_path, data_path)
     return squad_scores(examples, preds, lang=args.lang, version=version)
 
@@ -197,6 +208,13 @@ def _evaluate_mcq(args: argparse.Namespace) -> dict[str, Any]:
     _check_known_ids(list(preds), set(golds), pred_path, data_path)
     metrics = mcq_accuracy([_cell(g) for g in golds.values()], [preds.get(k) for k in golds])
     metrics["missing"] = sum(1 for k in golds if k not in preds)
+    labels = {normalize_choice(p) for p in preds.values() if normalize_choice(p) is not None}
+    odd = [g for g in golds.values() if normalize_choice(_cell(g)) not in labels | {None}]
+    if odd and len(labels) <= 10:
+        print(f"genqa.evaluate: warning: {len(odd)} gold answers are not option labels like the predictions "
+              f"(e.g. {_cell(odd[0])!r}); they are compared as text. If the gold column holds option texts or "
+              "numbers, score with genqa.generate on the labelled file (it maps them through the recipe).",
+              file=sys.stderr)
     return metrics
 
 

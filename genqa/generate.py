@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from genqa.data_sources import DataError, load_source
+from genqa.metrics import unique_ids
 from genqa.recipe import RecipeError, parse_recipe
 from genqa.run_dir import RECIPE_FILE, load_run, write_atomic
 from genqa.submission import PredictionStore, SubmissionError, write_json_predictions, write_submission
@@ -71,20 +72,6 @@ def resolve_recipe(args: argparse.Namespace, overrides: list[str]):
                       "merged folder does); pass --recipe RECIPE.yaml.")
 
 
-def unique_ids(ids: list[str]) -> list[str]:
-    """Make repeated ids unique (`id#2`, `id#3`), saying how many were renamed."""
-    seen: dict[str, int] = {}
-    out = []
-    for i in ids:
-        seen[i] = seen.get(i, 0) + 1
-        out.append(i if seen[i] == 1 else f"{i}#{seen[i]}")
-    renamed = sum(n - 1 for n in seen.values())
-    if renamed:
-        print(f"[genqa] warning: {renamed} repeated ids in the test data; later copies are renamed id#2, id#3, ...",
-              file=sys.stderr)
-    return out
-
-
 def load_test_rows(qa, task, data: str, split: str | None, limit: int | None) -> tuple[list[dict[str, Any]], bool]:
     """Canonical test rows (answers optional) and whether the source carries gold answers."""
     source = load_source(data)
@@ -96,7 +83,11 @@ def load_test_rows(qa, task, data: str, split: str | None, limit: int | None) ->
         ds = ds.select(range(min(limit, len(ds))))
     labelled = all(c in ds.column_names for c in task.answer_columns())
     rows = task.to_canonical(ds, f"{data} [{name}]", require_answer=False).to_list()
-    for row, uid in zip(rows, unique_ids([r["id"] for r in rows]), strict=True):
+    ids, renamed = unique_ids([r["id"] for r in rows])
+    if renamed:
+        print(f"[genqa] warning: {renamed} repeated ids in {data}; later copies are renamed id#2, id#3, ... "
+              "(genqa.evaluate matches them the same way)", file=sys.stderr)
+    for row, uid in zip(rows, ids, strict=True):
         row["id"] = uid
     return rows, labelled
 
@@ -223,10 +214,14 @@ def _predict_rows(args, qa, sft, task, backbone, model, tokenizer, template, tod
 
         # the window/decoding settings the run was trained with (recipe keys as a fallback)
         settings = {**extractive_settings(qa, sft.max_length or 384), "version_2_with_negative": True}
+        recipe_values = dict(settings)
         for folder in (args.adapter, args.base):
             if folder and (Path(folder) / SETTINGS_FILE).is_file():
                 settings.update(json.loads((Path(folder) / SETTINGS_FILE).read_text(encoding="utf-8")))
                 break
+        passed = {a[2:].split("=", 1)[0] for a in args.overrides if a.startswith("--")}
+        settings.update({k: v for k, v in recipe_values.items() if k in passed or (k == "max_length"
+                                                                                  and "max_length" in passed)})
         for start in range(0, len(todo), args.batch_size * 8):
             chunk = todo[start:start + args.batch_size * 8]
             spans = predict_extractive(model, tokenizer, Dataset.from_list(chunk, features=CANONICAL_FEATURES),
@@ -248,6 +243,7 @@ def main(argv: list[str] | None = None) -> int:
             raise SubmissionError(f"{args.data}: {len(renamed)} repeated ids (e.g. {renamed[0].rsplit('#', 1)[0]!r}); "
                                   "a submission needs one row per id. Set --id_column to a column with unique ids "
                                   "(or write --out X.json for evaluation).")
+        args.overrides = overrides
         args.template_overridden = any(a.split("=", 1)[0] == "--template" for a in overrides)
         store = PredictionStore(out.with_name(out.name + ".predictions.jsonl"), fingerprint(args, qa, sft, model_args))
         predict(args, qa, sft, model_args, rows, store)

@@ -177,6 +177,16 @@ def squad_scores(examples: Iterable[tuple[Hashable, Sequence[str]]], predictions
     raise ValueError(f"Unknown SQuAD version {version!r}; use 1 or 2.")
 
 
+def unique_ids(ids: Sequence[str]) -> tuple[list[str], int]:
+    """Make repeated ids unique the way genqa.generate does (`id`, `id#2`, `id#3`); returns (ids, how many renamed)."""
+    seen: dict[str, int] = {}
+    out = []
+    for i in ids:
+        seen[i] = seen.get(i, 0) + 1
+        out.append(i if seen[i] == 1 else f"{i}#{seen[i]}")
+    return out, sum(n - 1 for n in seen.values())
+
+
 def squad_question_id(article: int, paragraph: int, question: int) -> str:
     """Id given to a SQuAD-layout question that has none (UIT-ViQuAD 1.0): `article-paragraph-question`."""
     return f"{article}-{paragraph}-{question}"

@@ -145,3 +145,27 @@ def test_real_squad_v2_through_cli(tmp_path, capsys):
         pytest.skip(f"shared data not available: {SQUAD}")
     got = _run(["--data", str(dev), "--predictions", str(preds)], capsys)
     assert got["exact"] == 34.42263960245936 and got["f1"] == 39.5366934720806 and got["total"] == 11873
+
+
+def test_repeated_ids_match_generate_renaming(tmp_path, capsys):
+
+
+    data = {"data": [{"title": "t", "paragraphs": [{"context": "Red apples and green pears.", "qas": [
+        {"id": "q1", "question": "Apples?", "answers": [{"text": "Red", "answer_start": 0}]},
+        {"id": "q1", "question": "Pears?", "answers": [{"text": "green", "answer_start": 15}]}]}]}]}
+    (tmp_path / "d.json").write_text(json.dumps(data), encoding="utf-8")
+    (tmp_path / "p.json").write_text(json.dumps({"q1": "Red", "q1#2": "green"}), encoding="utf-8")
+    assert main(["--data", str(tmp_path / "d.json"), "--predictions", str(tmp_path / "p.json")]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["exact_match"] == 100.0
+
+
+def test_generate_predictions_jsonl_header_is_skipped(tmp_path, capsys):
+
+
+    path = tmp_path / "gen.csv.predictions.jsonl"
+    path.write_text(json.dumps({"genqa_fingerprint": {"base": "x"}}) + "\n"
+                    + json.dumps({"id": "1", "answer": "Question: Q?\nA. a\nB. b\nC. c\nD. d\nAnswer: B"}) + "\n",
+                    encoding="utf-8")
+    assert main(["--task", "mcq_generation", "--predictions", str(path)]) == 0
+    assert json.loads(capsys.readouterr().out)["valid"] == 1

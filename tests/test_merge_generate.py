@@ -169,6 +169,15 @@ def test_extractive_lora_merge_matches_adapter_with_segment_ids(tmp_path):
     assert (tmp_path / "a.json").read_text() == (tmp_path / "b.json").read_text()
     metrics = json.loads((tmp_path / "a.json.metrics.json").read_text())
     assert metrics["total"] == 24 and "HasAns_f1" in metrics
+    # decoding settings given on the command line win over those saved with the run
+    never = json.loads((tmp_path / "never.json").read_text()) if generate_main([
+        "--base", str(tmp_path / "m"), *common, "--out", str(tmp_path / "never.json"),
+        "--null_score_diff_threshold", "1000"]) == 0 else None
+    always = json.loads((tmp_path / "always.json").read_text()) if generate_main([
+        "--base", str(tmp_path / "m"), *common, "--out", str(tmp_path / "always.json"),
+        "--null_score_diff_threshold", "-1000"]) == 0 else None
+    assert never is not None and always is not None
+    assert all(a for a in never.values()) and not any(a for a in always.values())
 
 
 def test_resume_refuses_predictions_made_with_other_settings(mcq_run, tmp_path, capsys):
