@@ -198,12 +198,34 @@ def _evaluate_squad(args: argparse.Namespace) -> dict[str, Any]:
     return squad_scores(examples, preds, lang=args.lang, version=version)
 
 
+def _recipe_golds(recipe: str, data_path: Path) -> dict[str, str]:
+    """{id: gold label} of an MCQ file read through a recipe's data source, columns and task (as in training)."""
+    from genqa.data_sources import DataError, load_source
+    from genqa.recipe import RecipeError, parse_recipe
+    from genqa.tasks import get_task
+
+    try:
+        qa = parse_recipe([recipe, "--use_cpu", "true"])[0]
+        if qa.task != "mcq":
+            _fail(f"--recipe {recipe} is a {qa.task} recipe; --task mcq needs an mcq recipe.")
+        task = get_task(qa)
+        split = next(iter(load_source(str(data_path)).values()))
+        rows = task.to_canonical(split, str(data_path), require_answer=True)
+    except (RecipeError, DataError) as err:
+        _fail(str(err))
+    return {r["id"]: qa.option_labels[r["label"]] for r in rows if r["label"] >= 0}
+
+
 def _evaluate_mcq(args: argparse.Namespace) -> dict[str, Any]:
     data_path = _existing(args.data, "--data", "a CSV/JSON/JSONL/XLSX file with id and gold answer columns")
     pred_path = _existing(args.predictions, "--predictions", "a CSV with id and answer columns")
-    rows = _read_table(data_path, "--data")
-    ids = _column(rows, args.id_column, data_path, "--data", "--id_column")
-    golds = _id_map(ids, _column(rows, args.gold_column, data_path, "--data", "--gold_column"), data_path, "--data")
+    if args.recipe:
+        golds = _recipe_golds(args.recipe, data_path)
+    else:
+        rows = _read_table(data_path, "--data")
+        ids = _column(rows, args.id_column, data_path, "--data", "--id_column")
+        golds = _id_map(ids, _column(rows, args.gold_column, data_path, "--data", "--gold_column"), data_path,
+                        "--data")
     preds = _load_answer_map(pred_path, args.id_column, args.answer_column)
     _check_known_ids(list(preds), set(golds), pred_path, data_path)
     metrics = mcq_accuracy([_cell(g) for g in golds.values()], [preds.get(k) for k in golds])
@@ -245,6 +267,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--id_column", default="id", help="id column of table files (default: id)")
     ap.add_argument("--answer_column", default="answer", help="answer / generated-text column of predictions")
     ap.add_argument("--gold_column", default="answer", help="gold answer column of the --data table (mcq)")
+    ap.add_argument("--recipe", help="mcq: read --data through this recipe's columns and option labels, so golds "
+                    "written as option texts, numbers or column names are mapped to labels exactly as in training")
     ap.add_argument("--question_prefix", help="mcq_generation: question prefix (default by --lang: Question: / "
                     "Câu hỏi:)")
     ap.add_argument("--answer_prefix", help="mcq_generation: answer-key prefix (default by --lang: Answer: / Đáp án:)")

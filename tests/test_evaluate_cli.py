@@ -169,3 +169,23 @@ def test_generate_predictions_jsonl_header_is_skipped(tmp_path, capsys):
                     encoding="utf-8")
     assert main(["--task", "mcq_generation", "--predictions", str(path)]) == 0
     assert json.loads(capsys.readouterr().out)["valid"] == 1
+
+
+def test_mcq_golds_mapped_through_a_recipe(tmp_path, capsys):
+    """Golds written as option texts / option column names score like generate's own metric when a recipe is given."""
+    import pandas as pd
+
+    root = Path(__file__).resolve().parents[1]
+    frame = pd.read_excel(root / "data/tiny/zh_mcq.xlsx", dtype=str).head(3)
+    frame.loc[0, "正確答案"] = frame.loc[0, "選項" + frame.loc[0, "正確答案"]]   # the option's text
+    frame.loc[1, "正確答案"] = "選項" + frame.loc[1, "正確答案"]                  # the option's column name
+    frame.to_csv(tmp_path / "dev.csv", index=False)
+    gold = pd.read_excel(root / "data/tiny/zh_mcq.xlsx", dtype=str).head(3)
+    pd.DataFrame({"ID": gold["ID"], "Answer": gold["正確答案"]}).to_csv(tmp_path / "pred.csv", index=False)
+    args = ["--task", "mcq", "--data", str(tmp_path / "dev.csv"), "--predictions", str(tmp_path / "pred.csv"),
+            "--id_column", "ID", "--answer_column", "Answer"]
+    assert main([*args, "--recipe", str(root / "recipes/tiny/mcq.yaml")]) == 0
+    assert json.loads(capsys.readouterr().out)["accuracy"] == 1.0
+    assert main([*args, "--gold_column", "正確答案"]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["accuracy"] < 1.0 and "not option labels" in captured.err
