@@ -72,7 +72,8 @@ class PromptEncoder:
         return render(self.tokenizer, self.template, self.task.messages(ex, with_answer=False),
                       add_generation_prompt=True)
 
-    def _ids(self, text: str, is_prompt: bool) -> list[int]:
+    def token_ids(self, text: str, is_prompt: bool) -> list[int]:
+        """Ids of a prompt (BOS added unless the template wrote it) or of a completion (no special tokens)."""
         bos = self.tokenizer.bos_token
         add = is_prompt and not (bos and text.startswith(bos))  # the template wrote BOS itself: don't add another
         return self.tokenizer(text, add_special_tokens=add)["input_ids"]
@@ -102,11 +103,11 @@ class PromptEncoder:
     def encode_prompt(self, ex: dict[str, Any], max_new_tokens: int = 0) -> tuple[list[int], bool]:
         """Prompt ids for generation, the context cut to leave `max_new_tokens` room; returns (ids, truncated)."""
         ex = {**ex, "answers": [], "answer_starts": []}  # at prediction time the gold span must not steer the cut
-        ids = self._ids(self.prompt_text(ex), is_prompt=True)
+        ids = self.token_ids(self.prompt_text(ex), is_prompt=True)
         if self.max_length is None or len(ids) + max_new_tokens <= self.max_length or not ex["context"]:
             return ids, False
         for context in self._context_windows(ex, len(ids) + max_new_tokens - self.max_length):
-            ids = self._ids(self.prompt_text({**ex, "context": context}), is_prompt=True)
+            ids = self.token_ids(self.prompt_text({**ex, "context": context}), is_prompt=True)
             if len(ids) + max_new_tokens <= self.max_length:
                 return ids, True
         return ids, True
@@ -116,14 +117,14 @@ class PromptEncoder:
         """Training ids and labels for one canonical row, with its status (ok / context_truncated / dropped)."""
         status = OK
         prompt, completion = split_prompt_completion(self.tokenizer, self.template, self.task.messages(ex))
-        p_ids, c_ids = self._ids(prompt, True), self._ids(completion, False)
+        p_ids, c_ids = self.token_ids(prompt, True), self.token_ids(completion, False)
         if self.max_length is not None and len(p_ids) + len(c_ids) > self.max_length:
             status = TOO_LONG
             if ex["context"]:
                 for context in self._context_windows(ex, len(p_ids) + len(c_ids) - self.max_length):
                     prompt, completion = split_prompt_completion(
                         self.tokenizer, self.template, self.task.messages({**ex, "context": context}))
-                    p_ids = self._ids(prompt, True)
+                    p_ids = self.token_ids(prompt, True)
                     if len(p_ids) + len(c_ids) <= self.max_length:
                         status = CONTEXT_TRUNCATED
                         break

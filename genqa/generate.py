@@ -72,8 +72,10 @@ def resolve_recipe(args: argparse.Namespace, overrides: list[str]):
                       "merged folder does); pass --recipe RECIPE.yaml.")
 
 
-def load_test_rows(qa, task, data: str, split: str | None, limit: int | None) -> tuple[list[dict[str, Any]], bool]:
-    """Canonical test rows (answers optional) and whether the source carries gold answers."""
+def load_test_rows(qa, task, data: str, split: str | None,
+                   limit: int | None) -> tuple[list[dict[str, Any]], bool, int]:
+    """Canonical test rows (answers optional), whether the source carries gold answers, and how many repeated ids
+    were renamed `id#2`, `id#3`, ..."""
     source = load_source(data)
     name = split or ("test" if "test" in source else next(iter(source)))
     if name not in source:
@@ -89,7 +91,7 @@ def load_test_rows(qa, task, data: str, split: str | None, limit: int | None) ->
               "(genqa.evaluate matches them the same way)", file=sys.stderr)
     for row, uid in zip(rows, ids, strict=True):
         row["id"] = uid
-    return rows, labelled
+    return rows, labelled, renamed
 
 
 def fingerprint(args: argparse.Namespace, qa, sft, model_args) -> dict[str, Any]:
@@ -112,13 +114,10 @@ def fingerprint(args: argparse.Namespace, qa, sft, model_args) -> dict[str, Any]
 
 def load_model_for(backbone: str, base: str, adapter: str | None, dtype):
     """The model to predict with: base (merged or not) plus an optional adapter, in eval mode."""
-    from transformers import AutoModelForCausalLM, AutoModelForQuestionAnswering, AutoModelForSeq2SeqLM
-
+    from genqa.modeling import auto_model_class
     from genqa.tiny import resolve_model_path
 
-    auto = {"causal_lm": AutoModelForCausalLM, "seq2seq": AutoModelForSeq2SeqLM,
-            "extractive": AutoModelForQuestionAnswering}[backbone]
-    model = auto.from_pretrained(resolve_model_path(base), dtype=dtype)
+    model = auto_model_class(backbone).from_pretrained(resolve_model_path(base), dtype=dtype)
     if adapter:
         from peft import PeftModel
 
@@ -129,12 +128,11 @@ def load_model_for(backbone: str, base: str, adapter: str | None, dtype):
 def _tokenizer_and_template(args, qa, template_overridden: bool = False):
     from transformers import AutoTokenizer
 
+    from genqa.modeling import ensure_pad_token
     from genqa.tiny import resolve_model_path
 
     folder = args.adapter or args.base
-    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(folder))
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
+    tokenizer = ensure_pad_token(AutoTokenizer.from_pretrained(resolve_model_path(folder)))
     tokenizer.padding_side = "left"
     saved_by_genqa = (Path(folder) / RECIPE_FILE).is_file() and tokenizer.chat_template
     if saved_by_genqa and not template_overridden:  # exactly the template the model was trained with
@@ -142,13 +140,32 @@ def _tokenizer_and_template(args, qa, template_overridden: bool = False):
     return tokenizer, load_template(qa.template, tokenizer)
 
 
+def extractive_settings_for(args: argparse.Namespace, qa, sft) -> dict[str, Any]:
+    """Span-search settings: those the run was trained with (saved in its folder), overridden by the ones given on
+    this command line; the recipe's values where the run saved none."""
+    from genqa.extractive_trainer import SETTINGS_FILE, extractive_settings
+
+    from_recipe = {**extractive_settings(qa, sft.max_length or 384), "version_2_with_negative": True}
+    settings = dict(from_recipe)
+    saved = next((Path(f) / SETTINGS_FILE for f in (args.adapter, args.base)
+                  if f and (Path(f) / SETTINGS_FILE).is_file()), None)
+    if saved is not None:
+        settings.update(json.loads(saved.read_text(encoding="utf-8")))
+    passed = {a[2:].split("=", 1)[0] for a in args.overrides if a.startswith("--")}
+    settings.update({k: v for k, v in from_recipe.items() if k in passed})
+    return settings
+
+
 def predict(args: argparse.Namespace, qa, sft, model_args, rows: list[dict[str, Any]],
             store: PredictionStore) -> None:
     """Predict every row not yet in `store`, appending records batch by batch."""
     import torch
+    from datasets import Dataset
 
+    from genqa.encoding import PromptEncoder
     from genqa.modeling import detect_backbone, torch_dtype
-    from genqa.predict import map_to_context
+    from genqa.predict import generate_texts, read_answer, score_labels
+    from genqa.tasks import CANONICAL_FEATURES
 
     task = get_task(qa)
     todo = [r for r in rows if r["id"] not in store]
@@ -161,73 +178,47 @@ def predict(args: argparse.Namespace, qa, sft, model_args, rows: list[dict[str, 
     model = load_model_for(backbone, args.base, args.adapter, torch_dtype(args.dtype or model_args.dtype))
     max_new = args.max_new_tokens or DEFAULT_MAX_NEW_TOKENS[qa.task]
 
-    def record(row: dict[str, Any], raw: str, how: str) -> dict[str, Any]:
-        if task.name == "mcq":
-            answer = raw if how == "label_score" else task.parse(raw, row)
-            return {"id": row["id"], "raw": raw, "answer": answer, "how": how if answer else "unparseable"}
-        answer = task.parse(raw)
-        if task.name == "extractive" and answer:
-            answer, how = map_to_context(answer, row["context"])
-        elif task.name in ("extractive", "abstractive") and not answer:
-            how = "no_answer"
-        return {"id": row["id"], "raw": raw, "answer": answer, "how": how}
+    def records(pairs, how: str) -> list[dict[str, Any]]:
+        out = []
+        for row, raw in pairs:
+            answer, how_row = read_answer(task, row, raw, how)
+            out.append({"id": row["id"], "raw": raw, "answer": answer, "how": how_row})
+        return out
 
-    def sink(how: str):
-        return lambda done: store.add([record(todo[i], raw, how) for i, raw in done])
+    def sink(how: str):  # called after each batch, so a kill loses at most one batch
+        return lambda done: store.add(records(((todo[i], raw) for i, raw in done), how))
+
+    def chunks():  # seq2seq / extractive predictors take a Dataset: feed them a few batches at a time
+        size = args.batch_size * 8
+        for start in range(0, len(todo), size):
+            chunk = todo[start:start + size]
+            yield chunk, Dataset.from_list(chunk, features=CANONICAL_FEATURES)
 
     device_type = next(model.parameters()).device.type
     with (torch.autocast(device_type, dtype=torch.bfloat16) if args.autocast == "bf16" else contextlib.nullcontext()):
-        _predict_rows(args, qa, sft, task, backbone, model, tokenizer, template, todo, max_new, record, sink, store)
+        if backbone == "causal_lm":
+            encoder = PromptEncoder(task, tokenizer, template, sft.max_length)
+            if task.name == "mcq" and args.mcq_mode == "score":
+                score_labels(model, encoder, todo, task.labels_for, args.batch_size, sink("label_score"),
+                             not args.no_progress)
+            else:
+                generate_texts(model, encoder, todo, args.batch_size, max_new, args.num_beams, args.do_sample,
+                               sink("generate"), not args.no_progress)
+        elif backbone == "seq2seq":
+            from genqa.seq2seq import predict_seq2seq
 
-
-def _predict_rows(args, qa, sft, task, backbone, model, tokenizer, template, todo, max_new, record, sink, store):
-    """Dispatch to the backbone's prediction code; every batch goes to `store` as soon as it is done."""
-    from genqa.encoding import PromptEncoder
-    from genqa.predict import generate_texts, score_labels
-
-    if backbone == "causal_lm":
-        encoder = PromptEncoder(task, tokenizer, template, sft.max_length)
-        if task.name == "mcq" and args.mcq_mode == "score":
-            score_labels(model, encoder, todo, task.labels_for, args.batch_size, sink("label_score"),
-                         not args.no_progress)
+            for chunk, ds in chunks():
+                raws = predict_seq2seq(model, tokenizer, template, task, ds, max_length=sft.max_length or 512,
+                                       max_new_tokens=max_new, batch_size=args.batch_size, num_beams=args.num_beams)
+                store.add(records(zip(chunk, raws, strict=True), "generate"))
         else:
-            generate_texts(model, encoder, todo, args.batch_size, max_new, args.num_beams, args.do_sample,
-                           sink("generate"), not args.no_progress)
-    elif backbone == "seq2seq":
-        from datasets import Dataset
+            from genqa.extractive import predict_extractive
 
-        from genqa.seq2seq import predict_seq2seq
-        from genqa.tasks import CANONICAL_FEATURES
-
-        for start in range(0, len(todo), args.batch_size * 8):  # chunks, so a kill loses little
-            chunk = todo[start:start + args.batch_size * 8]
-            raws = predict_seq2seq(model, tokenizer, template, task, Dataset.from_list(chunk, features=CANONICAL_FEATURES),
-                                   max_length=sft.max_length or 512, max_new_tokens=max_new,
-                                   batch_size=args.batch_size, num_beams=args.num_beams)
-            store.add([record(r, raw, "generate") for r, raw in zip(chunk, raws, strict=True)])
-    else:
-        from datasets import Dataset
-
-        from genqa.extractive import predict_extractive
-        from genqa.extractive_trainer import SETTINGS_FILE, extractive_settings
-        from genqa.tasks import CANONICAL_FEATURES
-
-        # the window/decoding settings the run was trained with (recipe keys as a fallback)
-        settings = {**extractive_settings(qa, sft.max_length or 384), "version_2_with_negative": True}
-        recipe_values = dict(settings)
-        for folder in (args.adapter, args.base):
-            if folder and (Path(folder) / SETTINGS_FILE).is_file():
-                settings.update(json.loads((Path(folder) / SETTINGS_FILE).read_text(encoding="utf-8")))
-                break
-        passed = {a[2:].split("=", 1)[0] for a in args.overrides if a.startswith("--")}
-        settings.update({k: v for k, v in recipe_values.items() if k in passed or (k == "max_length"
-                                                                                  and "max_length" in passed)})
-        for start in range(0, len(todo), args.batch_size * 8):
-            chunk = todo[start:start + args.batch_size * 8]
-            spans = predict_extractive(model, tokenizer, Dataset.from_list(chunk, features=CANONICAL_FEATURES),
-                                       batch_size=args.batch_size, **settings)
-            store.add([{"id": r["id"], "raw": s, "answer": s, "how": "span" if s else "no_answer"}
-                       for r, s in zip(chunk, spans, strict=True)])
+            settings = extractive_settings_for(args, qa, sft)
+            for chunk, ds in chunks():
+                spans = predict_extractive(model, tokenizer, ds, batch_size=args.batch_size, **settings)
+                store.add([{"id": r["id"], "raw": sp, "answer": sp, "how": "span" if sp else "no_answer"}
+                           for r, sp in zip(chunk, spans, strict=True)])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -236,13 +227,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         qa, sft, model_args = resolve_recipe(args, overrides)
         task = get_task(qa)
-        rows, labelled = load_test_rows(qa, task, args.data, args.split, args.limit)
+        rows, labelled, renamed = load_test_rows(qa, task, args.data, args.split, args.limit)
         out = Path(args.out)
-        renamed = [r["id"] for r in rows if "#" in r["id"] and r["id"].rsplit("#", 1)[1].isdigit()]
         if renamed and out.suffix != ".json":
-            raise SubmissionError(f"{args.data}: {len(renamed)} repeated ids (e.g. {renamed[0].rsplit('#', 1)[0]!r}); "
-                                  "a submission needs one row per id. Set --id_column to a column with unique ids "
-                                  "(or write --out X.json for evaluation).")
+            raise SubmissionError(f"{args.data}: {renamed} repeated ids; a submission needs one row per id. Set "
+                                  "--id_column to a column with unique ids (or write --out X.json for evaluation).")
         args.overrides = overrides
         args.template_overridden = any(a.split("=", 1)[0] == "--template" for a in overrides)
         store = PredictionStore(out.with_name(out.name + ".predictions.jsonl"), fingerprint(args, qa, sft, model_args))

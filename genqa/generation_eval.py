@@ -12,7 +12,7 @@ import torch
 from transformers import TrainerCallback
 
 from genqa.encoding import PromptEncoder
-from genqa.predict import generate_texts, map_to_context, score_labels
+from genqa.predict import generate_texts, read_answer, score_labels
 from genqa.task_metrics import task_metrics
 
 
@@ -21,16 +21,10 @@ def predict_answers(model, encoder: PromptEncoder, rows: list[dict[str, Any]], m
     """Answers of a causal LM for canonical rows, read back the way genqa.generate reads them."""
     task = encoder.task
     if task.name == "mcq":
-        labels = score_labels(model, encoder, rows, task.labels_for, batch_size, progress=False)
-        return {r["id"]: a for r, a in zip(rows, labels, strict=True)}
-    raws = generate_texts(model, encoder, rows, batch_size, max_new_tokens, progress=False)
-    answers: dict[str, str | None] = {}
-    for row, raw in zip(rows, raws, strict=True):
-        answer = task.parse(raw)
-        if task.name == "extractive" and answer:
-            answer, _ = map_to_context(answer, row["context"])
-        answers[row["id"]] = answer
-    return answers
+        raws, how = score_labels(model, encoder, rows, task.labels_for, batch_size, progress=False), "label_score"
+    else:
+        raws, how = generate_texts(model, encoder, rows, batch_size, max_new_tokens, progress=False), "generate"
+    return {row["id"]: read_answer(task, row, raw, how)[0] for row, raw in zip(rows, raws, strict=True)}
 
 
 class GenerationEvalCallback(TrainerCallback):

@@ -50,13 +50,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _auto_class(backbone: str):
-    from transformers import AutoModelForCausalLM, AutoModelForQuestionAnswering, AutoModelForSeq2SeqLM
-
-    return {"causal_lm": AutoModelForCausalLM, "seq2seq": AutoModelForSeq2SeqLM,
-            "extractive": AutoModelForQuestionAnswering}[backbone]
-
-
 def check_batch(run_dir: str, qa, sft, tokenizer, backbone: str, n_rows: int) -> dict[str, torch.Tensor]:
     """Token ids for the merge check: prompt + answer of the run's first validation rows (training rows if none)."""
     from genqa.encoding import PromptEncoder
@@ -110,7 +103,14 @@ def merge(args: argparse.Namespace) -> dict[str, Any]:
     from peft import PeftModel
     from transformers import AutoTokenizer
 
-    from genqa.modeling import detect_backbone, disable_cpu_4bit_inference_repack, model_init_kwargs, torch_dtype
+    from genqa.modeling import (
+        auto_model_class,
+        detect_backbone,
+        disable_cpu_4bit_inference_repack,
+        ensure_pad_token,
+        model_init_kwargs,
+        torch_dtype,
+    )
     from genqa.tiny import resolve_model_path
 
     run = Path(args.adapter)
@@ -123,11 +123,9 @@ def merge(args: argparse.Namespace) -> dict[str, Any]:
     qa, sft, model_args = load_run(run, ["--use_cpu", "true"])
     base = args.base or model_args.model_name_or_path
     backbone = detect_backbone(base, qa.backbone)
-    auto = _auto_class(backbone)
+    auto = auto_model_class(backbone)
     dtype = torch_dtype(args.dtype)
-    tokenizer = AutoTokenizer.from_pretrained(run)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
+    tokenizer = ensure_pad_token(AutoTokenizer.from_pretrained(run))
     batch = check_batch(str(run), qa, sft, tokenizer, backbone, args.check_rows)
     report: dict[str, Any] = {"adapter": str(run), "base": base, "dtype": args.dtype, "check_rows": args.check_rows}
 

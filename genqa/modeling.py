@@ -54,10 +54,24 @@ def load_tokenizer(model_args: ModelConfig, padding_side: str = "right") -> PreT
     path = resolve_model_path(model_args.model_name_or_path)
     tokenizer = AutoTokenizer.from_pretrained(path, revision=model_args.model_revision,
                                               trust_remote_code=_trust(model_args))
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
+    ensure_pad_token(tokenizer)
     tokenizer.padding_side = padding_side
     return tokenizer
+
+
+def ensure_pad_token(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
+    """Give a tokenizer without a pad token its unk (or eos) token as pad; returns it."""
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
+    return tokenizer
+
+
+def auto_model_class(backbone: str):
+    """The transformers Auto class that loads a `causal_lm`, `seq2seq` or `extractive` backbone."""
+    from transformers import AutoModelForCausalLM, AutoModelForQuestionAnswering, AutoModelForSeq2SeqLM
+
+    return {"causal_lm": AutoModelForCausalLM, "seq2seq": AutoModelForSeq2SeqLM,
+            "extractive": AutoModelForQuestionAnswering}[backbone]
 
 
 def disable_cpu_4bit_inference_repack(model: torch.nn.Module) -> int:

@@ -85,6 +85,28 @@ def _device(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
+def _run_batches(rows: list[dict[str, Any]], prompts: list[list[int]], batch_size: int, desc: str, progress: bool,
+                 on_batch: Callable[[list[tuple[int, str]]], None] | None,
+                 predict_batch: Callable[[list[int]], list[str]]) -> list[str]:
+    """Feed row indices to `predict_batch` longest prompt first; collect outputs in row order, report each batch."""
+    order = sorted(range(len(rows)), key=lambda i: -len(prompts[i]))
+    outputs: list[str] = [""] * len(rows)
+    bar = _Progress(len(rows), desc, progress)
+    for batch in _batches(order, batch_size):
+        results = predict_batch(batch)
+        for row_i, text in zip(batch, results, strict=True):
+            outputs[row_i] = text
+        if on_batch:
+            on_batch(list(zip(batch, results, strict=True)))
+        bar.update(len(batch))
+    bar.close()
+    return outputs
+
+
+def _pad_id(tok) -> int:
+    return tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+
+
 @torch.inference_mode()
 def generate_texts(model, encoder: PromptEncoder, rows: list[dict[str, Any]], batch_size: int = 16,
                    max_new_tokens: int = 64, num_beams: int = 1, do_sample: bool = False,
@@ -93,32 +115,24 @@ def generate_texts(model, encoder: PromptEncoder, rows: list[dict[str, Any]], ba
     """Greedy (or beam / sampled) generation for `rows`, batched and length-sorted; outputs in row order."""
     tok = encoder.tokenizer
     prompts = encode_prompts(encoder, rows, max_new_tokens)
-    order = sorted(range(len(rows)), key=lambda i: -len(prompts[i]))
     stops = stop_token_ids(encoder)
-    outputs: list[str] = [""] * len(rows)
     end_text = encoder.end_text.strip()
-    bar = _Progress(len(rows), "generating", progress)
-    device = _device(model)
-    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    for batch in _batches(order, batch_size):
+    device, pad = _device(model), _pad_id(tok)
+
+    def generate_batch(batch: list[int]) -> list[str]:
         ids, mask = _left_pad([prompts[i] for i in batch], pad)
         out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=max_new_tokens,
                              do_sample=do_sample, num_beams=num_beams, eos_token_id=stops, pad_token_id=pad)
-        done = []
-        for row_i, seq in zip(batch, out[:, ids.shape[1]:].tolist(), strict=True):
+        texts = []
+        for seq in out[:, ids.shape[1]:].tolist():
             text = tok.decode(seq, skip_special_tokens=False)
-            if end_text and end_text in text:
-                text = text.split(end_text, 1)[0]
-            for special in (tok.eos_token, tok.pad_token):
-                if special:
-                    text = text.split(special, 1)[0]
-            outputs[row_i] = text.strip()
-            done.append((row_i, outputs[row_i]))
-        if on_batch:
-            on_batch(done)
-        bar.update(len(batch))
-    bar.close()
-    return outputs
+            for stop in (end_text, tok.eos_token, tok.pad_token):
+                if stop:
+                    text = text.split(stop, 1)[0]
+            texts.append(text.strip())
+        return texts
+
+    return _run_batches(rows, prompts, batch_size, "generating", progress, on_batch, generate_batch)
 
 
 @torch.inference_mode()
@@ -130,33 +144,22 @@ def score_labels(model, encoder: PromptEncoder, rows: list[dict[str, Any]], labe
     Single-token labels (the usual `A`-`D`, `1`-`4`) need one forward pass per batch; multi-token labels are scored
     by the summed log-probability of their tokens.
     """
-    tok = encoder.tokenizer
     prompts = encode_prompts(encoder, rows, 8)
-    order = sorted(range(len(rows)), key=lambda i: -len(prompts[i]))
-    label_ids = {lab: encoder._ids(lab, is_prompt=False) for ex in rows for lab in labels_of(ex)}
-    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    device = _device(model)
-    answers: list[str] = [""] * len(rows)
-    bar = _Progress(len(rows), "scoring labels", progress)
-    for batch in _batches(order, batch_size):
+    label_ids = {lab: encoder.token_ids(lab, is_prompt=False) for ex in rows for lab in labels_of(ex)}
+    device, pad = _device(model), _pad_id(encoder.tokenizer)
+
+    def score_batch(batch: list[int]) -> list[str]:
         labels = [labels_of(rows[i]) for i in batch]
         if all(len(label_ids[lab]) == 1 for labs in labels for lab in labs):
             ids, mask = _left_pad([prompts[i] for i in batch], pad)
-            logits = _last_logits(model, ids.to(device), mask.to(device))
-            logp = torch.log_softmax(logits, dim=-1).cpu()
+            logp = torch.log_softmax(_last_logits(model, ids.to(device), mask.to(device)), dim=-1).cpu()
             scores = [[float(logp[b, label_ids[lab][0]]) for lab in labs] for b, labs in enumerate(labels)]
         else:
             scores = [[_sequence_logprob(model, prompts[i], label_ids[lab], device) for lab in labs]
                       for i, labs in zip(batch, labels, strict=True)]
-        done = []
-        for row_i, labs, sc in zip(batch, labels, scores, strict=True):
-            answers[row_i] = labs[max(range(len(labs)), key=sc.__getitem__)]
-            done.append((row_i, answers[row_i]))
-        if on_batch:
-            on_batch(done)
-        bar.update(len(batch))
-    bar.close()
-    return answers
+        return [labs[max(range(len(labs)), key=sc.__getitem__)] for labs, sc in zip(labels, scores, strict=True)]
+
+    return _run_batches(rows, prompts, batch_size, "scoring labels", progress, on_batch, score_batch)
 
 
 def _last_logits(model, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -210,6 +213,23 @@ def map_to_context(answer: str, context: str) -> tuple[str, str]:
         ctx = unicodedata.normalize("NFC", context)
         return ctx[idx[pos]:idx[pos + len(norm_ans) - 1] + 1], "normalized"
     return answer, "not_in_context"
+
+
+def read_answer(task, row: dict[str, Any], raw: str, how: str) -> tuple[str | None, str]:
+    """A model's raw output as the task's answer, and how it was obtained (used by generate and training eval).
+
+    MCQ: a scored label is the answer; generated text is parsed (None = unparseable). Extractive: the no-answer
+    string becomes "", other answers are mapped onto the context. Abstractive: the text ("" for no answer).
+    """
+    if task.name == "mcq":
+        answer = raw if how == "label_score" else task.parse(raw, row)
+        return answer, how if answer else "unparseable"
+    answer = task.parse(raw)
+    if task.name == "extractive" and answer:
+        return map_to_context(answer, row["context"])
+    if task.name in ("extractive", "abstractive") and not answer:
+        return answer, "no_answer"
+    return answer, how
 
 
 def count_by(values: Iterable[str]) -> dict[str, int]:

@@ -80,7 +80,7 @@ class Seq2SeqEncoder(PromptEncoder):
             ids = [*ids, self.eos_id]
         return ids
 
-    def _ids(self, text: str, is_prompt: bool) -> list[int]:
+    def token_ids(self, text: str, is_prompt: bool) -> list[int]:
         """Ids of an encoder input or a target: the tokenizer's special tokens, and always a final `</s>`."""
         if is_prompt:
             ids = self.tokenizer(text, add_special_tokens=True)["input_ids"]
@@ -90,7 +90,7 @@ class Seq2SeqEncoder(PromptEncoder):
 
     def target_ids(self, ex: dict[str, Any]) -> list[int]:
         """Decoder labels of a canonical row: `task.target(ex)` + `</s>`."""
-        return self._ids(self.task.target(ex), is_prompt=False)
+        return self.token_ids(self.task.target(ex), is_prompt=False)
 
     def fit_prompt(self, ex: dict[str, Any]) -> tuple[list[int], bool]:
         """Encoder ids of a row, the context cut until they fit `max_length`; returns (ids, context_was_cut).
@@ -98,11 +98,11 @@ class Seq2SeqEncoder(PromptEncoder):
         An extractive row's gold span (`answer_starts`) is kept inside the cut context; the ids can still be longer
         than `max_length` when even the shortest context does not fit (the caller drops or cuts the row).
         """
-        ids = self._ids(self.prompt_text(ex), is_prompt=True)
+        ids = self.token_ids(self.prompt_text(ex), is_prompt=True)
         if self.max_length is None or len(ids) <= self.max_length or not ex["context"]:
             return ids, False
         for context in self._context_windows(ex, len(ids) - self.max_length):
-            ids = self._ids(self.prompt_text({**ex, "context": context}), is_prompt=True)
+            ids = self.token_ids(self.prompt_text({**ex, "context": context}), is_prompt=True)
             if len(ids) <= self.max_length:
                 break
         return ids, True
