@@ -64,8 +64,6 @@ def validate(qa: QAArguments, sft, model_args, recipe_path: str | None) -> list[
         problems.append(f"{where}: task extractive needs `context_column` and `question_column`.")
     if sft.max_length is not None and sft.max_length < 16:
         problems.append(f"{where}: max_length={sft.max_length} leaves no room for a prompt and an answer.")
-    if model_args.load_in_4bit and model_args.load_in_8bit:
-        problems.append(f"{where}: choose one of load_in_4bit and load_in_8bit.")
     if (model_args.load_in_4bit or model_args.load_in_8bit) and not model_args.use_peft:
         problems.append(f"{where}: a quantized model cannot be trained in full; set `use_peft: true` (QLoRA).")
     return problems

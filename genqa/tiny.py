@@ -8,6 +8,7 @@ they are not useful models.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -43,7 +44,9 @@ def is_tiny(name: str | None) -> bool:
     return bool(name) and name.startswith(TINY_PREFIX)
 
 
-def _corpus() -> list[str]:
+@functools.lru_cache(maxsize=1)
+def _corpus() -> tuple[str, ...]:
+    """The tokenizer / warm-up corpus (read once per process: its hash names the cache folder)."""
     lines = list(EXTRA_CORPUS)
     for path in sorted(SAMPLE_DIR.glob("*")):
         if path.suffix in (".json", ".jsonl", ".csv"):
@@ -54,7 +57,7 @@ def _corpus() -> list[str]:
             frame = pd.read_excel(path, dtype=str).fillna("")
             lines.extend(" ".join(row) for row in frame.astype(str).values.tolist())
             lines.append(" ".join(frame.columns))
-    return lines
+    return tuple(lines)
 
 
 def build_tokenizer(vocab_size: int = 1200):
