@@ -1,11 +1,21 @@
-"""Prediction speed, measured in one run on the same tiny model and data (offline, CPU).
+"""Prediction speed, measured in one run on the same model and data (offline; CPU by default).
 
-1. MCQ answering: genqa's one-pass label scoring vs a plain notebook loop (one prompt at a time, `model.generate`,
-   read the answer from the output). Target: >= 20x.
+1. MCQ answering: genqa's label scoring (one forward pass per batch, the prompts' shared prefix run once) vs a plain
+   notebook loop (one prompt at a time, `model.generate` until EOS or `--mcq_new_tokens`, read the answer from the
+   output). Target: >= 20x.
 2. Free generation: genqa's batched, length-sorted, left-padded generation vs one prompt at a time, same greedy
    settings; also reports how many outputs are identical. Target: >= 5x.
 
-    .venv/bin/python benchmarks/generation_speed.py [--rows 64] [--batch_size 16] [--max_new_tokens 32]
+Both sides always run the same model, weights dtype, device and thread count. The cost breakdown printed first
+(per-example prompt forward vs one decoding step) tells which regime a machine is in: where the prompt's forward
+pass is compute-bound (a CPU), both sides pay it and the ratio is bounded by how many decoding steps the loop takes;
+where per-step latency dominates (a GPU), batching and skipping decoding pay off fully.
+
+    .venv/bin/python benchmarks/generation_speed.py                      # tiny:llama, bundled sample sheet
+    .venv/bin/python benchmarks/generation_speed.py --dtype bf16          # bf16 weights on both sides
+    .venv/bin/python benchmarks/generation_speed.py --model runs/demo/zh_mcq/merged   # a trained model (the demo's)
+    .venv/bin/python benchmarks/generation_speed.py --data ../shared/data/kaggle_zh_mcq/AI.xlsx --rows 256
+    python benchmarks/generation_speed.py --device cuda --model MERGED_MODEL --dtype bf16 --threads 0   # on a GPU
 """
 
 from __future__ import annotations
@@ -18,6 +28,13 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
 
 def main() -> None:
     """Run both comparisons and print the ratios."""
@@ -26,24 +43,33 @@ def main() -> None:
     from genqa.config import QAArguments
     from genqa.data_sources import load_source
     from genqa.encoding import PromptEncoder
-    from genqa.predict import generate_texts, score_labels
+    from genqa.predict import SharedPrefix, encode_prompts, generate_texts, score_labels
     from genqa.tasks import get_task
     from genqa.templates import load_template
     from genqa.tiny import resolve_model_path
 
-    p = argparse.ArgumentParser(description=__doc__)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="tiny:llama", help="A causal LM folder or `tiny:llama` (untrained on MCQ).")
+    p.add_argument("--data", default="data/tiny/zh_mcq.xlsx",
+                   help="An xlsx in the Kaggle layout (文章, 問題, 選項1..4, 正確答案), cycled to --rows rows.")
     p.add_argument("--rows", type=int, default=256)
     p.add_argument("--batch_size", type=int, default=32)
     p.add_argument("--max_new_tokens", type=int, default=32)
-    p.add_argument("--mcq_new_tokens", type=int, default=8, help="Tokens a notebook loop generates per MCQ answer.")
-    p.add_argument("--threads", type=int, default=1, help="torch intra-op threads (tiny models: 1 is fastest).")
-    p.add_argument("--hidden", type=int, default=0, help="Use a random Llama of this width instead of tiny:llama.")
+    p.add_argument("--mcq_new_tokens", type=int, default=8,
+                   help="Most tokens the notebook loop generates per MCQ answer (it stops earlier at EOS).")
+    p.add_argument("--dtype", choices=tuple(DTYPES), default="fp32", help="Weights dtype, the same on both sides.")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch intra-op threads (tiny models on CPU: 1 is fastest); 0 keeps torch's default.")
+    p.add_argument("--hidden", type=int, default=0, help="Use a random Llama of this width instead of --model.")
     p.add_argument("--layers", type=int, default=4, help="Layers of the --hidden model.")
     args = p.parse_args()
-    torch.set_num_threads(args.threads)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
 
     torch.manual_seed(0)
-    path = resolve_model_path("tiny:llama")
+    path = resolve_model_path(args.model)
     tok = AutoTokenizer.from_pretrained(path)
     tok.padding_side = "left"
     if args.hidden:
@@ -54,49 +80,82 @@ def main() -> None:
         cfg = AutoModelForCausalLM.from_pretrained(path).config.to_dict()
         cfg.update(hidden_size=args.hidden, intermediate_size=int(args.hidden * 2.75), num_hidden_layers=args.layers,
                    num_attention_heads=max(1, args.hidden // 64), num_key_value_heads=max(1, args.hidden // 128))
-        model = LlamaForCausalLM(LlamaConfig(**cfg)).eval()
+        model = LlamaForCausalLM(LlamaConfig(**cfg))
     else:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+        model = AutoModelForCausalLM.from_pretrained(path)
+    model = model.to(device=device, dtype=DTYPES[args.dtype]).eval()
     qa = QAArguments(task="mcq", template="llama2", id_column="ID", context_column="文章", question_column="問題",
                      options_columns=["選項1", "選項2", "選項3", "選項4"], answer_column="正確答案",
                      option_labels=["1", "2", "3", "4"])
     task = get_task(qa)
-    base = task.to_canonical(load_source("data/tiny/zh_mcq.xlsx")["train"], "zh_mcq").to_list()
+    source = load_source(args.data)
+    base = task.to_canonical(source[next(iter(source))], args.data).to_list()
     rows = [dict(base[i % len(base)], id=str(i)) for i in range(args.rows)]
     encoder = PromptEncoder(task, tok, load_template("llama2"), max_length=1024)
-    print(f"model: tiny:llama ({sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params), {len(rows)} rows, "
-          f"{torch.get_num_threads()} threads")
+    prompts = encode_prompts(encoder, rows, 8)
+    shared = SharedPrefix(model, prompts).length
+    mean_len = sum(map(len, prompts)) / len(prompts)
+    print(f"model: {args.model if not args.hidden else f'random Llama {args.hidden}x{args.layers}'} "
+          f"({sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params, {args.dtype}) on {device}, "
+          f"{torch.get_num_threads()} threads; {len(rows)} rows ({len(base)} distinct) from {args.data}; "
+          f"prompts {mean_len:.0f} tokens on average, {shared} shared by all")
+
+    # cost breakdown, one prompt at a time: the prompt's forward pass vs one decoding step
+    with torch.inference_mode():
+        probe = [torch.tensor([ids], device=device) for ids in prompts[:16]]
+        model(input_ids=probe[0])
+        _sync(device)
+        t = time.perf_counter()
+        for ids in probe:
+            model(input_ids=ids, logits_to_keep=1)
+        _sync(device)
+        t_prompt = (time.perf_counter() - t) / len(probe)
+        t = time.perf_counter()
+        for ids in probe:
+            model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=9, min_new_tokens=9,
+                           do_sample=False, pad_token_id=tok.pad_token_id)
+        _sync(device)
+        t_step = ((time.perf_counter() - t) / len(probe) - t_prompt) / 8
+    print(f"one prompt at a time: forward pass {t_prompt * 1e3:.2f} ms, each new token {t_step * 1e3:.2f} ms")
 
     # 1. MCQ: label scoring vs notebook loop
     t = time.perf_counter()
     scored = score_labels(model, encoder, rows, task.labels_for, args.batch_size, progress=False)
+    _sync(device)
     t_score = time.perf_counter() - t
     t = time.perf_counter()
-    loop_answers, loop_raw = [], []
+    loop_answers, first_tokens, new_tokens = [], [], 0
     with torch.inference_mode():
         for ex in rows:
-            ids = tok(encoder.prompt_text(ex), return_tensors="pt", add_special_tokens=False)
+            ids = tok(encoder.prompt_text(ex), return_tensors="pt", add_special_tokens=False).to(device)
             out = model.generate(**ids, max_new_tokens=args.mcq_new_tokens, do_sample=False,
                                  pad_token_id=tok.pad_token_id)
-            raw = tok.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
-            loop_raw.append(raw.strip())
+            answer = out[0, ids["input_ids"].shape[1]:]
+            new_tokens += len(answer)
+            raw = tok.decode(answer, skip_special_tokens=True)
+            first_tokens.append(answer[0].item() if len(answer) else None)
             loop_answers.append(task.parse(raw, ex))
     t_loop = time.perf_counter() - t
     unparseable = sum(a is None for a in loop_answers)
-    starts = [(s, r[0]) for s, r in zip(scored, loop_raw, strict=True) if r[:1] in {"1", "2", "3", "4"}]
-    agree = sum(a == b for a, b in starts)  # greedy's first token is a label: scoring must pick the same one
+    # where greedy's first token is a label token, scoring (argmax over the labels) must pick that label
+    label_of = {encoder.token_ids(lab, is_prompt=False)[0]: lab for lab in qa.option_labels}
+    starts = [(s, label_of[t]) for s, t in zip(scored, first_tokens, strict=True) if t in label_of]
+    agree = sum(a == b for a, b in starts)
     print(f"MCQ label scoring : {len(rows) / t_score:8.1f} ex/s ({t_score:.2f} s), every answer a valid label")
-    print(f"MCQ notebook loop : {len(rows) / t_loop:8.1f} ex/s ({t_loop:.2f} s), {unparseable} unparseable answers; "
-          f"where greedy output starts with a label, label scoring agrees on {agree}/{len(starts)}")
+    print(f"MCQ notebook loop : {len(rows) / t_loop:8.1f} ex/s ({t_loop:.2f} s), {new_tokens / len(rows):.1f} new "
+          f"tokens per answer, {unparseable} unparseable answers; "
+          f"where greedy's first token is a label, label scoring agrees on {agree}/{len(starts)}")
     ratio = t_loop / t_score
     print(f"  ratio label scoring / notebook loop: {ratio:.1f}x (target >= 20x: {'met' if ratio >= 20 else 'NOT met'})")
 
     # 2. batched vs one-by-one free generation (same greedy settings)
     t = time.perf_counter()
     batched = generate_texts(model, encoder, rows, args.batch_size, args.max_new_tokens, progress=False)
+    _sync(device)
     t_batched = time.perf_counter() - t
     t = time.perf_counter()
     single = generate_texts(model, encoder, rows, 1, args.max_new_tokens, progress=False)
+    _sync(device)
     t_single = time.perf_counter() - t
     same = sum(a == b for a, b in zip(batched, single, strict=True))
     print(f"batched generation (batch {args.batch_size}): {len(rows) / t_batched:8.1f} ex/s ({t_batched:.2f} s)")

@@ -8,6 +8,8 @@ pass by default (the label the model finds most likely wins), so it never produc
 
 from __future__ import annotations
 
+import copy
+import os
 import time
 import unicodedata
 from collections.abc import Callable, Iterable, Iterator
@@ -47,6 +49,38 @@ def encode_prompts(encoder: PromptEncoder, rows: list[dict[str, Any]], room: int
         print(f"[genqa] {cut}/{len(rows)} prompts had their context cut to fit max_length={encoder.max_length} with "
               f"{room} tokens of room for the answer (the question and options are kept)")
     return [ids for ids, _ in encoded]
+
+
+class SharedPrefix:
+    """The KV cache of the tokens every prompt starts with (system prompt, instruction), computed once per call.
+
+    Each batch then runs only its rows' own tokens on top of a copy of that cache. A batch's input is the prefix
+    followed by the left-padded rest of each prompt: the padding sits masked in the middle and positions are counted
+    from the attention mask, so every row sees exactly the positions and tokens of its full prompt. `length` is 0
+    (nothing shared, plain batches) when fewer than `min_tokens` tokens are common or the model is encoder-decoder.
+    """
+
+    def __init__(self, model, prompts: list[list[int]], min_tokens: int = 16) -> None:
+        shared = os.path.commonprefix(prompts) if prompts else []
+        self.length = min(len(shared), min(len(p) for p in prompts) - 1) if prompts else 0
+        self.cache = None
+        if self.length < min_tokens or getattr(model.config, "is_encoder_decoder", False):
+            self.length = 0
+            return
+        ids = torch.tensor([shared[:self.length]], device=_device(model))
+        with torch.no_grad():
+            self.cache = model(input_ids=ids, use_cache=True).past_key_values
+
+    def inputs(self, seqs: list[list[int]], pad_id: int) -> dict[str, Any]:
+        """Model inputs for a batch of full prompts: ids and mask of prefix + left-padded rest, and the cache."""
+        ids, mask = _left_pad([s[self.length:] for s in seqs], pad_id)
+        if not self.length:
+            return {"input_ids": ids, "attention_mask": mask}
+        prefix = torch.tensor(seqs[0][:self.length], dtype=torch.long).expand(len(seqs), -1)
+        cache = copy.deepcopy(self.cache)
+        cache.batch_repeat_interleave(len(seqs))
+        return {"input_ids": torch.cat([prefix, ids], dim=1), "attention_mask": torch.cat([torch.ones_like(prefix), mask], dim=1),
+                "past_key_values": cache}
 
 
 def _batches(order: list[int], size: int) -> Iterator[list[int]]:
@@ -111,20 +145,25 @@ def _pad_id(tok) -> int:
 def generate_texts(model, encoder: PromptEncoder, rows: list[dict[str, Any]], batch_size: int = 16,
                    max_new_tokens: int = 64, num_beams: int = 1, do_sample: bool = False,
                    on_batch: Callable[[list[tuple[int, str]]], None] | None = None, progress: bool = True,
-                   ) -> list[str]:
-    """Greedy (or beam / sampled) generation for `rows`, batched and length-sorted; outputs in row order."""
+                   prefix_cache: bool = True) -> list[str]:
+    """Greedy (or beam / sampled) generation for `rows`, batched and length-sorted; outputs in row order.
+
+    With `prefix_cache` the tokens all prompts share are run once (see `SharedPrefix`).
+    """
     tok = encoder.tokenizer
     prompts = encode_prompts(encoder, rows, max_new_tokens)
     stops = stop_token_ids(encoder)
     end_text = encoder.end_text.strip()
     device, pad = _device(model), _pad_id(tok)
+    # generate() does not expand a given cache for beams, so the shared prefix is used with one beam only
+    shared = SharedPrefix(model, prompts if num_beams == 1 and prefix_cache else [])
 
     def generate_batch(batch: list[int]) -> list[str]:
-        ids, mask = _left_pad([prompts[i] for i in batch], pad)
-        out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=max_new_tokens,
-                             do_sample=do_sample, num_beams=num_beams, eos_token_id=stops, pad_token_id=pad)
+        inputs = _to(shared.inputs([prompts[i] for i in batch], pad), device)
+        out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=do_sample, num_beams=num_beams,
+                             eos_token_id=stops, pad_token_id=pad)
         texts = []
-        for seq in out[:, ids.shape[1]:].tolist():
+        for seq in out[:, inputs["input_ids"].shape[1]:].tolist():
             text = tok.decode(seq, skip_special_tokens=False)
             for stop in (end_text, tok.eos_token, tok.pad_token):
                 if stop:
@@ -138,21 +177,24 @@ def generate_texts(model, encoder: PromptEncoder, rows: list[dict[str, Any]], ba
 @torch.inference_mode()
 def score_labels(model, encoder: PromptEncoder, rows: list[dict[str, Any]], labels_of: Callable[[dict], list[str]],
                  batch_size: int = 16, on_batch: Callable[[list[tuple[int, str]]], None] | None = None,
-                 progress: bool = True) -> list[str]:
+                 progress: bool = True, prefix_cache: bool = True) -> list[str]:
     """Pick, for every row, the valid label whose tokens the model finds most likely after the prompt.
 
-    Single-token labels (the usual `A`-`D`, `1`-`4`) need one forward pass per batch; multi-token labels are scored
-    by the summed log-probability of their tokens.
+    Single-token labels (the usual `A`-`D`, `1`-`4`) need one forward pass per batch, on top of the cached tokens all
+    prompts share when `prefix_cache` (see `SharedPrefix`); multi-token labels are scored by the summed
+    log-probability of their tokens.
     """
     prompts = encode_prompts(encoder, rows, 8)
     label_ids = {lab: encoder.token_ids(lab, is_prompt=False) for ex in rows for lab in labels_of(ex)}
     device, pad = _device(model), _pad_id(encoder.tokenizer)
+    single_token = all(len(ids) == 1 for ids in label_ids.values())
+    shared = SharedPrefix(model, prompts if single_token and prefix_cache else [])
 
     def score_batch(batch: list[int]) -> list[str]:
         labels = [labels_of(rows[i]) for i in batch]
-        if all(len(label_ids[lab]) == 1 for labs in labels for lab in labs):
-            ids, mask = _left_pad([prompts[i] for i in batch], pad)
-            logp = torch.log_softmax(_last_logits(model, ids.to(device), mask.to(device)), dim=-1).cpu()
+        if single_token:
+            inputs = _to(shared.inputs([prompts[i] for i in batch], pad), device)
+            logp = torch.log_softmax(_last_logits(model, inputs, shared.length), dim=-1).cpu()
             scores = [[float(logp[b, label_ids[lab][0]]) for lab in labs] for b, labs in enumerate(labels)]
         else:
             scores = [[_sequence_logprob(model, prompts[i], label_ids[lab], device) for lab in labs]
@@ -162,12 +204,23 @@ def score_labels(model, encoder: PromptEncoder, rows: list[dict[str, Any]], labe
     return _run_batches(rows, prompts, batch_size, "scoring labels", progress, on_batch, score_batch)
 
 
-def _last_logits(model, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Logits of the last position only (`logits_to_keep=1` skips the LM head on the prompt, where supported)."""
+def _to(inputs: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
+
+
+def _last_logits(model, inputs: dict[str, Any], cached: int) -> torch.Tensor:
+    """Logits of the last position only; the first `cached` tokens of `inputs` are in its cache already.
+
+    Positions come from the attention mask, so left padding (at the start, or after a shared prefix) is skipped.
+    `logits_to_keep=1` skips the LM head on the prompt, where the model supports it.
+    """
+    mask = inputs["attention_mask"]
+    kwargs = dict(inputs, input_ids=inputs["input_ids"][:, cached:],
+                  position_ids=(mask.cumsum(-1) - 1).clamp(min=0)[:, cached:])
     try:
-        out = model(input_ids=ids, attention_mask=mask, logits_to_keep=1)
+        out = model(**kwargs, logits_to_keep=1)
     except TypeError:
-        out = model(input_ids=ids, attention_mask=mask)
+        out = model(**kwargs)
     return out.logits[:, -1, :].float()
 
 
