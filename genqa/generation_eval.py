@@ -37,8 +37,13 @@ class GenerationEvalCallback(TrainerCallback):
         self.history: list[dict[str, Any]] = []
 
     def on_evaluate(self, args, state, control, model=None, **kwargs):
-        """Run the generation pass (main process only) and log `eval_gen_*`."""
-        if self.trainer is None or not state.is_world_process_zero or not self.rows:
+        """Run the generation pass on every process and log `eval_gen_*` from the main one.
+
+        Every rank generates because with sharded weights (DeepSpeed ZeRO-3) each forward pass gathers the shards from
+        all ranks: a main-process-only pass would wait forever. Under DDP the other ranks would wait at the next step
+        anyway.
+        """
+        if self.trainer is None or not self.rows:
             return
         model = self.trainer.model
         was_training = model.training
@@ -48,6 +53,8 @@ class GenerationEvalCallback(TrainerCallback):
                 answers = predict_answers(model, self.encoder, self.rows, self.max_new_tokens)
         finally:
             model.train(was_training)
+        if not state.is_world_process_zero:
+            return
         metrics = task_metrics(self.encoder.task, self.rows, answers, self.lang)
         flat = {f"eval_gen_{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}
         self.history.append({"step": state.global_step, **flat})
