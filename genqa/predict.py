@@ -70,6 +70,8 @@ class SharedPrefix:
         ids = torch.tensor([shared[:self.length]], device=_device(model))
         with torch.no_grad():
             self.cache = model(input_ids=ids, use_cache=True).past_key_values
+        if self.cache is None or not hasattr(self.cache, "batch_repeat_interleave"):  # a model without a KV cache
+            self.length, self.cache = 0, None
 
     def inputs(self, seqs: list[list[int]], pad_id: int) -> dict[str, Any]:
         """Model inputs for a batch of full prompts: ids and mask of prefix + left-padded rest, and the cache."""
@@ -79,8 +81,8 @@ class SharedPrefix:
         prefix = torch.tensor(seqs[0][:self.length], dtype=torch.long).expand(len(seqs), -1)
         cache = copy.deepcopy(self.cache)
         cache.batch_repeat_interleave(len(seqs))
-        return {"input_ids": torch.cat([prefix, ids], dim=1), "attention_mask": torch.cat([torch.ones_like(prefix), mask], dim=1),
-                "past_key_values": cache}
+        return {"input_ids": torch.cat([prefix, ids], dim=1),
+                "attention_mask": torch.cat([torch.ones_like(prefix), mask], dim=1), "past_key_values": cache}
 
 
 def _batches(order: list[int], size: int) -> Iterator[list[int]]:
