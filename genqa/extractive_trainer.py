@@ -34,7 +34,7 @@ from genqa.extractive import (
 )
 from genqa.messages import say
 from genqa.recipe import RecipeError
-from genqa.run_dir import finish_run, load_canonical_splits, start_run, write_atomic
+from genqa.run_dir import check_fsdp, finish_run, load_canonical_splits, start_run, write_atomic
 from genqa.tasks import get_task
 
 QA_HEAD = "qa_outputs"
@@ -284,6 +284,7 @@ def train_extractive(qa: QAArguments, sft, model_args, recipe_path: str | None) 
         sft.label_names = list(LABEL_NAMES)
     trainer = Trainer(model=model, args=sft, train_dataset=train_ds, eval_dataset=eval_ds,
                       data_collator=default_data_collator, processing_class=tokenizer)
+    check_fsdp(trainer)
     trainer.train(resume_from_checkpoint=resume)
     finish_run(trainer, tokenizer, sft, qa, model_args, reports, eval_rows)
     settings_doc = {**settings, "version_2_with_negative": version_2}

@@ -39,9 +39,9 @@ class GenerationEvalCallback(TrainerCallback):
     def on_evaluate(self, args, state, control, model=None, **kwargs):
         """Run the generation pass on every process and log `eval_gen_*` from the main one.
 
-        Every rank generates because with sharded weights (DeepSpeed ZeRO-3) each forward pass gathers the shards from
-        all ranks: a main-process-only pass would wait forever. Under DDP the other ranks would wait at the next step
-        anyway.
+        Every rank generates because with sharded weights (DeepSpeed ZeRO-3, FSDP) each forward pass gathers the shards
+        from all ranks: a main-process-only pass would wait forever. Under DDP the other ranks would wait at the next
+        step anyway.
         """
         if self.trainer is None or not self.rows:
             return
@@ -49,7 +49,9 @@ class GenerationEvalCallback(TrainerCallback):
         was_training = model.training
         model.eval()
         try:
-            with torch.inference_mode():
+            # no_grad, not inference_mode: FSDP2 keeps the parameters a module first gathers here for the training
+            # steps that follow, and inference tensors can't be saved for backward
+            with torch.no_grad():
                 answers = predict_answers(model, self.encoder, self.rows, self.max_new_tokens)
         finally:
             model.train(was_training)

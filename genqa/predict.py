@@ -143,7 +143,7 @@ def _pad_id(tok) -> int:
     return tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
 
 
-@torch.inference_mode()
+@torch.no_grad()
 def generate_texts(model, encoder: PromptEncoder, rows: list[dict[str, Any]], batch_size: int = 16,
                    max_new_tokens: int = 64, num_beams: int = 1, do_sample: bool = False,
                    on_batch: Callable[[list[tuple[int, str]]], None] | None = None, progress: bool = True,
@@ -176,7 +176,7 @@ def generate_texts(model, encoder: PromptEncoder, rows: list[dict[str, Any]], ba
     return _run_batches(rows, prompts, batch_size, "generating", progress, on_batch, generate_batch)
 
 
-@torch.inference_mode()
+@torch.no_grad()
 def score_labels(model, encoder: PromptEncoder, rows: list[dict[str, Any]], labels_of: Callable[[dict], list[str]],
                  batch_size: int = 16, on_batch: Callable[[list[tuple[int, str]]], None] | None = None,
                  progress: bool = True, prefix_cache: bool = True) -> list[str]:

@@ -155,6 +155,18 @@ def start_run(sft, qa: QAArguments, model_args, tokenizer, template: str, report
     return resume
 
 
+def check_fsdp(trainer) -> None:
+    """Refuse to train when the accelerate config asks for FSDP and accelerate did not enable it.
+
+    accelerate enables FSDP only for GPU-like devices: with `use_cpu` (set by genqa.sft when there is no GPU) it runs
+    plain DDP instead, without a word, and the FSDP settings (sharding, state-dict type) are ignored.
+    """
+    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true" and not trainer.is_fsdp_enabled:
+        raise RecipeError("the accelerate config asks for FSDP, but accelerate enables FSDP only on GPUs (and other "
+                          "accelerators), not on the CPU, where this run would silently be plain DDP. On this "
+                          "machine use accelerate_configs/ddp.yaml, or a DeepSpeed config with DS_ACCELERATOR=cpu.")
+
+
 def finish_run(trainer, tokenizer, sft, qa: QAArguments, model_args, reports: list,
                validation: Dataset | None) -> str:
     """Save the model (adapter or full), trainer state, tokenizer and genqa's files; returns the run folder."""

@@ -17,7 +17,7 @@ from genqa.config import QAArguments
 from genqa.data_sources import DataError, detect_format
 from genqa.messages import say
 from genqa.recipe import RecipeError, non_default_items, parse_recipe
-from genqa.run_dir import finish_run, load_canonical_splits, start_run
+from genqa.run_dir import check_fsdp, finish_run, load_canonical_splits, start_run
 from genqa.tasks import get_task
 from genqa.templates import TemplateError, load_template
 from genqa.tiny import is_tiny
@@ -105,6 +105,7 @@ def train_causal_lm(qa: QAArguments, sft, model_args, recipe_path: str | None) -
         model.generation_config.pad_token_id = tokenizer.pad_token_id
     trainer = SFTTrainer(model=model, args=sft, train_dataset=train_ds, eval_dataset=eval_ds,
                          processing_class=tokenizer, peft_config=lora_config(model_args, "CAUSAL_LM"))
+    check_fsdp(trainer)
     if qa.generation_eval_samples and eval_rows is not None:
         from genqa.generation_eval import GenerationEvalCallback
 
@@ -149,6 +150,20 @@ def main(argv: list[str] | None = None) -> int:
     except USER_ERRORS as err:
         print(f"genqa.sft: error: {err}", file=sys.stderr)
         return 2
+    finally:
+        end_process_group()
+
+
+def end_process_group() -> None:
+    """Leave the distributed process group, if a launch started one, before the interpreter exits.
+
+    A gloo rank that exits with the group still alive can abort in its teardown ("terminate called without an active
+    exception") after the run has finished, failing the launch.
+    """
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":

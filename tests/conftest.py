@@ -1,4 +1,4 @@
-"""Shared fixtures: offline mode, the tiny Llama built once per session, the repo root."""
+"""Shared fixtures: offline mode, the tiny Llama built once per session, the repo root, the two-process DDP run."""
 
 from __future__ import annotations
 
@@ -49,3 +49,15 @@ def tiny_tokenizer(tiny_llama_path):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(tiny_llama_path)
+
+
+@pytest.fixture(scope="session")
+def ddp_adapter(tmp_path_factory) -> dict:
+    """The tiny LoRA recipe under two-process CPU DDP (tests/launching.py): the reference for the sharded runs."""
+    from launching import launch, log_history
+    from safetensors.torch import load_file
+
+    out = tmp_path_factory.mktemp("ddp") / "run"
+    result = launch("ddp.yaml", out)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return {"weights": load_file(out / "adapter_model.safetensors"), "log": log_history(out)}
