@@ -146,23 +146,28 @@ def main(argv: list[str] | None = None) -> int:
             trainer_fn = train_causal_lm
         out = trainer_fn(qa, sft, model_args, recipe_path)
         say(f"[genqa] run folder: {out}")
+        end_process_group(wait_for_all=True)
         return 0
     except USER_ERRORS as err:
         print(f"genqa.sft: error: {err}", file=sys.stderr)
         return 2
     finally:
-        end_process_group()
+        end_process_group(wait_for_all=False)
 
 
-def end_process_group() -> None:
+def end_process_group(wait_for_all: bool) -> None:
     """Leave the distributed process group, if a launch started one, before the interpreter exits.
 
-    A gloo rank that exits with the group still alive can abort in its teardown ("terminate called without an active
-    exception") after the run has finished, failing the launch.
+    After a successful run every rank first waits for the others (rank 0 is still writing the run folder when the
+    others are done): a gloo rank that tears its connections down while another still uses them, or exits with the
+    group alive, can abort ("terminate called without an active exception") after the run has finished, failing the
+    launch. On an error path ranks don't wait, so a failure on one rank can't turn into a hang.
     """
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
+        if wait_for_all:
+            dist.barrier()
         dist.destroy_process_group()
 
 

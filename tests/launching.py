@@ -55,6 +55,17 @@ def log_history(run: Path) -> list[dict]:
     return json.loads((run / "trainer_state.json").read_text())["log_history"]
 
 
+def assert_trained_like_ddp(run: Path, ddp_log: list[dict]) -> None:
+    """A loss logged at every step, going down, equal to DDP's, with the same tokens per step (both ranks' batches
+    seen); generation-based evaluation logged at both evaluations (steps 2 and 4)."""
+    log = log_history(run)
+    losses = [h["loss"] for h in log if "loss" in h]
+    assert len(losses) == STEPS and losses[-1] < losses[0], losses
+    assert [h["eval_gen_total"] for h in log if "eval_gen_accuracy" in h] == [2, 2]
+    assert [h["num_tokens"] for h in log if "loss" in h] == [h["num_tokens"] for h in ddp_log if "loss" in h]
+    assert losses == pytest.approx([h["loss"] for h in ddp_log if "loss" in h], rel=1e-3)
+
+
 def assert_adapter_like_ddp(run: Path, reference: dict[str, torch.Tensor], base_model_path: str) -> None:
     """The run folder holds a loadable adapter, gathered to full shape (sharded runs keep only shards on each rank),
     trained away from its init (lora_B starts at zero) and equal to the DDP one."""
