@@ -16,13 +16,14 @@ from typing import Any
 
 from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
 
+from genqa.errors import GenqaError
 from genqa.metrics import squad_question_id
 
 SUFFIX_FORMATS = {".json": "json", ".jsonl": "jsonl", ".csv": "csv", ".parquet": "parquet", ".xlsx": "xlsx",
                   ".xls": "xlsx"}
 
 
-class DataError(ValueError):
+class DataError(GenqaError, ValueError):
     """Data a user supplied that genqa cannot use; the message names the file, row or column and what to do."""
 
 

@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any, NoReturn
 
+from genqa.errors import GenqaError
 from genqa.mcq_format import DEFAULT_LABELS, PREFIXES
 from genqa.metrics import (
     LANGS,
@@ -200,8 +201,8 @@ def _evaluate_squad(args: argparse.Namespace) -> dict[str, Any]:
 
 def _recipe_golds(recipe: str, data_path: Path) -> dict[str, str]:
     """{id: gold label} of an MCQ file read through a recipe's data source, columns and task (as in training)."""
-    from genqa.data_sources import DataError, load_source
-    from genqa.recipe import RecipeError, parse_recipe
+    from genqa.data_sources import load_source
+    from genqa.recipe import parse_recipe
     from genqa.tasks import get_task
 
     try:
@@ -211,7 +212,7 @@ def _recipe_golds(recipe: str, data_path: Path) -> dict[str, str]:
         task = get_task(qa)
         split = next(iter(load_source(str(data_path)).values()))
         rows = task.to_canonical(split, str(data_path), require_answer=True)
-    except (RecipeError, DataError) as err:
+    except GenqaError as err:
         _fail(str(err))
     return {r["id"]: qa.option_labels[r["label"]] for r in rows if r["label"] >= 0}
 

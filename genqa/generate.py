@@ -17,12 +17,13 @@ from pathlib import Path
 from typing import Any
 
 from genqa.data_sources import DataError, load_source
+from genqa.errors import GenqaError
 from genqa.metrics import unique_ids
 from genqa.recipe import RecipeError, parse_recipe
 from genqa.run_dir import RECIPE_FILE, load_run, write_atomic
 from genqa.submission import PredictionStore, SubmissionError, write_json_predictions, write_submission
 from genqa.tasks import get_task
-from genqa.templates import TemplateError, load_template
+from genqa.templates import load_template
 
 DEFAULT_MAX_NEW_TOKENS = {"mcq": 8, "extractive": 48, "abstractive": 64, "mcq_generation": 256}
 
@@ -260,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
             write_atomic(out.with_name(out.name + ".metrics.json"), json.dumps(metrics, indent=2, ensure_ascii=False))
             print(json.dumps(metrics, indent=2, ensure_ascii=False))
         return 0
-    except (RecipeError, DataError, TemplateError, SubmissionError) as err:
+    except GenqaError as err:
         print(f"genqa.generate: error: {err}", file=sys.stderr)
         return 2
 

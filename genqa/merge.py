@@ -19,15 +19,14 @@ from typing import Any
 
 import torch
 
-from genqa.data_sources import DataError
+from genqa.errors import GenqaError
 from genqa.recipe import RecipeError, dump_recipe
 from genqa.run_dir import RECIPE_FILE, VALIDATION_FILE, load_run, load_validation_rows
-from genqa.templates import TemplateError
 
 TOLERANCE = {torch.float32: 1e-3, torch.bfloat16: 5e-2, torch.float16: 2e-2}
 
 
-class MergeError(RuntimeError):
+class MergeError(GenqaError, RuntimeError):
     """The merged model does not reproduce its adapter."""
 
 
@@ -194,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         merge(args)
         return 0
-    except (RecipeError, DataError, TemplateError, MergeError) as err:
+    except GenqaError as err:
         print(f"genqa.merge: error: {err}", file=sys.stderr)
         return 2
 

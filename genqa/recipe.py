@@ -19,6 +19,7 @@ import yaml
 from trl import ModelConfig, SFTConfig, TrlParser
 
 from genqa.config import QAArguments
+from genqa.errors import GenqaError
 
 # Keys that older TRL / transformers / unsloth recipes use, and what they are called now.
 STALE_KEYS: dict[str, str] = {
@@ -39,7 +40,7 @@ STALE_KEYS: dict[str, str] = {
 RECIPE_DATACLASSES = (QAArguments, SFTConfig, ModelConfig)
 
 
-class RecipeError(ValueError):
+class RecipeError(GenqaError, ValueError):
     """A recipe (file or command line) that cannot be used; the message says where and what to do."""
 
 

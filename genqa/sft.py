@@ -15,14 +15,13 @@ import yaml
 
 from genqa.config import QAArguments
 from genqa.data_sources import DataError, detect_format
+from genqa.errors import GenqaError
 from genqa.messages import say
 from genqa.recipe import RecipeError, non_default_items, parse_recipe
 from genqa.run_dir import check_fsdp, finish_run, load_canonical_splits, start_run
 from genqa.tasks import get_task
 from genqa.templates import TemplateError, load_template
 from genqa.tiny import is_tiny
-
-USER_ERRORS = (RecipeError, DataError, TemplateError)
 
 
 def torch_cuda_available() -> bool:
@@ -148,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
         say(f"[genqa] run folder: {out}")
         end_process_group(wait_for_all=True)
         return 0
-    except USER_ERRORS as err:
+    except GenqaError as err:
         print(f"genqa.sft: error: {err}", file=sys.stderr)
         return 2
     finally:

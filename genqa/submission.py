@@ -16,10 +16,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from genqa.errors import GenqaError
 from genqa.run_dir import write_atomic
 
 
-class SubmissionError(ValueError):
+class SubmissionError(GenqaError, ValueError):
     """Predictions that cannot make a valid submission; the message says how many and what to do."""
 
 

@@ -13,11 +13,13 @@ from pathlib import Path
 
 from transformers import PreTrainedTokenizerBase
 
+from genqa.errors import GenqaError
+
 TEMPLATE_DIR = Path(__file__).resolve().parents[1] / "templates"
 _SENTINEL = "\u2063GENQA_ANSWER\u2063"
 
 
-class TemplateError(ValueError):
+class TemplateError(GenqaError, ValueError):
     """A template that cannot be used; the message names it and says what to do."""
 
 
