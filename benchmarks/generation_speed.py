@@ -31,9 +31,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def _sync(device: torch.device) -> None:
+def _timed(device: torch.device, fn):
+    """(fn(), wall seconds), waiting for the GPU's queued work where there is one."""
+    t = time.perf_counter()
+    result = fn()
     if device.type == "cuda":
         torch.cuda.synchronize()
+    return result, time.perf_counter() - t
 
 
 def main() -> None:
@@ -103,39 +107,33 @@ def main() -> None:
     # cost breakdown, one prompt at a time: the prompt's forward pass vs one decoding step
     with torch.inference_mode():
         probe = [torch.tensor([ids], device=device) for ids in prompts[:16]]
-        model(input_ids=probe[0])
-        _sync(device)
-        t = time.perf_counter()
-        for ids in probe:
-            model(input_ids=ids, logits_to_keep=1)
-        _sync(device)
-        t_prompt = (time.perf_counter() - t) / len(probe)
-        t = time.perf_counter()
-        for ids in probe:
-            model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=9, min_new_tokens=9,
-                           do_sample=False, pad_token_id=tok.pad_token_id)
-        _sync(device)
-        t_step = ((time.perf_counter() - t) / len(probe) - t_prompt) / 8
+        model(input_ids=probe[0])  # warm-up
+        _, t_prompt = _timed(device, lambda: [model(input_ids=ids, logits_to_keep=1) for ids in probe])
+        _, t_gen = _timed(device, lambda: [model.generate(input_ids=ids, attention_mask=torch.ones_like(ids),
+                                                          max_new_tokens=9, min_new_tokens=9, do_sample=False,
+                                                          pad_token_id=tok.pad_token_id) for ids in probe])
+    t_prompt /= len(probe)
+    t_step = (t_gen / len(probe) - t_prompt) / 8
     print(f"one prompt at a time: forward pass {t_prompt * 1e3:.2f} ms, each new token {t_step * 1e3:.2f} ms")
 
     # 1. MCQ: label scoring vs notebook loop
-    t = time.perf_counter()
-    scored = score_labels(model, encoder, rows, task.labels_for, args.batch_size, progress=False)
-    _sync(device)
-    t_score = time.perf_counter() - t
-    t = time.perf_counter()
-    loop_answers, first_tokens, new_tokens = [], [], 0
-    with torch.inference_mode():
+    scored, t_score = _timed(device, lambda: score_labels(model, encoder, rows, task.labels_for, args.batch_size,
+                                                          progress=False))
+
+    @torch.inference_mode()
+    def notebook_loop() -> tuple[list, list, int]:
+        answers, first_tokens, new_tokens = [], [], 0
         for ex in rows:
             ids = tok(encoder.prompt_text(ex), return_tensors="pt", add_special_tokens=False).to(device)
             out = model.generate(**ids, max_new_tokens=args.mcq_new_tokens, do_sample=False,
                                  pad_token_id=tok.pad_token_id)
             answer = out[0, ids["input_ids"].shape[1]:]
             new_tokens += len(answer)
-            raw = tok.decode(answer, skip_special_tokens=True)
             first_tokens.append(answer[0].item() if len(answer) else None)
-            loop_answers.append(task.parse(raw, ex))
-    t_loop = time.perf_counter() - t
+            answers.append(task.parse(tok.decode(answer, skip_special_tokens=True), ex))
+        return answers, first_tokens, new_tokens
+
+    (loop_answers, first_tokens, new_tokens), t_loop = _timed(device, notebook_loop)
     unparseable = sum(a is None for a in loop_answers)
     # where greedy's first token is a label token, scoring (argmax over the labels) must pick that label
     label_of = {encoder.token_ids(lab, is_prompt=False)[0]: lab for lab in qa.option_labels}
@@ -149,14 +147,10 @@ def main() -> None:
     print(f"  ratio label scoring / notebook loop: {ratio:.1f}x (target >= 20x: {'met' if ratio >= 20 else 'NOT met'})")
 
     # 2. batched vs one-by-one free generation (same greedy settings)
-    t = time.perf_counter()
-    batched = generate_texts(model, encoder, rows, args.batch_size, args.max_new_tokens, progress=False)
-    _sync(device)
-    t_batched = time.perf_counter() - t
-    t = time.perf_counter()
-    single = generate_texts(model, encoder, rows, 1, args.max_new_tokens, progress=False)
-    _sync(device)
-    t_single = time.perf_counter() - t
+    batched, t_batched = _timed(device, lambda: generate_texts(model, encoder, rows, args.batch_size,
+                                                               args.max_new_tokens, progress=False))
+    single, t_single = _timed(device, lambda: generate_texts(model, encoder, rows, 1, args.max_new_tokens,
+                                                             progress=False))
     same = sum(a == b for a, b in zip(batched, single, strict=True))
     print(f"batched generation (batch {args.batch_size}): {len(rows) / t_batched:8.1f} ex/s ({t_batched:.2f} s)")
     print(f"one-by-one generation         : {len(rows) / t_single:8.1f} ex/s ({t_single:.2f} s)")
