@@ -19,20 +19,22 @@ from genqa.sft import main as sft_main
 from genqa.submission import PredictionStore, SubmissionError, write_submission
 
 
-@pytest.fixture(scope="module")
-def mcq_run(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("runs") / "mcq"
-    assert sft_main(["recipes/tiny/mcq.yaml", "--output_dir", str(out), "--max_steps", "20",
+def _train(tmp_path_factory, recipe: str, steps: int) -> Path:
+    """A run folder of `recipes/tiny/<recipe>.yaml` trained for `steps` steps, no checkpoints."""
+    out = tmp_path_factory.mktemp("runs") / recipe
+    assert sft_main([f"recipes/tiny/{recipe}.yaml", "--output_dir", str(out), "--max_steps", str(steps),
                      "--save_strategy", "no"]) == 0
     return out
+
+
+@pytest.fixture(scope="module")
+def mcq_run(tmp_path_factory) -> Path:
+    return _train(tmp_path_factory, "mcq", 20)
 
 
 @pytest.fixture(scope="module")
 def qlora_run(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("runs") / "qlora"
-    assert sft_main(["recipes/tiny/mcq_generation.yaml", "--output_dir", str(out), "--max_steps", "10",
-                     "--save_strategy", "no"]) == 0
-    return out
+    return _train(tmp_path_factory, "mcq_generation", 10)  # the QLoRA (4-bit) tiny recipe
 
 
 def _report(folder: Path) -> dict:
