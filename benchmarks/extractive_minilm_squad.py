@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     from genqa.config import QAArguments
     from genqa.data_sources import load_squad_json
     from genqa.extractive import predict_extractive
-    from genqa.extractive_trainer import load_qa_model, resolved_model_args, train_extractive
+    from genqa.extractive_trainer import load_qa_model, train_extractive
     from genqa.metrics import squad_scores
     from genqa.modeling import load_tokenizer
     from genqa.recipe import parse_recipe
@@ -109,8 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         "--per_device_train_batch_size", str(args.batch_size), "--per_device_eval_batch_size", "64",
         "--save_strategy", "no", "--logging_steps", "20", "--bf16", str(args.bf16).lower(), "--seed",
         str(args.seed), "--disable_tqdm", "true", "--use_cpu", str(not torch.cuda.is_available()).lower()])
-    load_args = resolved_model_args(margs)
-    tokenizer = load_tokenizer(load_args)
+    tokenizer = load_tokenizer(margs)
     eval_task = get_task(QAArguments(task="extractive", dataset_path=str(work / "eval.json")))
     eval_rows = eval_task.to_canonical(load_squad_json(work / "eval.json"), "eval")
     n_train = sum(len(pa["qas"]) for a in train_json["data"] for pa in a["paragraphs"])
@@ -129,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{args.epochs} epochs, batch {args.batch_size}, {'bf16 autocast' if args.bf16 else 'fp32'}); torch "
           f"threads {torch.get_num_threads()}; load average {os.getloadavg()[0]:.2f}")
     torch.manual_seed(args.seed)
-    before, t_before = evaluate(load_qa_model(load_args))
+    before, t_before = evaluate(load_qa_model(margs))
     print(f"before: EM {before['exact_match']:.2f}  F1 {before['f1']:.2f}  (untrained span head; "
           f"{len(eval_rows) / t_before:.1f} examples/s)")
 
@@ -143,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.lora:
         from peft import PeftModel
 
-        trained = PeftModel.from_pretrained(load_qa_model(load_args), str(out))
+        trained = PeftModel.from_pretrained(load_qa_model(margs), str(out))
     else:
         from transformers import AutoModelForQuestionAnswering
 

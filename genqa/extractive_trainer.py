@@ -29,13 +29,13 @@ from genqa.extractive import (
     cls_index,
     predict_extractive,
     prepare_train_features,
-    resolve_package_model,
     window_report,
 )
 from genqa.messages import say
 from genqa.recipe import RecipeError
-from genqa.run_dir import check_fsdp, finish_run, load_canonical_splits, start_run, write_atomic
+from genqa.run_dir import load_canonical_splits, start_run, train_and_finish, write_atomic
 from genqa.tasks import get_task
+from genqa.tiny import resolve_model_path
 
 QA_HEAD = "qa_outputs"
 LABEL_NAMES = ["start_positions", "end_positions"]
@@ -61,16 +61,6 @@ def extractive_settings(qa: QAArguments, max_length: int) -> dict[str, Any]:
     }
 
 
-def resolved_model_args(model_args):
-    """A copy of `model_args` whose `pkg:<module>` model name is replaced by the package's model folder."""
-    folder = resolve_package_model(model_args.model_name_or_path)
-    if folder is None:
-        return model_args
-    out = copy.copy(model_args)
-    out.model_name_or_path = folder
-    return out
-
-
 def load_qa_model(model_args):
     """`AutoModelForQuestionAnswering` as `genqa.modeling.load_model` loads it, with the span head never quantized.
 
@@ -78,18 +68,9 @@ def load_qa_model(model_args):
     """
     from transformers import AutoModelForQuestionAnswering
 
-    from genqa.modeling import disable_cpu_4bit_inference_repack, model_init_kwargs
-    from genqa.tiny import resolve_model_path
+    from genqa.modeling import load_model
 
-    kwargs = model_init_kwargs(model_args)
-    quant = kwargs.get("quantization_config")
-    if quant is not None:
-        skip = list(getattr(quant, "llm_int8_skip_modules", None) or [])
-        quant.llm_int8_skip_modules = skip + [QA_HEAD] if QA_HEAD not in skip else skip
-    model = AutoModelForQuestionAnswering.from_pretrained(resolve_model_path(model_args.model_name_or_path), **kwargs)
-    if model_args.load_in_4bit:
-        disable_cpu_4bit_inference_repack(model)
-    return model
+    return load_model(model_args, AutoModelForQuestionAnswering, skip_quant_modules=(QA_HEAD,))
 
 
 def load_extractive_run(run_dir: str | Path, model_args=None):
@@ -112,7 +93,7 @@ def load_extractive_run(run_dir: str | Path, model_args=None):
     if (run / "adapter_config.json").is_file():
         from peft import PeftModel
 
-        model = PeftModel.from_pretrained(load_qa_model(resolved_model_args(model_args)), str(run))
+        model = PeftModel.from_pretrained(load_qa_model(model_args), str(run))
     else:
         args = copy.copy(model_args)
         args.model_name_or_path = str(run)
@@ -161,7 +142,7 @@ def _check(qa: QAArguments, sft, tokenizer, model_args, settings: dict[str, Any]
     if not getattr(tokenizer, "is_fast", False):
         raise RecipeError(f"{where}: {model_args.model_name_or_path} has no fast tokenizer; extractive QA needs "
                           "character offsets from a fast (Rust) tokenizer.")
-    limit = model_max_length(tokenizer, model_args.model_name_or_path, bool(getattr(model_args, "trust_remote_code",
+    limit = model_max_length(tokenizer, resolve_model_path(model_args.model_name_or_path), bool(getattr(model_args, "trust_remote_code",
                                                                                     False)))
     if limit and settings["max_length"] > limit:
         raise RecipeError(f"{where}: max_length={settings['max_length']} exceeds what "
@@ -242,11 +223,10 @@ def train_extractive(qa: QAArguments, sft, model_args, recipe_path: str | None) 
     where = recipe_path or "command line"
     settings = extractive_settings(qa, sft.max_length or 384)
     try:
-        load_args = resolved_model_args(model_args)
-    except ValueError as err:
+        tokenizer = load_tokenizer(model_args)
+    except ValueError as err:  # e.g. a `pkg:` name whose package ships no model
         raise RecipeError(f"{where}: {err}") from err
-    tokenizer = load_tokenizer(load_args)
-    _check(qa, sft, tokenizer, load_args, settings, where)
+    _check(qa, sft, tokenizer, model_args, settings, where)
 
     task = get_task(qa)
     train_rows, eval_rows, note = load_canonical_splits(qa, task)
@@ -271,7 +251,7 @@ def train_extractive(qa: QAArguments, sft, model_args, recipe_path: str | None) 
     version_2 = train_report.unanswerable_rows > 0
 
     resume = start_run(sft, qa, model_args, tokenizer, "", reports, eval_rows)
-    model = load_qa_model(load_args)
+    model = load_qa_model(model_args)
     if model_args.use_peft:
         model = attach_lora(model, model_args, sft)
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -284,9 +264,7 @@ def train_extractive(qa: QAArguments, sft, model_args, recipe_path: str | None) 
         sft.label_names = list(LABEL_NAMES)
     trainer = Trainer(model=model, args=sft, train_dataset=train_ds, eval_dataset=eval_ds,
                       data_collator=default_data_collator, processing_class=tokenizer)
-    check_fsdp(trainer)
-    trainer.train(resume_from_checkpoint=resume)
-    finish_run(trainer, tokenizer, sft, qa, model_args, reports, eval_rows)
+    train_and_finish(trainer, resume, tokenizer, sft, qa, model_args, reports, eval_rows)
     settings_doc = {**settings, "version_2_with_negative": version_2}
     if trainer.is_world_process_zero():
         write_atomic(Path(sft.output_dir) / SETTINGS_FILE, json.dumps(settings_doc, indent=2) + "\n")

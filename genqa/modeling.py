@@ -112,10 +112,16 @@ def model_init_kwargs(model_args: ModelConfig) -> dict:
     return kwargs
 
 
-def load_model(model_args: ModelConfig, auto_class):
-    """Load `model_name_or_path` with `auto_class` (e.g. AutoModelForCausalLM), quantized when asked."""
+def load_model(model_args: ModelConfig, auto_class, skip_quant_modules: tuple[str, ...] = ()):
+    """Load `model_name_or_path` with `auto_class` (e.g. AutoModelForCausalLM), quantized when asked, except for the
+    modules named in `skip_quant_modules`, which stay in full precision."""
     path = resolve_model_path(model_args.model_name_or_path)
-    model = auto_class.from_pretrained(path, **model_init_kwargs(model_args))
+    kwargs = model_init_kwargs(model_args)
+    quant = kwargs.get("quantization_config")
+    if quant is not None and skip_quant_modules:
+        skip = list(getattr(quant, "llm_int8_skip_modules", None) or [])
+        quant.llm_int8_skip_modules = skip + [m for m in skip_quant_modules if m not in skip]
+    model = auto_class.from_pretrained(path, **kwargs)
     if model_args.load_in_4bit:
         n = disable_cpu_4bit_inference_repack(model)
         logger.info("4-bit: %d Linear4bit layers kept trainable on CPU", n)

@@ -167,6 +167,16 @@ def check_fsdp(trainer) -> None:
                           "machine use accelerate_configs/ddp.yaml, or a DeepSpeed config with DS_ACCELERATOR=cpu.")
 
 
+def train_and_finish(trainer, resume: str | bool | None, tokenizer, sft, qa: QAArguments, model_args, reports: list,
+                     validation: Dataset | None) -> str:
+    """Train (resuming from `resume`, as `start_run` returned it) after checking accelerate kept its promise of FSDP,
+    then save everything with `finish_run`; returns the run folder. Every trainer (causal, seq2seq, extractive) ends
+    here."""
+    check_fsdp(trainer)
+    trainer.train(resume_from_checkpoint=resume)
+    return finish_run(trainer, tokenizer, sft, qa, model_args, reports, validation)
+
+
 def finish_run(trainer, tokenizer, sft, qa: QAArguments, model_args, reports: list,
                validation: Dataset | None) -> str:
     """Save the model (adapter or full), trainer state, tokenizer and genqa's files; returns the run folder."""

@@ -33,7 +33,7 @@ from genqa.config import QAArguments
 from genqa.encoding import CONTEXT_TRUNCATED, OK, TOO_LONG, EncodingReport, PromptEncoder, encode_splits
 from genqa.messages import say
 from genqa.recipe import RecipeError
-from genqa.run_dir import check_fsdp, finish_run, load_canonical_splits, start_run
+from genqa.run_dir import load_canonical_splits, start_run, train_and_finish
 from genqa.tasks import Task, get_task
 from genqa.templates import load_template
 
@@ -229,9 +229,7 @@ def train_seq2seq(qa: QAArguments, sft: SFTConfig, model_args: ModelConfig, reci
                                       pad_to_multiple_of=getattr(sft, "pad_to_multiple_of", None))
     trainer = Seq2SeqTrainer(model=model, args=args, data_collator=collator, train_dataset=train_ds,
                              eval_dataset=eval_ds, processing_class=tokenizer)
-    check_fsdp(trainer)
-    trainer.train(resume_from_checkpoint=resume)
-    return finish_run(trainer, tokenizer, sft, qa, model_args, reports, eval_rows)
+    return train_and_finish(trainer, resume, tokenizer, sft, qa, model_args, reports, eval_rows)
 
 
 def _model_device(model: torch.nn.Module) -> torch.device:

@@ -18,7 +18,7 @@ from genqa.data_sources import DataError, detect_format
 from genqa.errors import GenqaError
 from genqa.messages import say
 from genqa.recipe import RecipeError, non_default_items, parse_recipe
-from genqa.run_dir import check_fsdp, finish_run, load_canonical_splits, start_run
+from genqa.run_dir import load_canonical_splits, start_run, train_and_finish
 from genqa.tasks import get_task
 from genqa.templates import TemplateError, load_template
 from genqa.tiny import is_tiny
@@ -104,7 +104,6 @@ def train_causal_lm(qa: QAArguments, sft, model_args, recipe_path: str | None) -
         model.generation_config.pad_token_id = tokenizer.pad_token_id
     trainer = SFTTrainer(model=model, args=sft, train_dataset=train_ds, eval_dataset=eval_ds,
                          processing_class=tokenizer, peft_config=lora_config(model_args, "CAUSAL_LM"))
-    check_fsdp(trainer)
     if qa.generation_eval_samples and eval_rows is not None:
         from genqa.generation_eval import GenerationEvalCallback
 
@@ -112,8 +111,7 @@ def train_causal_lm(qa: QAArguments, sft, model_args, recipe_path: str | None) -
         callback = GenerationEvalCallback(encoder, rows, qa.generation_eval_max_new_tokens, qa.metric_lang)
         callback.trainer = trainer
         trainer.add_callback(callback)
-    trainer.train(resume_from_checkpoint=resume)
-    return finish_run(trainer, tokenizer, sft, qa, model_args, reports, eval_rows)
+    return train_and_finish(trainer, resume, tokenizer, sft, qa, model_args, reports, eval_rows)
 
 
 def main(argv: list[str] | None = None) -> int:

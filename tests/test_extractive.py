@@ -319,7 +319,7 @@ def test_recipe_errors_are_clear(tmp_path):
 def test_minilm_lora_learns_on_toy_squad(tmp_path):
     from peft import PeftModel
 
-    from genqa.extractive_trainer import load_extractive_run, load_qa_model, resolved_model_args, train_extractive
+    from genqa.extractive_trainer import load_extractive_run, load_qa_model, train_extractive
     from genqa.metrics import squad_scores
     from genqa.modeling import load_tokenizer
     from genqa.recipe import parse_recipe
@@ -340,8 +340,7 @@ def test_minilm_lora_learns_on_toy_squad(tmp_path):
     assert len(losses) >= 5 and losses[-1] < 0.5 * losses[0], losses
 
     rows, _, _ = load_canonical_splits(qa, get_task(qa))
-    load_args = resolved_model_args(margs)
-    tokenizer = load_tokenizer(load_args)
+    tokenizer = load_tokenizer(margs)
 
     def f1(model) -> float:
         answers = predict_extractive(model, tokenizer, rows, 64, 16)
@@ -349,7 +348,7 @@ def test_minilm_lora_learns_on_toy_squad(tmp_path):
         return squad_scores(golds, dict(zip(rows["id"], answers, strict=True)), version=2)["f1"]
 
     torch.manual_seed(0)
-    untrained = f1(load_qa_model(load_args))
+    untrained = f1(load_qa_model(margs))
     model, tok, settings = load_extractive_run(out)  # reload from the run folder: recipe, adapter + span head
     assert isinstance(model, PeftModel) and tok.vocab_size == tokenizer.vocab_size
     assert settings == {"max_length": 64, "doc_stride": 16, "max_answer_length": 30, "n_best_size": 20,
