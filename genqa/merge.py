@@ -10,6 +10,7 @@ fails). For QLoRA runs it also prints how far the 4-bit training-time model is f
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import shutil
 import sys
@@ -65,20 +66,17 @@ def check_batch(run_dir: str, qa, sft, tokenizer, backbone: str, n_rows: int) ->
                         max_length=sft.max_length or 384, padding=True, return_tensors="pt")
         return dict(enc)
     template = tokenizer.chat_template
-    if backbone == "seq2seq":
-        encoder = PromptEncoder(task, tokenizer, template, sft.max_length)
-        enc = tokenizer([encoder.prompt_text(r) for r in rows], truncation=True, max_length=sft.max_length or 512,
-                        padding=True, return_tensors="pt")
-        labels = tokenizer([task.target(r) for r in rows], padding=True, return_tensors="pt")["input_ids"]
-        return {**dict(enc), "labels": labels}
+    if backbone == "seq2seq":  # prompts and targets exactly as the seq2seq trainer encoded them
+        from genqa.seq2seq import Seq2SeqEncoder
+
+        encoded = [e for e in map(Seq2SeqEncoder(task, tokenizer, template, sft.max_length, None).encode, rows)
+                   if e["input_ids"]]
+        batch = tokenizer.pad([{"input_ids": e["input_ids"]} for e in encoded], return_tensors="pt")
+        labels = tokenizer.pad([{"input_ids": e["labels"]} for e in encoded], return_tensors="pt")["input_ids"]
+        return {**dict(batch), "labels": labels}
     encoder = PromptEncoder(task, tokenizer, template, sft.max_length)
-    seqs = [encoder.encode(r)["input_ids"] for r in rows]
-    seqs = [s for s in seqs if s] or [tokenizer("check")["input_ids"]]
-    width = max(map(len, seqs))
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    ids = torch.tensor([s + [pad] * (width - len(s)) for s in seqs])
-    mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in seqs])
-    return {"input_ids": ids, "attention_mask": mask}
+    seqs = [s for s in (encoder.encode(r)["input_ids"] for r in rows) if s] or [tokenizer("check")["input_ids"]]
+    return dict(tokenizer.pad([{"input_ids": s} for s in seqs], return_tensors="pt"))
 
 
 @torch.inference_mode()
@@ -102,14 +100,7 @@ def merge(args: argparse.Namespace) -> dict[str, Any]:
     from peft import PeftModel
     from transformers import AutoTokenizer
 
-    from genqa.modeling import (
-        auto_model_class,
-        detect_backbone,
-        disable_cpu_4bit_inference_repack,
-        ensure_pad_token,
-        model_init_kwargs,
-        torch_dtype,
-    )
+    from genqa.modeling import auto_model_class, detect_backbone, ensure_pad_token, load_model, torch_dtype
     from genqa.tiny import resolve_model_path
 
     run = Path(args.adapter)
@@ -141,9 +132,13 @@ def merge(args: argparse.Namespace) -> dict[str, Any]:
                          "not saving it.")
 
     if model_args.load_in_4bit or model_args.load_in_8bit:
-        qmodel = auto.from_pretrained(resolve_model_path(base), **model_init_kwargs(model_args))
-        disable_cpu_4bit_inference_repack(qmodel)
-        qmodel = PeftModel.from_pretrained(qmodel, run).eval()
+        # the base quantized exactly as training loaded it (an extractive span head stays full precision)
+        train_args = copy.copy(model_args)
+        train_args.model_name_or_path = base
+        from genqa.extractive_trainer import QA_HEAD
+
+        keep = (QA_HEAD,) if backbone == "extractive" else ()
+        qmodel = PeftModel.from_pretrained(load_model(train_args, auto, skip_quant_modules=keep), run).eval()
         q_logits = logits_of(qmodel, batch)
         report["train_time_4bit_vs_merged_max_abs_diff"] = float((q_logits - merged_logits).abs().max())
         print("[genqa] quantization error: the 4-bit training-time model differs from the merged model by max "

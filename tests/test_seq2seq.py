@@ -249,3 +249,15 @@ def test_causal_only_keys_are_rejected(tmp_path, capsys):
     argv = [str(RECIPE), "--dataset_path", str(DATA), "--output_dir", str(tmp_path / "x"), "--packing", "true"]
     assert sft_main(argv) == 2
     assert "`packing` applies to causal LMs only" in capsys.readouterr().err
+
+
+def test_t5_lora_merge_matches_adapter(tmp_path):
+    """genqa.merge checks a T5 adapter on its validation rows encoded as the seq2seq trainer encodes them."""
+    from genqa.merge import main as merge_main
+
+    run = tmp_path / "run"
+    _train(run, "--use_peft", "true", "--max_steps", "6", "--learning_rate", "1e-2", "--save_strategy", "no")
+    assert merge_main(["--adapter", str(run), "--out", str(tmp_path / "merged")]) == 0
+    report = json.loads((tmp_path / "merged" / "genqa_merge_report.json").read_text())
+    assert report["merged_vs_adapter_max_abs_diff"] < 1e-4
+    assert (tmp_path / "merged" / "model.safetensors").exists()
