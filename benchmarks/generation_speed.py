@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import os
 import time
+from pathlib import Path
 
 import torch
 
@@ -44,10 +45,11 @@ def main() -> None:
     """Run both comparisons and print the ratios."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from genqa.config import QAArguments
     from genqa.data_sources import load_source
     from genqa.encoding import PromptEncoder
     from genqa.predict import SharedPrefix, encode_prompts, generate_texts, score_labels
+    from genqa.recipe import parse_recipe
+    from genqa.run_dir import RECIPE_FILE, load_run
     from genqa.tasks import get_task
     from genqa.templates import load_template
     from genqa.tiny import resolve_model_path
@@ -56,6 +58,8 @@ def main() -> None:
     p.add_argument("--model", default="tiny:llama", help="A causal LM folder or `tiny:llama` (untrained on MCQ).")
     p.add_argument("--data", default="data/tiny/zh_mcq.xlsx",
                    help="An xlsx in the Kaggle layout (文章, 問題, 選項1..4, 正確答案), cycled to --rows rows.")
+    p.add_argument("--max_length", type=int, default=0,
+                   help="Prompt budget in tokens (contexts are cut to fit); 0: the recipe's max_length.")
     p.add_argument("--rows", type=int, default=256)
     p.add_argument("--batch_size", type=int, default=32)
     p.add_argument("--max_new_tokens", type=int, default=32)
@@ -88,21 +92,22 @@ def main() -> None:
     else:
         model = AutoModelForCausalLM.from_pretrained(path)
     model = model.to(device=device, dtype=DTYPES[args.dtype]).eval()
-    qa = QAArguments(task="mcq", template="llama2", id_column="ID", context_column="文章", question_column="問題",
-                     options_columns=["選項1", "選項2", "選項3", "選項4"], answer_column="正確答案",
-                     option_labels=["1", "2", "3", "4"])
+    # prompted exactly as the model was trained: a genqa run's own recipe and template, else the tiny MCQ recipe's
+    is_run = (Path(path) / RECIPE_FILE).is_file()
+    qa, sft, _ = load_run(path) if is_run else parse_recipe(["recipes/tiny/mcq.yaml"])[:3]
+    template = tok.chat_template if is_run and tok.chat_template else load_template(qa.template, tok)
     task = get_task(qa)
     source = load_source(args.data)
     base = task.to_canonical(source[next(iter(source))], args.data).to_list()
     rows = [dict(base[i % len(base)], id=str(i)) for i in range(args.rows)]
-    encoder = PromptEncoder(task, tok, load_template("llama2"), max_length=1024)
+    encoder = PromptEncoder(task, tok, template, max_length=args.max_length or sft.max_length)
     prompts = encode_prompts(encoder, rows, 8)
     shared = SharedPrefix(model, prompts).length
     mean_len = sum(map(len, prompts)) / len(prompts)
     print(f"model: {args.model if not args.hidden else f'random Llama {args.hidden}x{args.layers}'} "
           f"({sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params, {args.dtype}) on {device}, "
           f"{torch.get_num_threads()} threads; {len(rows)} rows ({len(base)} distinct) from {args.data}; "
-          f"prompts {mean_len:.0f} tokens on average, {shared} shared by all")
+          f"prompts {mean_len:.0f} tokens on average (max_length {encoder.max_length}), {shared} shared by all")
 
     # cost breakdown, one prompt at a time: the prompt's forward pass vs one decoding step
     with torch.inference_mode():
@@ -124,10 +129,11 @@ def main() -> None:
     def notebook_loop() -> tuple[list, list, int]:
         answers, first_tokens, new_tokens = [], [], 0
         for ex in rows:
-            ids = tok(encoder.prompt_text(ex), return_tensors="pt", add_special_tokens=False).to(device)
-            out = model.generate(**ids, max_new_tokens=args.mcq_new_tokens, do_sample=False,
-                                 pad_token_id=tok.pad_token_id)
-            answer = out[0, ids["input_ids"].shape[1]:]
+            # the same prompt label scoring sees (context cut to fit max_length), tokenized one at a time
+            ids = torch.tensor([encoder.encode_prompt(ex, args.mcq_new_tokens)[0]], device=device)
+            out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids),
+                                 max_new_tokens=args.mcq_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id)
+            answer = out[0, ids.shape[1]:]
             new_tokens += len(answer)
             first_tokens.append(answer[0].item() if len(answer) else None)
             answers.append(task.parse(tok.decode(answer, skip_special_tokens=True), ex))
