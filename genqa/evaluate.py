@@ -31,6 +31,7 @@ from genqa.metrics import (
     squad_scores,
     unique_ids,
 )
+from genqa.submission import FINGERPRINT_KEY
 
 __all__ = ["TASKS", "build_parser", "main", "squad_question_id"]
 
@@ -83,7 +84,7 @@ def _read_table(path: Path, flag: str) -> list[dict[str, Any]]:
                     _fail(f"{flag} file '{path}' line {n} is not valid JSON ({err}).")
                 if not isinstance(row, dict):
                     _fail(f"{flag} file '{path}' line {n} is not a JSON object.")
-                if "genqa_fingerprint" in row:  # header of genqa.generate's OUT.predictions.jsonl
+                if FINGERPRINT_KEY in row:  # header of genqa.generate's OUT.predictions.jsonl
                     continue
                 rows.append(row)
         return rows

@@ -334,7 +334,9 @@ def predict_extractive(model, tokenizer, rows, max_length: int, doc_stride: int 
     lengths = [len(x) for x in feats["input_ids"]]
     order = sorted(range(n), key=lengths.__getitem__)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    device = next(model.parameters()).device
+    from genqa.modeling import model_device
+
+    device = model_device(model)
     start_all: list[np.ndarray | None] = [None] * n
     end_all: list[np.ndarray | None] = [None] * n
     was_training = model.training

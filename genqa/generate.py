@@ -13,12 +13,13 @@ import argparse
 import contextlib
 import json
 import sys
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 from genqa.data_sources import DataError, load_source
 from genqa.errors import GenqaError
-from genqa.metrics import unique_ids
+from genqa.metrics import LANGS, unique_ids
 from genqa.recipe import RecipeError, parse_recipe
 from genqa.run_dir import RECIPE_FILE, load_run, write_atomic
 from genqa.submission import PredictionStore, SubmissionError, write_json_predictions, write_submission
@@ -51,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Run the forward passes under bf16 autocast (weights stay as loaded): 2-4x faster on CPUs "
                    "with AVX512-BF16 / AMX and on GPUs, at a small cost in agreement with fp32.")
     p.add_argument("--fill_missing", help="Answer written for ids without a valid prediction (otherwise refused).")
-    p.add_argument("--lang", choices=("en", "vi", "zh"), help="Metric normalisation language (default: the "
+    p.add_argument("--lang", choices=LANGS, help="Metric normalisation language (default: the "
                    "recipe's metric_lang).")
     p.add_argument("--limit", type=int, help="Predict only the first N rows (a quick look).")
     p.add_argument("--no_progress", action="store_true", help="No progress bar.")
@@ -164,7 +165,7 @@ def predict(args: argparse.Namespace, qa, sft, model_args, rows: list[dict[str, 
     from datasets import Dataset
 
     from genqa.encoding import PromptEncoder
-    from genqa.modeling import detect_backbone, torch_dtype
+    from genqa.modeling import detect_backbone, model_device, torch_dtype
     from genqa.predict import generate_texts, read_answer, score_labels
     from genqa.tasks import CANONICAL_FEATURES
 
@@ -195,7 +196,7 @@ def predict(args: argparse.Namespace, qa, sft, model_args, rows: list[dict[str, 
             chunk = todo[start:start + size]
             yield chunk, Dataset.from_list(chunk, features=CANONICAL_FEATURES)
 
-    device_type = next(model.parameters()).device.type
+    device_type = model_device(model).type
     with (torch.autocast(device_type, dtype=torch.bfloat16) if args.autocast == "bf16" else contextlib.nullcontext()):
         if backbone == "causal_lm":
             encoder = PromptEncoder(task, tokenizer, template, sft.max_length)
@@ -239,9 +240,7 @@ def main(argv: list[str] | None = None) -> int:
         predict(args, qa, sft, model_args, rows, store)
         ids = [r["id"] for r in rows]
         answers = {i: store.records[i]["answer"] for i in ids if i in store.records}
-        from genqa.predict import count_by
-
-        how = count_by(store.records[i]["how"] for i in ids if i in store.records)
+        how = dict(Counter(store.records[i]["how"] for i in ids if i in store.records))
         print(f"[genqa] {len(answers)}/{len(ids)} rows predicted; {json.dumps(how, ensure_ascii=False)}")
         if out.suffix == ".json":
             write_json_predictions(out, ids, answers)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
 from transformers import TrainerCallback
 
 from genqa.encoding import PromptEncoder
@@ -49,10 +48,7 @@ class GenerationEvalCallback(TrainerCallback):
         was_training = model.training
         model.eval()
         try:
-            # no_grad, not inference_mode: FSDP2 keeps the parameters a module first gathers here for the training
-            # steps that follow, and inference tensors can't be saved for backward
-            with torch.no_grad():
-                answers = predict_answers(model, self.encoder, self.rows, self.max_new_tokens)
+            answers = predict_answers(model, self.encoder, self.rows, self.max_new_tokens)
         finally:
             model.train(was_training)
         if not state.is_world_process_zero:

@@ -82,7 +82,9 @@ def check_batch(run_dir: str, qa, sft, tokenizer, backbone: str, n_rows: int) ->
 @torch.inference_mode()
 def logits_of(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """Float32 logits (QA models: start and end logits stacked) on the padding-free positions."""
-    device = next(model.parameters()).device
+    from genqa.modeling import model_device
+
+    device = model_device(model)
     out = model(**{k: v.to(device) for k, v in batch.items()})
     if hasattr(out, "start_logits") and getattr(out, "logits", None) is None:
         logits = torch.stack([out.start_logits, out.end_logits], dim=-1)
@@ -165,11 +167,13 @@ def save_merged(model, tokenizer, run: Path, out: Path, args, qa, sft, model_arg
     try:
         model.save_pretrained(tmp, max_shard_size=args.max_shard_size, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
+        from genqa.extractive_trainer import SETTINGS_FILE
+
         recipe = resolved_recipe(qa, sft, model_args)
         recipe.update(model_name_or_path=str(out), use_peft=False, load_in_4bit=False, load_in_8bit=False,
                       dtype=args.dtype)
         dump_recipe(recipe, tmp / RECIPE_FILE)
-        for name in (VALIDATION_FILE, "genqa_extractive.json"):  # rows for checks; span-search settings
+        for name in (VALIDATION_FILE, SETTINGS_FILE):  # rows for checks; span-search settings
             if (run / name).is_file():
                 shutil.copy2(run / name, tmp / name)
         (tmp / "genqa_merge_report.json").write_text(json.dumps(report, indent=2), encoding="utf-8")

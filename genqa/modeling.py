@@ -112,6 +112,11 @@ def model_init_kwargs(model_args: ModelConfig) -> dict:
     return kwargs
 
 
+def model_device(model: torch.nn.Module) -> torch.device:
+    """The device of a model's (first) parameters, where its inputs go; CPU for a model without parameters."""
+    return next(model.parameters(), torch.zeros(0)).device
+
+
 def load_model(model_args: ModelConfig, auto_class, skip_quant_modules: tuple[str, ...] = ()):
     """Load `model_name_or_path` with `auto_class` (e.g. AutoModelForCausalLM), quantized when asked, except for the
     modules named in `skip_quant_modules`, which stay in full precision."""

@@ -12,7 +12,7 @@ import copy
 import os
 import time
 import unicodedata
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 from genqa.encoding import PromptEncoder
+from genqa.modeling import model_device
 
 
 @dataclass
@@ -67,7 +68,7 @@ class SharedPrefix:
         if self.length < min_tokens or getattr(model.config, "is_encoder_decoder", False):
             self.length = 0
             return
-        ids = torch.tensor([shared[:self.length]], device=_device(model))
+        ids = torch.tensor([shared[:self.length]], device=model_device(model))
         with torch.no_grad():
             self.cache = model(input_ids=ids, use_cache=True).past_key_values
         if self.cache is None or not hasattr(self.cache, "batch_repeat_interleave"):  # a model without a KV cache
@@ -117,10 +118,6 @@ class _Progress:
         return self.done / max(time.perf_counter() - self.start, 1e-9)
 
 
-def _device(model: torch.nn.Module) -> torch.device:
-    return next(model.parameters()).device
-
-
 def _run_batches(rows: list[dict[str, Any]], prompts: list[list[int]], batch_size: int, desc: str, progress: bool,
                  on_batch: Callable[[list[tuple[int, str]]], None] | None,
                  predict_batch: Callable[[list[int]], list[str]]) -> list[str]:
@@ -143,6 +140,9 @@ def _pad_id(tok) -> int:
     return tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
 
 
+# no_grad, not inference_mode, here and in score_labels: during training (generation-based evaluation) FSDP2 keeps the
+# parameters a module first gathers in these passes for the training steps that follow, and inference tensors can't
+# be saved for backward
 @torch.no_grad()
 def generate_texts(model, encoder: PromptEncoder, rows: list[dict[str, Any]], batch_size: int = 16,
                    max_new_tokens: int = 64, num_beams: int = 1, do_sample: bool = False,
@@ -156,7 +156,7 @@ def generate_texts(model, encoder: PromptEncoder, rows: list[dict[str, Any]], ba
     prompts = encode_prompts(encoder, rows, max_new_tokens)
     stops = stop_token_ids(encoder)
     end_text = encoder.end_text.strip()
-    device, pad = _device(model), _pad_id(tok)
+    device, pad = model_device(model), _pad_id(tok)
     # generate() does not expand a given cache for beams, so the shared prefix is used with one beam only
     shared = SharedPrefix(model, prompts if num_beams == 1 and prefix_cache else [])
 
@@ -188,7 +188,7 @@ def score_labels(model, encoder: PromptEncoder, rows: list[dict[str, Any]], labe
     """
     prompts = encode_prompts(encoder, rows, 8)
     label_ids = {lab: encoder.token_ids(lab, is_prompt=False) for ex in rows for lab in labels_of(ex)}
-    device, pad = _device(model), _pad_id(encoder.tokenizer)
+    device, pad = model_device(model), _pad_id(encoder.tokenizer)
     single_token = all(len(ids) == 1 for ids in label_ids.values())
     shared = SharedPrefix(model, prompts if single_token and prefix_cache else [])
 
@@ -235,11 +235,11 @@ def _sequence_logprob(model, prompt: list[int], target: list[int], device) -> fl
 # ---- extractive answers from generative models -------------------------------------------------------------------
 
 def _norm_with_map(text: str) -> tuple[str, list[int]]:
-    """Lower-cased, NFC, whitespace-collapsed text, with each char's index in the original."""
+    """Lower-cased, whitespace-collapsed text (give it NFC text), with each char's index in the original."""
     out, idx = [], []
     prev_space = False
     for i, ch in enumerate(text):
-        ch = unicodedata.normalize("NFC", ch).lower()
+        ch = ch.lower()
         if ch.isspace():
             if prev_space or not out:
                 continue
@@ -260,12 +260,11 @@ def map_to_context(answer: str, context: str) -> tuple[str, str]:
     stripped = answer.strip(" \t\n\"'.,;:!?")
     if stripped and stripped in context:
         return stripped, "exact"
-    norm_ctx, idx = _norm_with_map(unicodedata.normalize("NFC", context))
-    norm_ans, _ = _norm_with_map(unicodedata.normalize("NFC", stripped or answer))
-    norm_ans = norm_ans.strip()
+    ctx = unicodedata.normalize("NFC", context)
+    norm_ctx, idx = _norm_with_map(ctx)
+    norm_ans = _norm_with_map(unicodedata.normalize("NFC", stripped or answer))[0].strip()
     pos = norm_ctx.find(norm_ans) if norm_ans else -1
     if pos >= 0:
-        ctx = unicodedata.normalize("NFC", context)
         return ctx[idx[pos]:idx[pos + len(norm_ans) - 1] + 1], "normalized"
     return answer, "not_in_context"
 
@@ -285,12 +284,3 @@ def read_answer(task, row: dict[str, Any], raw: str, how: str) -> tuple[str | No
     if task.name in ("extractive", "abstractive") and not answer:
         return answer, "no_answer"
     return answer, how
-
-
-def count_by(values: Iterable[str]) -> dict[str, int]:
-    """Occurrences of each value."""
-    out: dict[str, int] = {}
-    for v in values:
-        out[v] = out.get(v, 0) + 1
-    return out
-

@@ -32,6 +32,7 @@ from trl import ModelConfig, SFTConfig
 from genqa.config import QAArguments
 from genqa.encoding import CONTEXT_TRUNCATED, OK, TOO_LONG, EncodingReport, PromptEncoder, encode_splits
 from genqa.messages import say
+from genqa.modeling import model_device
 from genqa.recipe import RecipeError
 from genqa.run_dir import load_canonical_splits, start_run, train_and_finish
 from genqa.tasks import Task, get_task
@@ -232,13 +233,6 @@ def train_seq2seq(qa: QAArguments, sft: SFTConfig, model_args: ModelConfig, reci
     return train_and_finish(trainer, resume, tokenizer, sft, qa, model_args, reports, eval_rows)
 
 
-def _model_device(model: torch.nn.Module) -> torch.device:
-    try:
-        return next(model.parameters()).device
-    except StopIteration:
-        return torch.device("cpu")
-
-
 def predict_seq2seq(model: Any, tokenizer: PreTrainedTokenizerBase, template: str, task: Task, rows: Dataset,
                     max_length: int, max_new_tokens: int = DEFAULT_MAX_TARGET_LENGTH, batch_size: int = 32,
                     num_beams: int = 1) -> list[str]:
@@ -265,7 +259,7 @@ def predict_seq2seq(model: Any, tokenizer: PreTrainedTokenizerBase, template: st
         print(f"[genqa] predict: {truncated}/{len(prompts)} inputs cut to max_length={max_length} (context first)")
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
     outputs: list[str] = [""] * len(prompts)
-    device = _model_device(model)
+    device = model_device(model)
     was_training = model.training
     model.eval()
     try:
