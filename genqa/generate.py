@@ -75,9 +75,9 @@ def resolve_recipe(args: argparse.Namespace, overrides: list[str]):
 
 
 def load_test_rows(qa, task, data: str, split: str | None,
-                   limit: int | None) -> tuple[list[dict[str, Any]], bool, int]:
-    """Canonical test rows (answers optional), whether the source carries gold answers, and how many repeated ids
-    were renamed `id#2`, `id#3`, ..."""
+                   limit: int | None) -> tuple[list[dict[str, Any]], int]:
+    """Canonical test rows (answers optional: unlabelled rows have none) and how many repeated ids were renamed
+    `id#2`, `id#3`, ..."""
     source = load_source(data)
     name = split or ("test" if "test" in source else next(iter(source)))
     if name not in source:
@@ -85,7 +85,6 @@ def load_test_rows(qa, task, data: str, split: str | None,
     ds = source[name]
     if limit:
         ds = ds.select(range(min(limit, len(ds))))
-    labelled = all(c in ds.column_names for c in task.answer_columns())
     rows = task.to_canonical(ds, f"{data} [{name}]", require_answer=False).to_list()
     ids, renamed = unique_ids([r["id"] for r in rows])
     if renamed:
@@ -93,7 +92,7 @@ def load_test_rows(qa, task, data: str, split: str | None,
               "(genqa.evaluate matches them the same way)", file=sys.stderr)
     for row, uid in zip(rows, ids, strict=True):
         row["id"] = uid
-    return rows, labelled, renamed
+    return rows, renamed
 
 
 def fingerprint(args: argparse.Namespace, qa, sft, model_args) -> dict[str, Any]:
@@ -229,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         qa, sft, model_args = resolve_recipe(args, overrides)
         task = get_task(qa)
-        rows, labelled, renamed = load_test_rows(qa, task, args.data, args.split, args.limit)
+        rows, renamed = load_test_rows(qa, task, args.data, args.split, args.limit)
         out = Path(args.out)
         if renamed and out.suffix != ".json":
             raise SubmissionError(f"{args.data}: {renamed} repeated ids; a submission needs one row per id. Set "
@@ -254,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[genqa] wrote {out}")
         from genqa.task_metrics import has_gold, task_metrics
 
-        if labelled and has_gold(task, rows) or task.name == "mcq_generation":
+        if has_gold(task, rows):
             metrics = task_metrics(task, rows, answers, args.lang or qa.metric_lang)
             metrics["predictions"] = how
             write_atomic(out.with_name(out.name + ".metrics.json"), json.dumps(metrics, indent=2, ensure_ascii=False))

@@ -9,8 +9,11 @@ from genqa.tasks import Task
 
 
 def has_gold(task: Task, rows: list[dict[str, Any]]) -> bool:
-    """True when the rows carry gold answers to score against (unlabelled test sets do not)."""
-    if task.name in ("mcq", "mcq_generation"):
+    """True when the task's metric can be computed: the rows carry gold answers (unlabelled test sets do not), or the
+    task is MCQ generation, whose metric checks the generated questions' structure and needs no gold."""
+    if task.name == "mcq_generation":
+        return True
+    if task.name == "mcq":
         return any(r["label"] >= 0 for r in rows)
     return any(r["answers"] for r in rows)
 

@@ -67,6 +67,7 @@ def test_generate_writes_kaggle_csv_in_input_order(mcq_run, tmp_path):
     assert rows[0] == ["ID", "Answer"]
     assert [r[0] for r in rows[1:]] == ["1", "2", "3", "4", "5", "6"]
     assert all(r[1] in {"1", "2", "3", "4"} for r in rows[1:])
+    assert not (tmp_path / "sub.csv.metrics.json").exists()  # an unlabelled test sheet has nothing to score
 
 
 def test_label_scoring_agrees_with_free_generation(mcq_run, tmp_path):
