@@ -102,14 +102,20 @@ class PromptEncoder:
 
     def encode_prompt(self, ex: dict[str, Any], max_new_tokens: int = 0) -> tuple[list[int], bool]:
         """Prompt ids for generation, the context cut to leave `max_new_tokens` room; returns (ids, truncated)."""
-        ex = {**ex, "answers": [], "answer_starts": []}  # at prediction time the gold span must not steer the cut
+        # at prediction time the gold span must not steer the cut
+        return self.fit_prompt({**ex, "answers": [], "answer_starts": []}, max_new_tokens)
+
+    def fit_prompt(self, ex: dict[str, Any], reserve: int = 0) -> tuple[list[int], bool]:
+        """Prompt ids of a row, the context cut until they leave `reserve` tokens within `max_length`; returns (ids,
+        context_was_cut). A gold span in `answer_starts` is kept inside the cut context; the ids can still be too
+        long when even the shortest context does not fit (the caller drops or cuts the row)."""
         ids = self.token_ids(self.prompt_text(ex), is_prompt=True)
-        if self.max_length is None or len(ids) + max_new_tokens <= self.max_length or not ex["context"]:
+        if self.max_length is None or len(ids) + reserve <= self.max_length or not ex["context"]:
             return ids, False
-        for context in self._context_windows(ex, len(ids) + max_new_tokens - self.max_length):
+        for context in self._context_windows(ex, len(ids) + reserve - self.max_length):
             ids = self.token_ids(self.prompt_text({**ex, "context": context}), is_prompt=True)
-            if len(ids) + max_new_tokens <= self.max_length:
-                return ids, True
+            if len(ids) + reserve <= self.max_length:
+                break
         return ids, True
 
     # ---- training rows -----------------------------------------------------------------------------------------

@@ -22,18 +22,16 @@ from genqa.config import QAArguments
 from genqa.data_sources import DataError
 from genqa.extractive import (
     DEFAULT_DOC_STRIDE,
-    DEFAULT_MAX_ANSWER_LENGTH,
-    DEFAULT_N_BEST_SIZE,
-    DEFAULT_NULL_SCORE_DIFF_THRESHOLD,
     WindowReport,
     cls_index,
     predict_extractive,
     prepare_train_features,
     window_report,
 )
+from genqa.files import write_atomic
 from genqa.messages import say
 from genqa.recipe import RecipeError
-from genqa.run_dir import load_canonical_splits, start_run, train_and_finish, write_atomic
+from genqa.run_dir import load_canonical_splits, start_run, train_and_finish
 from genqa.tasks import get_task
 from genqa.tiny import resolve_model_path
 
@@ -53,11 +51,10 @@ def extractive_settings(qa: QAArguments, max_length: int) -> dict[str, Any]:
     """Window and decoding settings of a recipe (the `QAArguments` keys, with max_length from SFTConfig)."""
     return {
         "max_length": int(max_length),
-        "doc_stride": int(default_doc_stride(max_length) if getattr(qa, "doc_stride", None) is None else qa.doc_stride),
-        "max_answer_length": int(getattr(qa, "max_answer_length", DEFAULT_MAX_ANSWER_LENGTH)),
-        "n_best_size": int(getattr(qa, "n_best_size", DEFAULT_N_BEST_SIZE)),
-        "null_score_diff_threshold": float(getattr(qa, "null_score_diff_threshold",
-                                                   DEFAULT_NULL_SCORE_DIFF_THRESHOLD)),
+        "doc_stride": int(default_doc_stride(max_length) if qa.doc_stride is None else qa.doc_stride),
+        "max_answer_length": int(qa.max_answer_length),
+        "n_best_size": int(qa.n_best_size),
+        "null_score_diff_threshold": float(qa.null_score_diff_threshold),
     }
 
 
@@ -271,7 +268,7 @@ def train_extractive(qa: QAArguments, sft, model_args, recipe_path: str | None) 
     if eval_rows is not None and len(eval_rows):
         # Every rank scores (sharded ZeRO-3 weights need all ranks in each forward); rank 0 writes.
         scores, predictions = _score(trainer.model, tokenizer, eval_rows, settings, version_2,
-                                     sft.per_device_eval_batch_size, sft, getattr(qa, "metric_lang", "en"))
+                                     sft.per_device_eval_batch_size, sft, qa.metric_lang)
         if trainer.is_world_process_zero():
             out = Path(sft.output_dir)
             write_atomic(out / EVAL_METRICS_FILE, json.dumps(scores, indent=2) + "\n")

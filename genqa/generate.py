@@ -19,9 +19,10 @@ from typing import Any
 
 from genqa.data_sources import DataError, load_source
 from genqa.errors import GenqaError
+from genqa.files import write_atomic
 from genqa.metrics import LANGS, unique_ids
 from genqa.recipe import RecipeError, parse_recipe
-from genqa.run_dir import RECIPE_FILE, load_run, write_atomic
+from genqa.run_dir import RECIPE_FILE, load_run
 from genqa.submission import PredictionStore, SubmissionError, write_json_predictions, write_submission
 from genqa.tasks import get_task
 from genqa.templates import load_template

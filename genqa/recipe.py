@@ -20,6 +20,7 @@ from trl import ModelConfig, SFTConfig, TrlParser
 
 from genqa.config import QAArguments
 from genqa.errors import GenqaError
+from genqa.files import write_atomic
 
 # Keys that older TRL / transformers / unsloth recipes use, and what they are called now.
 STALE_KEYS: dict[str, str] = {
@@ -157,7 +158,4 @@ def non_default_items(obj: Any) -> dict[str, Any]:
 
 def dump_recipe(data: dict[str, Any], path: str | os.PathLike) -> None:
     """Write a recipe mapping as YAML, atomically."""
-    path = Path(path)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(yaml.safe_dump(data, sort_keys=True, allow_unicode=True), encoding="utf-8")
-    os.replace(tmp, path)
+    write_atomic(path, yaml.safe_dump(data, sort_keys=True, allow_unicode=True))

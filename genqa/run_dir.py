@@ -17,6 +17,7 @@ from datasets import Dataset
 
 from genqa.config import QAArguments
 from genqa.data_sources import load_source, train_validation
+from genqa.files import write_atomic
 from genqa.messages import is_main_process, say
 from genqa.recipe import RecipeError, dump_recipe, parse_recipe, resolved_recipe
 from genqa.tasks import CANONICAL_FEATURES, Task
@@ -39,14 +40,6 @@ def load_canonical_splits(qa: QAArguments, task: Task) -> tuple[Dataset, Dataset
     if val is not None:
         val = task.to_canonical(val, f"{qa.dataset_path} [validation]")
     return train, val, note
-
-
-def write_atomic(path: str | os.PathLike, text: str) -> None:
-    """Write a text file atomically (temp file + rename)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def prepare_output_dir(sft) -> str | bool | None:

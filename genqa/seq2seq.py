@@ -46,7 +46,7 @@ CAUSAL_ONLY_KEYS = ("packing", "padding_free", "assistant_only_loss")
 
 def max_target_length(qa: QAArguments) -> int | None:
     """The recipe's `max_target_length` (tokens of the answer, end-of-sequence included); None or <= 0: no limit."""
-    value = getattr(qa, "max_target_length", DEFAULT_MAX_TARGET_LENGTH)
+    value = qa.max_target_length
     return int(value) if value is not None and int(value) > 0 else None
 
 
@@ -65,7 +65,6 @@ class Seq2SeqEncoder(PromptEncoder):
         self.task, self.tokenizer, self.template = task, tokenizer, template
         self.max_length = max_length
         self.max_target_length = max_target_length
-        self.completion_only_loss = True
         self.eos_id = tokenizer.eos_token_id
         self.end_text = tokenizer.eos_token or ""
         self.end_ids = [self.eos_id] if self.eos_id is not None else []
@@ -93,28 +92,13 @@ class Seq2SeqEncoder(PromptEncoder):
         """Decoder labels of a canonical row: `task.target(ex)` + `</s>`."""
         return self.token_ids(self.task.target(ex), is_prompt=False)
 
-    def fit_prompt(self, ex: dict[str, Any]) -> tuple[list[int], bool]:
-        """Encoder ids of a row, the context cut until they fit `max_length`; returns (ids, context_was_cut).
-
-        An extractive row's gold span (`answer_starts`) is kept inside the cut context; the ids can still be longer
-        than `max_length` when even the shortest context does not fit (the caller drops or cuts the row).
-        """
-        ids = self.token_ids(self.prompt_text(ex), is_prompt=True)
-        if self.max_length is None or len(ids) <= self.max_length or not ex["context"]:
-            return ids, False
-        for context in self._context_windows(ex, len(ids) - self.max_length):
-            ids = self.token_ids(self.prompt_text({**ex, "context": context}), is_prompt=True)
-            if len(ids) <= self.max_length:
-                break
-        return ids, True
-
     def encode_prompt(self, ex: dict[str, Any], max_new_tokens: int = 0) -> tuple[list[int], bool]:
         """Encoder ids for generation (the gold answer is not used to choose the context kept); (ids, truncated).
 
         `max_new_tokens` is accepted for `PromptEncoder` compatibility and ignored: an encoder-decoder's answer does
         not share the input's length budget.
         """
-        return self.fit_prompt({**ex, "answers": [], "answer_starts": []})
+        return super().encode_prompt(ex, 0)
 
     def encode(self, ex: dict[str, Any]) -> dict[str, Any]:
         """Encoder ids and decoder labels for one canonical row, with its status (ok / context_truncated / dropped)."""

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from genqa.errors import GenqaError
-from genqa.run_dir import write_atomic
+from genqa.files import write_atomic
 
 
 class SubmissionError(GenqaError, ValueError):
