@@ -6,6 +6,7 @@ validation split. Rows come back with the source's own columns; `genqa.tasks` ma
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import random
@@ -53,10 +54,23 @@ def iter_squad_rows(data: dict[str, Any], source: str = "<squad>") -> Iterator[d
                 }
 
 
+def _read_json(path: str | os.PathLike) -> Any:
+    """A JSON file's parsed content; the last file read is kept (detecting the layout of a .json file and then
+    loading it reads and parses it once). Callers must not modify the result."""
+    p = Path(path).resolve()
+    stat = p.stat()
+    return _parse_json(str(p), stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=1)
+def _parse_json(path: str, mtime_ns: int, size: int) -> Any:
+    with open(path, encoding="utf-8") as fh:
+        return json.load(fh)
+
+
 def load_squad_json(path: str | os.PathLike) -> Dataset:
     """Read an official-layout SQuAD JSON file (v1.1 or v2.0, ids optional) as one flat `Dataset`."""
-    with open(path, encoding="utf-8") as fh:
-        data = json.load(fh)
+    data = _read_json(path)
     if not is_squad_json(data):
         raise DataError(f"{path}: not a SQuAD-layout JSON file (expected a top-level `data` list of articles).")
     rows = list(iter_squad_rows(data, str(path)))
@@ -73,8 +87,7 @@ def is_c3_json(data: Any) -> bool:
 
 def load_c3_json(path: str | os.PathLike) -> Dataset:
     """Read C3 (Chinese multiple-choice reading comprehension) into rows: id, context, question, choice, answer."""
-    with open(path, encoding="utf-8") as fh:
-        data = json.load(fh)
+    data = _read_json(path)
     if not is_c3_json(data):
         raise DataError(f"{path}: not a C3-layout JSON file (a list of [sentences, questions, id] documents).")
     rows = [{"id": f"{doc_id}-{q}", "context": "\n".join(sentences), "question": item["question"],
@@ -89,11 +102,10 @@ def _json_layout(path: Path) -> str:
         head = fh.read(4096).lstrip()
     if not (head.startswith("{") or head.startswith("[") and head[1:].lstrip().startswith("[")):
         return "json"
-    with open(path, encoding="utf-8") as fh:
-        try:
-            data = json.load(fh)
-        except json.JSONDecodeError:
-            return "json"
+    try:
+        data = _read_json(path)
+    except json.JSONDecodeError:
+        return "json"
     return "squad" if is_squad_json(data) else "c3" if is_c3_json(data) else "json"
 
 
