@@ -73,7 +73,7 @@ def resolve_package_model(name: str | None) -> str | None:
 
 
 # ---- windows -------------------------------------------------------------------------------------------------------
-def _check_window(tokenizer, max_length: int, doc_stride: int) -> int:
+def check_window(tokenizer, max_length: int, doc_stride: int) -> int:
     """Validate max_length / doc_stride; return the longest question (in tokens) a window keeps."""
     if not getattr(tokenizer, "is_fast", False):
         raise ValueError(f"{type(tokenizer).__name__} is a slow tokenizer; extractive QA needs a fast (Rust) tokenizer "
@@ -105,7 +105,7 @@ def _fit_questions(questions: Sequence[str], tokenizer, max_question_tokens: int
 
 
 def _encode(examples: Mapping[str, Sequence], tokenizer, max_length: int, doc_stride: int, padding: str | bool):
-    max_q = _check_window(tokenizer, max_length, doc_stride)
+    max_q = check_window(tokenizer, max_length, doc_stride)
     for col in ("question", "context"):
         if col not in examples:
             raise KeyError(f"extractive features need a `{col}` column; got {', '.join(examples)}.")

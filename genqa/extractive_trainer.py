@@ -23,6 +23,7 @@ from genqa.data_sources import DataError
 from genqa.extractive import (
     DEFAULT_DOC_STRIDE,
     WindowReport,
+    check_window,
     cls_index,
     predict_extractive,
     prepare_train_features,
@@ -133,22 +134,21 @@ def encode_split(rows, split: str, tokenizer, settings: dict[str, Any], num_proc
 
 
 def _check(qa: QAArguments, sft, tokenizer, model_args, settings: dict[str, Any], where: str) -> None:
+    from genqa.modeling import trusts_remote_code
+
     if qa.task != "extractive":
         raise RecipeError(f"{where}: backbone extractive trains span extraction; set `task: extractive` (got "
                           f"{qa.task!r}) or choose another backbone.")
-    if not getattr(tokenizer, "is_fast", False):
-        raise RecipeError(f"{where}: {model_args.model_name_or_path} has no fast tokenizer; extractive QA needs "
-                          "character offsets from a fast (Rust) tokenizer.")
-    limit = model_max_length(tokenizer, resolve_model_path(model_args.model_name_or_path), bool(getattr(model_args, "trust_remote_code",
-                                                                                    False)))
+    try:
+        check_window(tokenizer, settings["max_length"], settings["doc_stride"])
+    except ValueError as err:
+        raise RecipeError(f"{where}: {model_args.model_name_or_path}: {err}") from err
+    limit = model_max_length(tokenizer, resolve_model_path(model_args.model_name_or_path),
+                             trusts_remote_code(model_args))
     if limit and settings["max_length"] > limit:
         raise RecipeError(f"{where}: max_length={settings['max_length']} exceeds what "
                           f"{model_args.model_name_or_path} takes ({limit} tokens); set `max_length: 384` (and "
                           "`doc_stride: 128`) or lower.")
-    n_special = tokenizer.num_special_tokens_to_add(pair=True)
-    if settings["doc_stride"] < 0 or settings["max_length"] - n_special - settings["doc_stride"] < 2:
-        raise RecipeError(f"{where}: doc_stride={settings['doc_stride']} must be >= 0 and well below max_length="
-                          f"{settings['max_length']} (e.g. 128 for 384).")
     if settings["max_answer_length"] < 1 or settings["n_best_size"] < 1:
         raise RecipeError(f"{where}: max_answer_length and n_best_size must be >= 1.")
 

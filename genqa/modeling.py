@@ -21,8 +21,9 @@ DTYPES = {"auto": "auto", "float32": torch.float32, "fp32": torch.float32, "bflo
           "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
 
 
-def _trust(model_args: ModelConfig) -> bool:
-    # TRL keeps `trust_remote_code` on SFTConfig; genqa.sft copies it onto the ModelConfig.
+def trusts_remote_code(model_args: ModelConfig) -> bool:
+    """Whether the recipe allows the model's own code (TRL keeps `trust_remote_code` on SFTConfig; genqa.sft copies
+    it onto the ModelConfig)."""
     return bool(getattr(model_args, "trust_remote_code", False))
 
 
@@ -53,7 +54,7 @@ def load_tokenizer(model_args: ModelConfig, padding_side: str = "right") -> PreT
     """The model's tokenizer, with a pad token (unk or eos when it has none)."""
     path = resolve_model_path(model_args.model_name_or_path)
     tokenizer = AutoTokenizer.from_pretrained(path, revision=model_args.model_revision,
-                                              trust_remote_code=_trust(model_args))
+                                              trust_remote_code=trusts_remote_code(model_args))
     ensure_pad_token(tokenizer)
     tokenizer.padding_side = padding_side
     return tokenizer
@@ -96,7 +97,7 @@ def disable_cpu_4bit_inference_repack(model: torch.nn.Module) -> int:
 
 def model_init_kwargs(model_args: ModelConfig) -> dict:
     """Keyword arguments of `from_pretrained`: dtype, attention, quantization."""
-    kwargs: dict = {"revision": model_args.model_revision, "trust_remote_code": _trust(model_args),
+    kwargs: dict = {"revision": model_args.model_revision, "trust_remote_code": trusts_remote_code(model_args),
                     "dtype": torch_dtype(model_args.dtype)}
     if model_args.attn_implementation:
         kwargs["attn_implementation"] = model_args.attn_implementation

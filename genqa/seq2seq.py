@@ -32,7 +32,7 @@ from trl import ModelConfig, SFTConfig
 from genqa.config import QAArguments
 from genqa.encoding import CONTEXT_TRUNCATED, OK, TOO_LONG, EncodingReport, PromptEncoder, encode_splits
 from genqa.messages import say
-from genqa.modeling import model_device
+from genqa.modeling import model_device, trusts_remote_code
 from genqa.recipe import RecipeError
 from genqa.run_dir import load_canonical_splits, start_run, train_and_finish
 from genqa.tasks import Task, get_task
@@ -166,7 +166,7 @@ def _check_recipe(qa: QAArguments, sft: SFTConfig, model_args: ModelConfig, wher
 
     config = AutoConfig.from_pretrained(resolve_model_path(model_args.model_name_or_path),
                                         revision=model_args.model_revision,
-                                        trust_remote_code=bool(getattr(model_args, "trust_remote_code", False)))
+                                        trust_remote_code=trusts_remote_code(model_args))
     if not getattr(config, "is_encoder_decoder", False):
         raise RecipeError(f"{where}: backbone: {qa.backbone} trains an encoder-decoder, but "
                           f"{model_args.model_name_or_path} ({config.model_type}) is not one. Set `backbone: auto` "
