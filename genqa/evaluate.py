@@ -6,7 +6,7 @@
 
 Tasks: `squad_v1` / `squad_v2` (official SQuAD scripts), `extractive` (= SQuAD, v2.0 when any question has an
 `is_impossible` key, else v1.1), `mcq` (accuracy by id), `mcq_generation` (share of generated texts that follow
-the `genqa.mcq_format` layout). Mistakes a user can make (missing file or column, ids that do not match) end
+the `genqa.data.mcq_format` layout). Mistakes a user can make (missing file or column, ids that do not match) end
 with a message on stderr and exit code 2.
 """
 
@@ -16,41 +16,28 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
-from genqa.errors import GenqaError
-from genqa.mcq_format import DEFAULT_LABELS, PREFIXES
-from genqa.metrics import (
-    LANGS,
-    is_squad_v2,
-    mcq_accuracy,
-    mcq_generation_quality,
-    normalize_choice,
-    squad_examples,
-    squad_question_id,
-    squad_scores,
-    unique_ids,
-)
+from genqa.data.mcq_format import DEFAULT_LABELS, PREFIXES
+from genqa.data.rows import unique_ids
+from genqa.data.sources import DataError, is_squad_json, read_records, squad_examples, squad_version
+from genqa.errors import GenqaError, report_errors
+from genqa.scoring.metrics import LANGS, mcq_accuracy, mcq_generation_quality, normalize_choice, squad_scores
 from genqa.submission import FINGERPRINT_KEY
 
-__all__ = ["TASKS", "build_parser", "main", "squad_question_id"]
-
 TASKS: tuple[str, ...] = ("extractive", "squad_v1", "squad_v2", "mcq", "mcq_generation")
-TABLE_SUFFIXES = (".csv", ".tsv", ".json", ".jsonl", ".xlsx", ".xls", ".parquet")
 
 
-def _fail(message: str) -> NoReturn:
-    """Report a user error on stderr and exit with code 2 (no traceback)."""
-    print(f"genqa.evaluate: error: {message}", file=sys.stderr)
-    raise SystemExit(2)
+class EvaluateError(GenqaError, ValueError):
+    """Files that cannot be scored against each other; the message names the file, column or id."""
 
 
 def _existing(path: str | None, flag: str, hint: str) -> Path:
     if not path:
-        _fail(f"{flag} is required: {hint}.")
+        raise EvaluateError(f"{flag} is required: {hint}.")
     p = Path(path)
     if not p.is_file():
-        _fail(f"{flag} file '{path}' not found; pass {hint}.")
+        raise EvaluateError(f"{flag} file '{path}' not found; pass {hint}.")
     return p
 
 
@@ -59,60 +46,29 @@ def _read_json(path: Path, flag: str) -> Any:
         with open(path, encoding="utf-8") as fh:
             return json.load(fh)
     except json.JSONDecodeError as err:
-        _fail(f"{flag} file '{path}' is not valid JSON ({err}); pass a JSON file or a CSV with the right suffix.")
+        raise EvaluateError(f"{flag} file '{path}' is not valid JSON ({err}); pass a JSON file or a CSV with the "
+                            "right suffix.") from err
     except UnicodeDecodeError as err:
-        _fail(f"{flag} file '{path}' is not UTF-8 text ({err}).")
+        raise EvaluateError(f"{flag} file '{path}' is not UTF-8 text ({err}).") from err
 
 
-def _read_table(path: Path, flag: str) -> list[dict[str, Any]]:
-    """Rows of a CSV/TSV/JSON (list of records)/JSONL/XLSX/Parquet file, every cell as text ('' for empty)."""
-    suffix = path.suffix.lower()
-    if suffix == ".json":
-        data = _read_json(path, flag)
-        if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
-            _fail(f"{flag} file '{path}' must hold a JSON list of records (objects) for this task.")
-        return data
-    if suffix == ".jsonl":
-        rows = []
-        with open(path, encoding="utf-8") as fh:
-            for n, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as err:
-                    _fail(f"{flag} file '{path}' line {n} is not valid JSON ({err}).")
-                if not isinstance(row, dict):
-                    _fail(f"{flag} file '{path}' line {n} is not a JSON object.")
-                if FINGERPRINT_KEY in row:  # header of genqa.generate's OUT.predictions.jsonl
-                    continue
-                rows.append(row)
-        return rows
-    if suffix not in TABLE_SUFFIXES:
-        _fail(f"{flag} file '{path}' has an unsupported suffix; use one of {', '.join(TABLE_SUFFIXES)}.")
-    import pandas as pd
-
+def _records(path: Path, flag: str) -> list[dict[str, Any]]:
+    """Rows of a table / JSON / JSONL file (`genqa.data.sources.read_records`), without the header line of
+    genqa.generate's OUT.predictions.jsonl."""
     try:
-        if suffix in (".csv", ".tsv"):
-            df = pd.read_csv(path, dtype=str, keep_default_na=False, sep="\t" if suffix == ".tsv" else ",")
-        elif suffix == ".parquet":
-            df = pd.read_parquet(path)
-        else:
-            df = pd.read_excel(path, dtype=str)
-    except Exception as err:  # pandas raises many types for unreadable files
-        _fail(f"{flag} file '{path}' could not be read as {suffix[1:]} ({type(err).__name__}: {err}).")
-    df = df.astype(object).where(df.notna(), "")
-    df.columns = [str(c) for c in df.columns]
-    return df.to_dict(orient="records")
+        rows = read_records(path)
+    except DataError as err:
+        raise EvaluateError(f"{flag}: {err}") from err
+    return [r for r in rows if FINGERPRINT_KEY not in r]
 
 
 def _column(rows: list[dict[str, Any]], column: str, path: Path, flag: str, option: str) -> list[Any]:
     """The values of `column`, or a clear error naming the file, the column and the option that picks it."""
     if not rows:
-        _fail(f"{flag} file '{path}' has no rows.")
+        raise EvaluateError(f"{flag} file '{path}' has no rows.")
     if column not in rows[0]:
-        _fail(f"column '{column}' not found in {flag} file '{path}' (columns: {', '.join(map(str, rows[0]))}); "
-              f"pick the right one with {option}.")
+        raise EvaluateError(f"column '{column}' not found in {flag} file '{path}' (columns: "
+                            f"{', '.join(map(str, rows[0]))}); pick the right one with {option}.")
     return [row.get(column) for row in rows]
 
 
@@ -125,7 +81,7 @@ def _id_map(ids: list[Any], values: list[Any], path: Path, flag: str) -> dict[st
     for qid, value in zip(ids, values, strict=True):
         key = _cell(qid).strip()
         if key in out:
-            _fail(f"id '{key}' appears more than once in {flag} file '{path}'; keep one row per id.")
+            raise EvaluateError(f"id '{key}' appears more than once in {flag} file '{path}'; keep one row per id.")
         out[key] = value
     return out
 
@@ -137,14 +93,14 @@ def _load_answer_map(path: Path, id_column: str, answer_column: str) -> dict[str
         data = _read_json(path, flag)
         if isinstance(data, dict):
             if isinstance(data.get("data"), list):
-                _fail(f"{flag} file '{path}' looks like a SQuAD dataset, not predictions; "
-                      "pass a flat JSON map {qid: answer} or a CSV with id/answer columns.")
+                raise EvaluateError(f"{flag} file '{path}' looks like a SQuAD dataset, not predictions; pass a flat "
+                                    "JSON map {qid: answer} or a CSV with id/answer columns.")
             for qid, value in data.items():
                 if value is not None and not isinstance(value, str | int | float):
-                    _fail(f"{flag} file '{path}': the prediction for '{qid}' is a {type(value).__name__}, not a "
-                          "string; write one answer string per id.")
+                    raise EvaluateError(f"{flag} file '{path}': the prediction for '{qid}' is a "
+                                        f"{type(value).__name__}, not a string; write one answer string per id.")
             return {str(k): _cell(v) for k, v in data.items()}
-    rows = _read_table(path, flag)
+    rows = _records(path, flag)
     ids = _column(rows, id_column, path, flag, "--id_column")
     answers = _column(rows, answer_column, path, flag, "--answer_column")
     return {k: _cell(v) for k, v in _id_map(ids, answers, path, flag).items()}
@@ -154,36 +110,29 @@ def _check_known_ids(pred_ids: list[str], known: set[str], pred_path: Path, data
     unknown = [k for k in pred_ids if k not in known]
     if unknown:
         shown = ", ".join(repr(k) for k in unknown[:3])
-        _fail(f"{len(unknown)} of {len(pred_ids)} ids in --predictions file '{pred_path}' are not in --data file "
-              f"'{data_path}' (e.g. {shown}); check that both files come from the same split and that "
-              "--id_column names the id column.")
+        raise EvaluateError(f"{len(unknown)} of {len(pred_ids)} ids in --predictions file '{pred_path}' are not in "
+                            f"--data file '{data_path}' (e.g. {shown}); check that both files come from the same "
+                            "split and that --id_column names the id column.")
     if not pred_ids:
-        _fail(f"--predictions file '{pred_path}' holds no predictions.")
+        raise EvaluateError(f"--predictions file '{pred_path}' holds no predictions.")
 
 
 def _evaluate_squad(args: argparse.Namespace) -> dict[str, Any]:
     data_path = _existing(args.data, "--data", "an official-layout SQuAD JSON file (e.g. dev-v2.0.json)")
     pred_path = _existing(args.predictions, "--predictions", "a JSON map {qid: answer} or a CSV with id/answer")
     data = _read_json(data_path, "--data")
-    if not isinstance(data, dict) or not isinstance(data.get("data"), list):
-        _fail(f"--data file '{data_path}' is not official SQuAD JSON ({{\"data\": [{{\"paragraphs\": [...]}}]}}); "
-              "for MCQ files use --task mcq.")
+    if not is_squad_json(data):
+        raise EvaluateError(f"--data file '{data_path}' is not official SQuAD JSON "
+                            "({\"data\": [{\"paragraphs\": [...]}]}); for MCQ files use --task mcq.")
     try:
-        examples = squad_examples(data)
-        impossible = any(qa.get("is_impossible") for art in data["data"] for par in art.get("paragraphs", [])
-                         for qa in par.get("qas", []))
+        examples = squad_examples(data, f"--data file '{data_path}'")
     except (KeyError, TypeError, AttributeError) as err:
-        _fail(f"--data file '{data_path}' is not well-formed SQuAD JSON ({type(err).__name__}: {err}); every "
-              "question needs `answers: [{\"text\": ...}]`.")
-    if args.task == "squad_v1":
-        version = 1
-    elif args.task == "squad_v2":
-        version = 2
-    else:
-        version = 2 if is_squad_v2(data) else 1
-    if examples and not impossible and not any(golds for _, golds in examples):
-        _fail(f"--data file '{data_path}' has no gold answers (an unlabelled test split?); "
-              "evaluate against a labelled dev file.")
+        raise EvaluateError(f"--data file '{data_path}' is not well-formed SQuAD JSON ({type(err).__name__}: {err});"
+                            " every question needs `question` and `answers: [{\"text\": ...}]`.") from err
+    version = {"squad_v1": 1, "squad_v2": 2}.get(args.task) or squad_version(data)
+    if examples and squad_version(data) == 1 and not any(golds for _, golds in examples):
+        raise EvaluateError(f"--data file '{data_path}' has no gold answers (an unlabelled test split?); evaluate "
+                            "against a labelled dev file.")
     ids = [qid for qid, _ in examples]
     preds = _load_answer_map(pred_path, args.id_column, args.answer_column)
     if len(set(ids)) != len(ids):
@@ -202,19 +151,15 @@ def _evaluate_squad(args: argparse.Namespace) -> dict[str, Any]:
 
 def _recipe_golds(recipe: str, data_path: Path) -> dict[str, str]:
     """{id: gold label} of an MCQ file read through a recipe's data source, columns and task (as in training)."""
-    from genqa.data_sources import load_source
+    from genqa.data.rows import load_rows
+    from genqa.data.tasks import get_task
     from genqa.recipe import parse_recipe
-    from genqa.tasks import get_task
 
-    try:
-        qa = parse_recipe([recipe, "--use_cpu", "true"])[0]
-        if qa.task != "mcq":
-            _fail(f"--recipe {recipe} is a {qa.task} recipe; --task mcq needs an mcq recipe.")
-        task = get_task(qa)
-        split = next(iter(load_source(str(data_path)).values()))
-        rows = task.to_canonical(split, str(data_path), require_answer=True)
-    except GenqaError as err:
-        _fail(str(err))
+    qa = parse_recipe([recipe, "--use_cpu", "true"])[0]
+    task = get_task(qa)
+    if not task.scores_labels:
+        raise EvaluateError(f"--recipe {recipe} is a {qa.task} recipe; --task mcq needs an mcq recipe.")
+    rows, _ = load_rows(task, str(data_path), require_answer=True)
     return {r["id"]: qa.option_labels[r["label"]] for r in rows if r["label"] >= 0}
 
 
@@ -224,7 +169,7 @@ def _evaluate_mcq(args: argparse.Namespace) -> dict[str, Any]:
     if args.recipe:
         golds = _recipe_golds(args.recipe, data_path)
     else:
-        rows = _read_table(data_path, "--data")
+        rows = _records(data_path, "--data")
         ids = _column(rows, args.id_column, data_path, "--data", "--id_column")
         golds = _id_map(ids, _column(rows, args.gold_column, data_path, "--data", "--gold_column"), data_path,
                         "--data")
@@ -245,7 +190,7 @@ def _evaluate_mcq(args: argparse.Namespace) -> dict[str, Any]:
 def _evaluate_mcq_generation(args: argparse.Namespace) -> dict[str, Any]:
     pred_path = _existing(args.predictions, "--predictions", "a CSV/JSONL file whose answer column holds generated "
                           "MCQ text")
-    rows = _read_table(pred_path, "--predictions")
+    rows = _records(pred_path, "--predictions")
     outputs = _column(rows, args.answer_column, pred_path, "--predictions", "--answer_column")
     question_prefix, answer_prefix = PREFIXES.get(args.lang, PREFIXES["en"])
     labels = [x.strip() for x in args.labels.split(",") if x.strip()] if args.labels else list(DEFAULT_LABELS)
@@ -279,15 +224,12 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run the evaluation CLI; prints the metrics as JSON and returns 0 (user errors exit with code 2)."""
-    args = build_parser().parse_args(argv)
-    if args.task == "mcq":
-        metrics = _evaluate_mcq(args)
-    elif args.task == "mcq_generation":
-        metrics = _evaluate_mcq_generation(args)
-    else:
-        metrics = _evaluate_squad(args)
+EVALUATORS = {"mcq": _evaluate_mcq, "mcq_generation": _evaluate_mcq_generation}
+
+
+def run(args: argparse.Namespace) -> int:
+    """Score, print the metrics as JSON (and write them to --out)."""
+    metrics = EVALUATORS.get(args.task, _evaluate_squad)(args)
     text = json.dumps(metrics, indent=2, ensure_ascii=False)
     print(text)
     if args.out:
@@ -295,6 +237,12 @@ def main(argv: list[str] | None = None) -> int:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(text + "\n", encoding="utf-8")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the evaluation CLI; prints the metrics as JSON and returns 0 (user errors exit with code 2)."""
+    args = build_parser().parse_args(argv)
+    return report_errors("genqa.evaluate", lambda: run(args))
 
 
 if __name__ == "__main__":

@@ -17,17 +17,15 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from genqa.data_sources import DataError, load_source
-from genqa.errors import GenqaError
+from genqa.data.rows import load_rows
+from genqa.data.tasks import get_task
+from genqa.data.templates import load_template
+from genqa.errors import report_errors
 from genqa.files import write_atomic
-from genqa.metrics import LANGS, unique_ids
 from genqa.recipe import RecipeError, parse_recipe
 from genqa.run_dir import RECIPE_FILE, load_run
+from genqa.scoring.metrics import LANGS
 from genqa.submission import PredictionStore, SubmissionError, write_json_predictions, write_submission
-from genqa.tasks import get_task
-from genqa.templates import load_template
-
-DEFAULT_MAX_NEW_TOKENS = {"mcq": 8, "extractive": 48, "abstractive": 64, "mcq_generation": 256}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -75,27 +73,6 @@ def resolve_recipe(args: argparse.Namespace, overrides: list[str]):
                       "merged folder does); pass --recipe RECIPE.yaml.")
 
 
-def load_test_rows(qa, task, data: str, split: str | None,
-                   limit: int | None) -> tuple[list[dict[str, Any]], int]:
-    """Canonical test rows (answers optional: unlabelled rows have none) and how many repeated ids were renamed
-    `id#2`, `id#3`, ..."""
-    source = load_source(data)
-    name = split or ("test" if "test" in source else next(iter(source)))
-    if name not in source:
-        raise DataError(f"{data}: no split `{name}` (splits: {', '.join(source)}).")
-    ds = source[name]
-    if limit:
-        ds = ds.select(range(min(limit, len(ds))))
-    rows = task.to_canonical(ds, f"{data} [{name}]", require_answer=False).to_list()
-    ids, renamed = unique_ids([r["id"] for r in rows])
-    if renamed:
-        print(f"[genqa] warning: {renamed} repeated ids in {data}; later copies are renamed id#2, id#3, ... "
-              "(genqa.evaluate matches them the same way)", file=sys.stderr)
-    for row, uid in zip(rows, ids, strict=True):
-        row["id"] = uid
-    return rows, renamed
-
-
 def fingerprint(args: argparse.Namespace, qa, sft, model_args) -> dict[str, Any]:
     """What makes a set of predictions: model, data file, recipe and decoding settings (not --limit/--batch_size)."""
     import hashlib
@@ -114,12 +91,12 @@ def fingerprint(args: argparse.Namespace, qa, sft, model_args) -> dict[str, Any]
             "do_sample": args.do_sample, "dtype": args.dtype, "autocast": args.autocast, "recipe": digest}
 
 
-def load_model_for(backbone: str, base: str, adapter: str | None, dtype):
+def load_model_for(backbone, base: str, adapter: str | None, dtype):
     """The model to predict with: base (merged or not) plus an optional adapter, in eval mode."""
-    from genqa.modeling import auto_model_class
-    from genqa.tiny import resolve_model_path
+    from genqa.backbones import auto_class
+    from genqa.backbones.loading import resolve_model_path
 
-    model = auto_model_class(backbone).from_pretrained(resolve_model_path(base), dtype=dtype)
+    model = auto_class(backbone).from_pretrained(resolve_model_path(base), dtype=dtype)
     if adapter:
         from peft import PeftModel
 
@@ -130,8 +107,7 @@ def load_model_for(backbone: str, base: str, adapter: str | None, dtype):
 def _tokenizer_and_template(args, qa, template_overridden: bool = False):
     from transformers import AutoTokenizer
 
-    from genqa.modeling import ensure_pad_token
-    from genqa.tiny import resolve_model_path
+    from genqa.backbones.loading import ensure_pad_token, resolve_model_path
 
     folder = args.adapter or args.base
     tokenizer = ensure_pad_token(AutoTokenizer.from_pretrained(resolve_model_path(folder)))
@@ -142,32 +118,13 @@ def _tokenizer_and_template(args, qa, template_overridden: bool = False):
     return tokenizer, load_template(qa.template, tokenizer)
 
 
-def extractive_settings_for(args: argparse.Namespace, qa, sft) -> dict[str, Any]:
-    """Span-search settings: those the run was trained with (saved in its folder), overridden by the ones given on
-    this command line; the recipe's values where the run saved none."""
-    from genqa.extractive_trainer import SETTINGS_FILE, extractive_settings
-
-    from_recipe = {**extractive_settings(qa, sft.max_length or 384), "version_2_with_negative": True}
-    settings = dict(from_recipe)
-    saved = next((Path(f) / SETTINGS_FILE for f in (args.adapter, args.base)
-                  if f and (Path(f) / SETTINGS_FILE).is_file()), None)
-    if saved is not None:
-        settings.update(json.loads(saved.read_text(encoding="utf-8")))
-    passed = {a[2:].split("=", 1)[0] for a in args.overrides if a.startswith("--")}
-    settings.update({k: v for k, v in from_recipe.items() if k in passed})
-    return settings
-
-
 def predict(args: argparse.Namespace, qa, sft, model_args, rows: list[dict[str, Any]],
             store: PredictionStore) -> None:
-    """Predict every row not yet in `store`, appending records batch by batch."""
+    """Predict every row not yet in `store`, appending records batch by batch (a kill loses at most one batch)."""
     import torch
-    from datasets import Dataset
 
-    from genqa.encoding import PromptEncoder
-    from genqa.modeling import detect_backbone, model_device, torch_dtype
-    from genqa.predict import generate_texts, read_answer, score_labels
-    from genqa.tasks import CANONICAL_FEATURES
+    from genqa.backbones import PredictOptions, get_backbone
+    from genqa.backbones.loading import detect_backbone, model_device, torch_dtype
 
     task = get_task(qa)
     todo = [r for r in rows if r["id"] not in store]
@@ -175,94 +132,67 @@ def predict(args: argparse.Namespace, qa, sft, model_args, rows: list[dict[str, 
         print(f"[genqa] resuming: {len(rows) - len(todo)} of {len(rows)} rows already predicted in {store.path}")
     if not todo:
         return
-    backbone = detect_backbone(args.base, qa.backbone)
+    backbone = get_backbone(detect_backbone(args.base, qa.backbone))
     tokenizer, template = _tokenizer_and_template(args, qa, args.template_overridden)
     model = load_model_for(backbone, args.base, args.adapter, torch_dtype(args.dtype or model_args.dtype))
-    max_new = args.max_new_tokens or DEFAULT_MAX_NEW_TOKENS[qa.task]
+    passed = {a[2:].split("=", 1)[0] for a in args.overrides if a.startswith("--")}
+    options = PredictOptions(
+        max_length=sft.max_length, batch_size=args.batch_size,
+        max_new_tokens=args.max_new_tokens or task.max_new_tokens,
+        num_beams=args.num_beams, do_sample=args.do_sample, mcq_mode=args.mcq_mode, progress=not args.no_progress,
+        settings=backbone.prediction_settings([args.adapter, args.base], qa, sft, passed))
 
-    def records(pairs, how: str) -> list[dict[str, Any]]:
-        out = []
-        for row, raw in pairs:
-            answer, how_row = read_answer(task, row, raw, how)
-            out.append({"id": row["id"], "raw": raw, "answer": answer, "how": how_row})
-        return out
-
-    def sink(how: str):  # called after each batch, so a kill loses at most one batch
-        return lambda done: store.add(records(((todo[i], raw) for i, raw in done), how))
-
-    def chunks():  # seq2seq / extractive predictors take a Dataset: feed them a few batches at a time
-        size = args.batch_size * 8
-        for start in range(0, len(todo), size):
-            chunk = todo[start:start + size]
-            yield chunk, Dataset.from_list(chunk, features=CANONICAL_FEATURES)
+    def on_batch(done: list[tuple[int, str]], how: str) -> None:
+        records = []
+        for i, raw in done:
+            answer, how_row = task.read_answer(todo[i], raw, how)
+            records.append({"id": todo[i]["id"], "raw": raw, "answer": answer, "how": how_row})
+        store.add(records)
 
     device_type = model_device(model).type
     with (torch.autocast(device_type, dtype=torch.bfloat16) if args.autocast == "bf16" else contextlib.nullcontext()):
-        if backbone == "causal_lm":
-            encoder = PromptEncoder(task, tokenizer, template, sft.max_length)
-            if task.name == "mcq" and args.mcq_mode == "score":
-                score_labels(model, encoder, todo, task.labels_for, args.batch_size, sink("label_score"),
-                             not args.no_progress)
-            else:
-                generate_texts(model, encoder, todo, args.batch_size, max_new, args.num_beams, args.do_sample,
-                               sink("generate"), not args.no_progress)
-        elif backbone == "seq2seq":
-            from genqa.seq2seq import predict_seq2seq
+        backbone.predict(model, tokenizer, template, task, todo, options, on_batch)
 
-            for chunk, ds in chunks():
-                raws = predict_seq2seq(model, tokenizer, template, task, ds, max_length=sft.max_length or 512,
-                                       max_new_tokens=max_new, batch_size=args.batch_size, num_beams=args.num_beams)
-                store.add(records(zip(chunk, raws, strict=True), "generate"))
-        else:
-            from genqa.extractive import predict_extractive
 
-            settings = extractive_settings_for(args, qa, sft)
-            for chunk, ds in chunks():
-                spans = predict_extractive(model, tokenizer, ds, batch_size=args.batch_size, **settings)
-                store.add([{"id": r["id"], "raw": sp, "answer": sp, "how": "span" if sp else "no_answer"}
-                           for r, sp in zip(chunk, spans, strict=True)])
+def run(args: argparse.Namespace, overrides: list[str]) -> int:
+    """Predict, write the submission (or SQuAD JSON) and, when the data carries answers, the metrics."""
+    qa, sft, model_args = resolve_recipe(args, overrides)
+    task = get_task(qa)
+    rows, renamed = load_rows(task, args.data, args.split, limit=args.limit)
+    out = Path(args.out)
+    if renamed and out.suffix != ".json":
+        raise SubmissionError(f"{args.data}: {renamed} repeated ids; a submission needs one row per id. Set "
+                              "--id_column to a column with unique ids (or write --out X.json for evaluation).")
+    args.overrides = overrides
+    args.template_overridden = any(a.split("=", 1)[0] == "--template" for a in overrides)
+    store = PredictionStore(out.with_name(out.name + ".predictions.jsonl"), fingerprint(args, qa, sft, model_args))
+    predict(args, qa, sft, model_args, rows, store)
+    ids = [r["id"] for r in rows]
+    answers = {i: store.records[i]["answer"] for i in ids if i in store.records}
+    how = dict(Counter(store.records[i]["how"] for i in ids if i in store.records))
+    print(f"[genqa] {len(answers)}/{len(ids)} rows predicted; {json.dumps(how, ensure_ascii=False)}")
+    if out.suffix == ".json":
+        write_json_predictions(out, ids, answers)
+    else:
+        stats = write_submission(out, ids, answers, qa.submission_id_column, qa.submission_answer_column,
+                                 is_valid=task.is_valid_answer, fill=args.fill_missing)
+        if stats["filled"]:
+            print(f"[genqa] {stats['filled']} missing/invalid answers filled with {args.fill_missing!r}")
+    print(f"[genqa] wrote {out}")
+    if task.has_gold(rows):
+        from genqa.scoring.task_metrics import task_metrics
+
+        metrics = task_metrics(task, rows, answers, args.lang or qa.metric_lang)
+        metrics["predictions"] = how
+        write_atomic(out.with_name(out.name + ".metrics.json"), json.dumps(metrics, indent=2, ensure_ascii=False))
+        print(json.dumps(metrics, indent=2, ensure_ascii=False))
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `python -m genqa.generate`."""
     args, overrides = build_parser().parse_known_args(argv)
-    try:
-        qa, sft, model_args = resolve_recipe(args, overrides)
-        task = get_task(qa)
-        rows, renamed = load_test_rows(qa, task, args.data, args.split, args.limit)
-        out = Path(args.out)
-        if renamed and out.suffix != ".json":
-            raise SubmissionError(f"{args.data}: {renamed} repeated ids; a submission needs one row per id. Set "
-                                  "--id_column to a column with unique ids (or write --out X.json for evaluation).")
-        args.overrides = overrides
-        args.template_overridden = any(a.split("=", 1)[0] == "--template" for a in overrides)
-        store = PredictionStore(out.with_name(out.name + ".predictions.jsonl"), fingerprint(args, qa, sft, model_args))
-        predict(args, qa, sft, model_args, rows, store)
-        ids = [r["id"] for r in rows]
-        answers = {i: store.records[i]["answer"] for i in ids if i in store.records}
-        how = dict(Counter(store.records[i]["how"] for i in ids if i in store.records))
-        print(f"[genqa] {len(answers)}/{len(ids)} rows predicted; {json.dumps(how, ensure_ascii=False)}")
-        if out.suffix == ".json":
-            write_json_predictions(out, ids, answers)
-        else:
-            valid = set(task.args.option_labels) if task.name == "mcq" else None
-            stats = write_submission(out, ids, answers, qa.submission_id_column, qa.submission_answer_column,
-                                     is_valid=(lambda a: a in valid) if valid else (lambda a: a is not None),
-                                     fill=args.fill_missing)
-            if stats["filled"]:
-                print(f"[genqa] {stats['filled']} missing/invalid answers filled with {args.fill_missing!r}")
-        print(f"[genqa] wrote {out}")
-        from genqa.task_metrics import has_gold, task_metrics
-
-        if has_gold(task, rows):
-            metrics = task_metrics(task, rows, answers, args.lang or qa.metric_lang)
-            metrics["predictions"] = how
-            write_atomic(out.with_name(out.name + ".metrics.json"), json.dumps(metrics, indent=2, ensure_ascii=False))
-            print(json.dumps(metrics, indent=2, ensure_ascii=False))
-        return 0
-    except GenqaError as err:
-        print(f"genqa.generate: error: {err}", file=sys.stderr)
-        return 2
+    return report_errors("genqa.generate", lambda: run(args, overrides))
 
 
 if __name__ == "__main__":

@@ -20,9 +20,9 @@ from typing import Any
 
 import torch
 
-from genqa.errors import GenqaError
+from genqa.errors import GenqaError, report_errors
 from genqa.recipe import RecipeError, dump_recipe
-from genqa.run_dir import RECIPE_FILE, VALIDATION_FILE, load_run, load_validation_rows
+from genqa.run_dir import CARRIED_FILES, RECIPE_FILE, load_run, load_validation_rows
 
 TOLERANCE = {torch.float32: 1e-3, torch.bfloat16: 5e-2, torch.float16: 2e-2}
 
@@ -50,39 +50,21 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def check_batch(run_dir: str, qa, sft, tokenizer, backbone: str, n_rows: int) -> dict[str, torch.Tensor]:
-    """Token ids for the merge check: prompt + answer of the run's first validation rows (training rows if none)."""
-    from genqa.encoding import PromptEncoder
-    from genqa.run_dir import load_canonical_splits
-    from genqa.tasks import get_task
+def check_rows(run_dir: str, qa, n_rows: int) -> list[dict[str, Any]]:
+    """The run's first validation rows (its training rows if it kept none): what the merge is checked on."""
+    from genqa.data.rows import load_canonical_splits
+    from genqa.data.tasks import get_task
 
-    task = get_task(qa)
     rows = load_validation_rows(run_dir)
     if rows is None:
-        rows, _, _ = load_canonical_splits(qa, task)
-    rows = rows.select(range(min(n_rows, len(rows)))).to_list()
-    if backbone == "extractive":
-        enc = tokenizer([r["question"] for r in rows], [r["context"] for r in rows], truncation="only_second",
-                        max_length=sft.max_length or 384, padding=True, return_tensors="pt")
-        return dict(enc)
-    template = tokenizer.chat_template
-    if backbone == "seq2seq":  # prompts and targets exactly as the seq2seq trainer encoded them
-        from genqa.seq2seq import Seq2SeqEncoder
-
-        encoded = [e for e in map(Seq2SeqEncoder(task, tokenizer, template, sft.max_length, None).encode, rows)
-                   if e["input_ids"]]
-        batch = tokenizer.pad([{"input_ids": e["input_ids"]} for e in encoded], return_tensors="pt")
-        labels = tokenizer.pad([{"input_ids": e["labels"]} for e in encoded], return_tensors="pt")["input_ids"]
-        return {**dict(batch), "labels": labels}
-    encoder = PromptEncoder(task, tokenizer, template, sft.max_length)
-    seqs = [s for s in (encoder.encode(r)["input_ids"] for r in rows) if s] or [tokenizer("check")["input_ids"]]
-    return dict(tokenizer.pad([{"input_ids": s} for s in seqs], return_tensors="pt"))
+        rows, _, _ = load_canonical_splits(qa, get_task(qa))
+    return rows.select(range(min(n_rows, len(rows)))).to_list()
 
 
 @torch.inference_mode()
 def logits_of(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """Float32 logits (QA models: start and end logits stacked) on the padding-free positions."""
-    from genqa.modeling import model_device
+    from genqa.backbones.loading import model_device
 
     device = model_device(model)
     out = model(**{k: v.to(device) for k, v in batch.items()})
@@ -102,8 +84,9 @@ def merge(args: argparse.Namespace) -> dict[str, Any]:
     from peft import PeftModel
     from transformers import AutoTokenizer
 
-    from genqa.modeling import auto_model_class, detect_backbone, ensure_pad_token, load_model, torch_dtype
-    from genqa.tiny import resolve_model_path
+    from genqa.backbones import auto_class, get_backbone
+    from genqa.backbones.loading import detect_backbone, ensure_pad_token, resolve_model_path, torch_dtype
+    from genqa.data.tasks import get_task
 
     run = Path(args.adapter)
     if not (run / "adapter_config.json").is_file():
@@ -114,11 +97,12 @@ def merge(args: argparse.Namespace) -> dict[str, Any]:
         raise RecipeError(f"{out} already exists; choose another --out or pass --overwrite.")
     qa, sft, model_args = load_run(run, ["--use_cpu", "true"])
     base = args.base or model_args.model_name_or_path
-    backbone = detect_backbone(base, qa.backbone)
-    auto = auto_model_class(backbone)
+    backbone = get_backbone(detect_backbone(base, qa.backbone))
+    auto = auto_class(backbone)
     dtype = torch_dtype(args.dtype)
     tokenizer = ensure_pad_token(AutoTokenizer.from_pretrained(run))
-    batch = check_batch(str(run), qa, sft, tokenizer, backbone, args.check_rows)
+    batch = backbone.check_batch(get_task(qa), tokenizer, tokenizer.chat_template, sft,
+                                 check_rows(str(run), qa, args.check_rows))
     report: dict[str, Any] = {"adapter": str(run), "base": base, "dtype": args.dtype, "check_rows": args.check_rows}
 
     model = PeftModel.from_pretrained(auto.from_pretrained(resolve_model_path(base), dtype=dtype), run)
@@ -137,10 +121,7 @@ def merge(args: argparse.Namespace) -> dict[str, Any]:
         # the base quantized exactly as training loaded it (an extractive span head stays full precision)
         train_args = copy.copy(model_args)
         train_args.model_name_or_path = base
-        from genqa.extractive_trainer import QA_HEAD
-
-        keep = (QA_HEAD,) if backbone == "extractive" else ()
-        qmodel = PeftModel.from_pretrained(load_model(train_args, auto, skip_quant_modules=keep), run).eval()
+        qmodel = PeftModel.from_pretrained(backbone.load_model(train_args), run).eval()
         q_logits = logits_of(qmodel, batch)
         report["train_time_4bit_vs_merged_max_abs_diff"] = float((q_logits - merged_logits).abs().max())
         print("[genqa] quantization error: the 4-bit training-time model differs from the merged model by max "
@@ -167,13 +148,11 @@ def save_merged(model, tokenizer, run: Path, out: Path, args, qa, sft, model_arg
     try:
         model.save_pretrained(tmp, max_shard_size=args.max_shard_size, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-        from genqa.extractive_trainer import SETTINGS_FILE
-
         recipe = resolved_recipe(qa, sft, model_args)
         recipe.update(model_name_or_path=str(out), use_peft=False, load_in_4bit=False, load_in_8bit=False,
                       dtype=args.dtype)
         dump_recipe(recipe, tmp / RECIPE_FILE)
-        for name in (VALIDATION_FILE, SETTINGS_FILE):  # rows for checks; span-search settings
+        for name in CARRIED_FILES:
             if (run / name).is_file():
                 shutil.copy2(run / name, tmp / name)
         (tmp / "genqa_merge_report.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
@@ -189,12 +168,12 @@ def save_merged(model, tokenizer, run: Path, out: Path, args, qa, sft, model_arg
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `python -m genqa.merge`."""
     args = build_parser().parse_args(argv)
-    try:
+
+    def run() -> int:
         merge(args)
         return 0
-    except GenqaError as err:
-        print(f"genqa.merge: error: {err}", file=sys.stderr)
-        return 2
+
+    return report_errors("genqa.merge", run)
 
 
 if __name__ == "__main__":

@@ -14,35 +14,26 @@ from pathlib import Path
 from typing import Any
 
 from datasets import Dataset
+from trl import ModelConfig, SFTConfig
 
 from genqa.config import QAArguments
-from genqa.data_sources import load_source, train_validation
+from genqa.data.tasks import CANONICAL_FEATURES
 from genqa.files import write_atomic
 from genqa.messages import is_main_process, say
 from genqa.recipe import RecipeError, dump_recipe, parse_recipe, resolved_recipe
-from genqa.tasks import CANONICAL_FEATURES, Task
 
 RECIPE_FILE = "genqa_recipe.yaml"
 REPORT_FILE = "genqa_data_report.json"
 VALIDATION_FILE = "genqa_validation.jsonl"
+#: span-search settings an extractive run was trained with
+SETTINGS_FILE = "genqa_extractive.json"
+EVAL_METRICS_FILE = "genqa_eval_metrics.json"
+EVAL_PREDICTIONS_FILE = "genqa_eval_predictions.json"
+#: files a merged folder carries over from its run: validation rows for checks, span-search settings
+CARRIED_FILES = (VALIDATION_FILE, SETTINGS_FILE)
 
 
-def load_canonical_splits(qa: QAArguments, task: Task) -> tuple[Dataset, Dataset | None, str]:
-    """Load the recipe's data source, pick/make the validation split, map both onto the task schema."""
-    data = load_source(qa.dataset_path, qa.dataset_format, qa.dataset_config)
-    train, val, note = train_validation(data, qa.train_split, qa.eval_split, qa.validation_size, qa.split_seed,
-                                        qa.context_column, source=qa.dataset_path)
-    if qa.max_train_samples:
-        train = train.select(range(min(qa.max_train_samples, len(train))))
-    if val is not None and qa.max_eval_samples:
-        val = val.select(range(min(qa.max_eval_samples, len(val))))
-    train = task.to_canonical(train, f"{qa.dataset_path} [{qa.train_split}]")
-    if val is not None:
-        val = task.to_canonical(val, f"{qa.dataset_path} [validation]")
-    return train, val, note
-
-
-def prepare_output_dir(sft) -> str | bool | None:
+def prepare_output_dir(sft: SFTConfig) -> str | bool | None:
     """Create the output folder; return the checkpoint to resume from (explicit, or the last one found).
 
     A folder holding a finished model or checkpoints is never trained over from scratch: genqa resumes, or refuses.
@@ -103,8 +94,8 @@ def check_resumed_recipe(output_dir: str, recipe: dict[str, Any]) -> None:
                           f"with ({path}).")
 
 
-def save_run_files(output_dir: str, qa: QAArguments, sft, model_args, reports: list, validation: Dataset | None,
-                   ) -> None:
+def save_run_files(output_dir: str, qa: QAArguments, sft: SFTConfig, model_args: ModelConfig, reports: list,
+                   validation: Dataset | None) -> None:
     """Write the resolved recipe, the tokenization report and the canonical validation rows into the run folder."""
     if not is_main_process():
         return
@@ -117,7 +108,8 @@ def save_run_files(output_dir: str, qa: QAArguments, sft, model_args, reports: l
         write_atomic(out / VALIDATION_FILE, "\n".join(lines) + "\n")
 
 
-def load_run(run_dir: str | os.PathLike, overrides: list[str] | None = None):
+def load_run(run_dir: str | os.PathLike, overrides: list[str] | None = None
+             ) -> tuple[QAArguments, SFTConfig, ModelConfig]:
     """The (QAArguments, SFTConfig, ModelConfig) a run was trained with, from its saved recipe."""
     path = Path(run_dir) / RECIPE_FILE
     if not path.is_file():
@@ -135,7 +127,7 @@ def load_validation_rows(run_dir: str | os.PathLike) -> Dataset | None:
     return Dataset.from_list(rows, features=CANONICAL_FEATURES) if rows else None
 
 
-def start_run(sft, qa: QAArguments, model_args, tokenizer, template: str, reports: list,
+def start_run(qa: QAArguments, sft: SFTConfig, model_args: ModelConfig, tokenizer, template: str, reports: list,
               validation: Dataset | None) -> str | bool | None:
     """Prepare the run folder before training (template onto the tokenizer, genqa's files written); returns the
     checkpoint to resume from."""
@@ -160,17 +152,17 @@ def check_fsdp(trainer) -> None:
                           "machine use accelerate_configs/ddp.yaml, or a DeepSpeed config with DS_ACCELERATOR=cpu.")
 
 
-def train_and_finish(trainer, resume: str | bool | None, tokenizer, sft, qa: QAArguments, model_args, reports: list,
-                     validation: Dataset | None) -> str:
+def train_and_finish(trainer, resume: str | bool | None, tokenizer, qa: QAArguments, sft: SFTConfig,
+                     model_args: ModelConfig, reports: list, validation: Dataset | None) -> str:
     """Train (resuming from `resume`, as `start_run` returned it) after checking accelerate kept its promise of FSDP,
     then save everything with `finish_run`; returns the run folder. Every trainer (causal, seq2seq, extractive) ends
     here."""
     check_fsdp(trainer)
     trainer.train(resume_from_checkpoint=resume)
-    return finish_run(trainer, tokenizer, sft, qa, model_args, reports, validation)
+    return finish_run(trainer, tokenizer, qa, sft, model_args, reports, validation)
 
 
-def finish_run(trainer, tokenizer, sft, qa: QAArguments, model_args, reports: list,
+def finish_run(trainer, tokenizer, qa: QAArguments, sft: SFTConfig, model_args: ModelConfig, reports: list,
                validation: Dataset | None) -> str:
     """Save the model (adapter or full), trainer state, tokenizer and genqa's files; returns the run folder."""
     trainer.save_model(sft.output_dir)

@@ -1,27 +1,26 @@
 """Train a QA recipe: `accelerate launch -m genqa.sft RECIPE.yaml [--key value ...]`.
 
-recipe → data source → task → template → tokenization (response-only labels) → TRL `SFTTrainer` → run folder.
-Encoder-decoders (T5) and extractive encoders (BERT / XLM-R) share everything up to the trainer and branch there.
+recipe → data source → task → template → tokenization (response-only labels) → backbone trainer → run folder.
+The backbone (`genqa.backbones`: causal LM with TRL's `SFTTrainer`, T5 seq2seq, extractive encoder) is read from the
+recipe or detected from the model, and trains through its module's `train`.
 `--dry_run` validates the recipe and prints the resolved configuration without loading a model or data.
 """
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
 import yaml
 
+from genqa.backbones.tiny import is_tiny
 from genqa.config import QAArguments
-from genqa.data_sources import DataError, detect_format
-from genqa.errors import GenqaError
+from genqa.data.sources import DataError, detect_format
+from genqa.data.tasks import get_task
+from genqa.data.templates import TemplateError, load_template
+from genqa.errors import report_errors
 from genqa.messages import say
 from genqa.recipe import RecipeError, non_default_items, parse_recipe
-from genqa.run_dir import load_canonical_splits, start_run, train_and_finish
-from genqa.tasks import get_task
-from genqa.templates import TemplateError, load_template
-from genqa.tiny import is_tiny
 
 
 def torch_cuda_available() -> bool:
@@ -54,13 +53,9 @@ def validate(qa: QAArguments, sft, model_args, recipe_path: str | None) -> list[
         except TemplateError as err:
             problems.append(f"{where}: template: {err}")
     try:
-        get_task(qa)
+        problems += [f"{where}: {p}" for p in get_task(qa).recipe_problems()]
     except DataError as err:
         problems.append(f"{where}: {err}")
-    if qa.task in ("mcq", "mcq_generation") and qa.options_columns and not qa.answer_column:
-        problems.append(f"{where}: task {qa.task} needs `answer_column` for training.")
-    if qa.task == "extractive" and not (qa.context_column and qa.question_column):
-        problems.append(f"{where}: task extractive needs `context_column` and `question_column`.")
     if sft.max_length is not None and sft.max_length < 16:
         problems.append(f"{where}: max_length={sft.max_length} leaves no room for a prompt and an answer.")
     if (model_args.load_in_4bit or model_args.load_in_8bit) and not model_args.use_peft:
@@ -79,39 +74,28 @@ def print_resolved(qa, sft, model_args, recipe_path: str | None) -> None:
     print(yaml.safe_dump(doc, sort_keys=False, allow_unicode=True))
 
 
-def train_causal_lm(qa: QAArguments, sft, model_args, recipe_path: str | None) -> str:
-    """Fine-tune a causal LM with TRL's SFTTrainer on the recipe's task; returns the run folder."""
-    from transformers import AutoModelForCausalLM
-    from trl import SFTTrainer
+def run(argv: list[str]) -> int:
+    """Parse, validate and train (or only print, with `--dry_run`)."""
+    qa, sft, model_args, recipe_path = parse_recipe(argv)
+    model_args.trust_remote_code = bool(getattr(sft, "trust_remote_code", False))
+    problems = validate(qa, sft, model_args, recipe_path)
+    if problems:
+        raise RecipeError("\n".join(problems))
+    if qa.dry_run:
+        print_resolved(qa, sft, model_args, recipe_path)
+        print(f"[genqa] recipe {recipe_path or '(command line)'} is valid.")
+        return 0
+    if is_tiny(model_args.model_name_or_path):
+        say(f"[genqa] {model_args.model_name_or_path}: a tiny model built offline by genqa -- a pipeline check, "
+            "not a useful model.")
+    from genqa.backbones import get_backbone
+    from genqa.backbones.loading import detect_backbone
 
-    from genqa.encoding import PromptEncoder, encode_splits
-    from genqa.modeling import load_model, load_tokenizer, lora_config
-
-    tokenizer = load_tokenizer(model_args)
-    template = load_template(qa.template, tokenizer)
-    task = get_task(qa)
-    train_rows, eval_rows, note = load_canonical_splits(qa, task)
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    say(f"[genqa] processes: {world} ({'GPU' if torch_cuda_available() else 'CPU'})")
-    say(f"[genqa] data: {qa.dataset_path}: {len(train_rows)} train rows; {note}")
-    encoder = PromptEncoder(task, tokenizer, template, sft.max_length,
-                            completion_only_loss=sft.completion_only_loss is not False)
-    train_ds, eval_ds, reports = encode_splits(encoder, train_rows, eval_rows, sft.eval_strategy,
-                                               recipe_path or qa.dataset_path)
-    resume = start_run(sft, qa, model_args, tokenizer, template, reports, eval_rows)
-    model = load_model(model_args, AutoModelForCausalLM)
-    if model.generation_config.pad_token_id is None:
-        model.generation_config.pad_token_id = tokenizer.pad_token_id
-    trainer = SFTTrainer(model=model, args=sft, train_dataset=train_ds, eval_dataset=eval_ds,
-                         processing_class=tokenizer, peft_config=lora_config(model_args, "CAUSAL_LM"))
-    if qa.generation_eval_samples and eval_rows is not None:
-        from genqa.generation_eval import GenerationEvalCallback
-
-        rows = eval_rows.select(range(min(qa.generation_eval_samples, len(eval_rows)))).to_list()
-        callback = GenerationEvalCallback(encoder, rows, qa.generation_eval_max_new_tokens, qa.metric_lang)
-        callback.trainer = trainer
-        trainer.add_callback(callback)
-    return train_and_finish(trainer, resume, tokenizer, sft, qa, model_args, reports, eval_rows)
+    backbone = get_backbone(detect_backbone(model_args.model_name_or_path, qa.backbone, model_args.trust_remote_code))
+    out = backbone.train(qa, sft, model_args, recipe_path)
+    say(f"[genqa] run folder: {out}")
+    end_process_group(wait_for_all=True)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -120,34 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     if not torch_cuda_available() and not any(a.startswith("--use_cpu") for a in argv):
         argv += ["--use_cpu", "true"]  # no GPU: train on the CPU (bf16 and multi-process DDP need it, shared NOTES)
     try:
-        qa, sft, model_args, recipe_path = parse_recipe(argv)
-        model_args.trust_remote_code = bool(getattr(sft, "trust_remote_code", False))
-        problems = validate(qa, sft, model_args, recipe_path)
-        if problems:
-            raise RecipeError("\n".join(problems))
-        if qa.dry_run:
-            print_resolved(qa, sft, model_args, recipe_path)
-            print(f"[genqa] recipe {recipe_path or '(command line)'} is valid.")
-            return 0
-        if is_tiny(model_args.model_name_or_path):
-            say(f"[genqa] {model_args.model_name_or_path}: a tiny model built offline by genqa -- a pipeline check, "
-                  "not a useful model.")
-        from genqa.modeling import detect_backbone
-
-        backbone = detect_backbone(model_args.model_name_or_path, qa.backbone, model_args.trust_remote_code)
-        if backbone == "seq2seq":
-            from genqa.seq2seq import train_seq2seq as trainer_fn
-        elif backbone == "extractive":
-            from genqa.extractive_trainer import train_extractive as trainer_fn
-        else:
-            trainer_fn = train_causal_lm
-        out = trainer_fn(qa, sft, model_args, recipe_path)
-        say(f"[genqa] run folder: {out}")
-        end_process_group(wait_for_all=True)
-        return 0
-    except GenqaError as err:
-        print(f"genqa.sft: error: {err}", file=sys.stderr)
-        return 2
+        return report_errors("genqa.sft", lambda: run(argv))
     finally:
         end_process_group(wait_for_all=False)
 

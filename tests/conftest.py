@@ -38,7 +38,7 @@ def _repo_cwd():
 @pytest.fixture(scope="session")
 def tiny_llama_path() -> str:
     """Folder of the tiny offline Llama (built once, cached under $GENQA_CACHE)."""
-    from genqa.tiny import resolve_model_path
+    from genqa.backbones.loading import resolve_model_path
 
     return resolve_model_path("tiny:llama")
 

@@ -20,7 +20,7 @@ if not shutil.which(os.environ.get("CXX", "c++")):
 
 from launching import ENV, STEPS, assert_adapter_like_ddp, assert_trained_like_ddp, launch  # noqa: E402
 
-from genqa.tiny import cache_dir  # noqa: E402
+from genqa.backbones.tiny import cache_dir  # noqa: E402
 
 pytestmark = pytest.mark.slow
 

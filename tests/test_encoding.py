@@ -7,9 +7,9 @@ import copy
 import pytest
 
 from genqa.config import QAArguments
-from genqa.encoding import PromptEncoder
-from genqa.tasks import get_task
-from genqa.templates import load_template
+from genqa.data.encoding import PromptEncoder
+from genqa.data.tasks import get_task
+from genqa.data.templates import load_template
 
 TEMPLATE_END = {"alpaca": "</s>", "alpaca_zh": "</s>", "llama2": "</s>", "llama3": "<|eot_id|>",
                 "chatml": "<|im_end|>"}
@@ -83,7 +83,7 @@ def test_exactly_one_bos(template, bos_adding_tokenizer):
     assert enc["input_ids"].count(tok.bos_token_id) == 1
     from datasets import Dataset
 
-    from genqa.tasks import CANONICAL_FEATURES
+    from genqa.data.tasks import CANONICAL_FEATURES
     _, report = encoder.encode_dataset(Dataset.from_list([dict(ROW)], features=CANONICAL_FEATURES))
     assert report.rows_with_double_bos == 0 and report.rows_missing_end_token == 0
 
@@ -106,7 +106,7 @@ def test_long_context_is_cut_not_question_or_answer(tiny_tokenizer):
 def test_row_that_cannot_fit_is_dropped_and_counted(tiny_tokenizer):
     from datasets import Dataset
 
-    from genqa.tasks import CANONICAL_FEATURES
+    from genqa.data.tasks import CANONICAL_FEATURES
     long_q = dict(ROW, question="Why " * 200 + "?")
     task = get_task(QAArguments(task="extractive", template="alpaca"))
     encoder = PromptEncoder(task, tiny_tokenizer, load_template("alpaca"), max_length=256)
@@ -116,7 +116,7 @@ def test_row_that_cannot_fit_is_dropped_and_counted(tiny_tokenizer):
 
 
 def test_template_that_masks_everything_is_rejected(tmp_path, tiny_tokenizer):
-    from genqa.templates import TemplateError
+    from genqa.data.templates import TemplateError
     bad = tmp_path / "bad.jinja"
     bad.write_text("{% for m in messages %}{% if m['role'] == 'user' %}{{ m['content'] }}{% endif %}{% endfor %}",
                    encoding="utf-8")
@@ -143,7 +143,7 @@ def test_trl_assistant_only_mask_matches_genqa(tiny_tokenizer):
 
 
 def test_tokenizer_own_chat_template(tiny_tokenizer):
-    from genqa.templates import TemplateError
+    from genqa.data.templates import TemplateError
 
     tok = copy.deepcopy(tiny_tokenizer)
     with pytest.raises(TemplateError, match="has none"):

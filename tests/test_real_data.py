@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from genqa.config import QAArguments
-from genqa.data_sources import grouped_split, load_source
-from genqa.tasks import get_task
+from genqa.data.sources import grouped_split, load_source
+from genqa.data.tasks import get_task
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 pytestmark = pytest.mark.skipif(not DATA.is_dir(), reason="../shared/data is absent")

@@ -14,14 +14,15 @@ import pytest
 from datasets import Dataset
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
+from genqa.backbones.loading import resolve_model_path
+from genqa.backbones.seq2seq import Seq2SeqEncoder, max_target_length, predict_seq2seq
 from genqa.config import QAArguments
+from genqa.data.rows import load_canonical_splits
+from genqa.data.tasks import CANONICAL_FEATURES, get_task
+from genqa.data.templates import load_template
 from genqa.recipe import parse_recipe
-from genqa.run_dir import load_canonical_splits, load_run
-from genqa.seq2seq import DEFAULT_MAX_TARGET_LENGTH, Seq2SeqEncoder, max_target_length, predict_seq2seq
+from genqa.run_dir import load_run
 from genqa.sft import main as sft_main
-from genqa.tasks import CANONICAL_FEATURES, get_task
-from genqa.templates import load_template
-from genqa.tiny import resolve_model_path
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "recipes" / "tiny" / "t5.yaml"
@@ -181,7 +182,7 @@ def test_rows_that_cannot_fit_are_dropped_and_counted(t5_tokenizer):
 
 def test_max_target_length_key():
     qa = QAArguments()
-    assert max_target_length(qa) == DEFAULT_MAX_TARGET_LENGTH == 32
+    assert max_target_length(qa) == 32
     qa.max_target_length = 8  # the recipe key, once it is a QAArguments field
     assert max_target_length(qa) == 8
     qa.max_target_length = 0
@@ -231,7 +232,7 @@ def test_squad_v2_recipe_reads_the_hub_layout(tmp_path, t5_tokenizer):
     train, val, _ = load_canonical_splits(qa, task)
     assert val is None and [task.target(ex) for ex in train] == ["Marta Ruiz", "2004", "unanswerable",
                                                                  "on the library wall"]
-    encoder = Seq2SeqEncoder(task, t5_tokenizer, load_template(qa.template), sft.max_length)
+    encoder = Seq2SeqEncoder(task, t5_tokenizer, load_template(qa.template), sft.max_length, max_target_length(qa))
     text = t5_tokenizer.decode(encoder.encode(train[0])["input_ids"], skip_special_tokens=True)
     assert text == f"question: Who painted the mural? context: {context}"
 

@@ -9,9 +9,9 @@ import pytest
 from datasets import Dataset
 
 from genqa.config import QAArguments
-from genqa.data_sources import DataError, grouped_split, load_source
-from genqa.predict import map_to_context
-from genqa.tasks import get_task, split_options
+from genqa.data.answers import map_to_context
+from genqa.data.sources import DataError, grouped_split, load_source
+from genqa.data.tasks import get_task, split_options
 
 LABELS = ["A", "B", "C", "D"]
 

@@ -87,7 +87,7 @@ def test_qlora_gradients_survive_an_evaluation_pass(tiny_llama_path, fix):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
-    from genqa.modeling import disable_cpu_4bit_inference_repack
+    from genqa.backbones.loading import disable_cpu_4bit_inference_repack
 
     tok = AutoTokenizer.from_pretrained(tiny_llama_path)
     batch = tok(["Câu hỏi: Sông Hồng đổ ra đâu?", "問題：小明怎麼去學校？"], return_tensors="pt", padding=True)

@@ -1,6 +1,7 @@
 """Tiny offline models that genqa builds itself, deterministically, with no download.
 
-`tiny:llama` (and `tiny:t5`) in a recipe's `model_name_or_path` resolve to a folder under `$GENQA_CACHE`
+`tiny:llama` (and `tiny:t5`) in a recipe's `model_name_or_path` resolve (through `genqa.backbones.loading`) to a
+folder under `$GENQA_CACHE`
 (default `~/.cache/genqa`) holding a freshly initialised model and a byte-level BPE tokenizer trained on a fixed
 multilingual corpus (the project's sample data plus a few sentences). They check the pipeline end to end on a CPU;
 they are not useful models.
@@ -16,7 +17,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from genqa.templates import TEMPLATE_DIR
+from genqa.data.templates import TEMPLATE_DIR
+from genqa.recipe import RecipeError
 
 TINY_PREFIX = "tiny:"
 TINY_VERSION = "3"
@@ -126,7 +128,8 @@ def build_t5(path: Path) -> None:
     eos = tokenizer.eos_token_id
     tokenizer.backend_tokenizer.post_processor = processors.TemplateProcessing(  # T5 tokenizers end inputs with </s>
         single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", eos)])
-    config = T5Config(bos_token_id=tokenizer.bos_token_id, vocab_size=len(tokenizer), d_model=64, d_kv=16, d_ff=128, num_layers=2, num_decoder_layers=2,
+    config = T5Config(bos_token_id=tokenizer.bos_token_id, vocab_size=len(tokenizer), d_model=64, d_kv=16, d_ff=128,
+                      num_layers=2, num_decoder_layers=2,
                       num_heads=4, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
                       decoder_start_token_id=tokenizer.pad_token_id)
     torch.manual_seed(0)
@@ -138,18 +141,11 @@ def build_t5(path: Path) -> None:
 BUILDERS = {"llama": build_llama, "t5": build_t5}
 
 
-def resolve_model_path(name: str) -> str:
-    """Map `tiny:<kind>` to a built folder (building it once, atomically) and `pkg:<package>` to a model shipped
-    inside an installed Python package; other names pass through."""
-    if name and name.startswith("pkg:"):
-        from genqa.extractive import resolve_package_model
-
-        return resolve_package_model(name)
-    if not is_tiny(name):
-        return name
+def build(name: str) -> str:
+    """The folder of tiny model `tiny:<kind>`, built once (atomically) under the cache folder."""
     kind = name[len(TINY_PREFIX):]
     if kind not in BUILDERS:
-        raise ValueError(f"model_name_or_path: unknown tiny model {name!r}; use one of "
+        raise RecipeError(f"model_name_or_path: unknown tiny model {name!r}; use one of "
                          f"{', '.join(TINY_PREFIX + k for k in BUILDERS)}.")
     digest = hashlib.sha256("\n".join(_corpus()).encode("utf-8")).hexdigest()[:10]
     target = cache_dir() / "tiny" / f"{kind}-v{TINY_VERSION}-{digest}"

@@ -15,7 +15,7 @@ from transformers import PreTrainedTokenizerBase
 
 from genqa.errors import GenqaError
 
-TEMPLATE_DIR = Path(__file__).resolve().parents[1] / "templates"
+TEMPLATE_DIR = Path(__file__).resolve().parents[2] / "templates"
 _SENTINEL = "\u2063GENQA_ANSWER\u2063"
 
 

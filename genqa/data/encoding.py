@@ -15,8 +15,8 @@ from typing import Any
 from datasets import Dataset
 from transformers import PreTrainedTokenizerBase
 
-from genqa.tasks import Task
-from genqa.templates import end_of_turn, render, split_prompt_completion
+from genqa.data.tasks import Task
+from genqa.data.templates import end_of_turn, render, split_prompt_completion
 
 OK, CONTEXT_TRUNCATED, TOO_LONG, MASKED = "ok", "context_truncated", "too_long", "fully_masked"
 
@@ -173,7 +173,7 @@ def encode_splits(encoder, train_rows: Dataset, eval_rows: Dataset | None, eval_
                   hint: str = "raise max_length") -> tuple[Dataset, Dataset | None, list[EncodingReport]]:
     """Tokenize the train and validation rows with `encoder` (any object with `encode_dataset`), print their
     reports, and fail clearly when nothing is left to train on or evaluation has no data."""
-    from genqa.data_sources import DataError
+    from genqa.data.sources import DataError
     from genqa.messages import say
     from genqa.recipe import RecipeError
 

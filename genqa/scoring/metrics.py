@@ -27,13 +27,14 @@ import unicodedata
 from collections.abc import Hashable, Iterable, Mapping, Sequence
 from typing import Any, Literal
 
-from genqa.mcq_format import FAILURE_CODES, parse_mcq
+from genqa.data.mcq_format import FAILURE_CODES, parse_mcq
 
 LANGS: tuple[str, ...] = ("en", "vi", "zh")
 _PUNCT = set(string.punctuation)
 _ARTICLES = re.compile(r"\b(a|an|the)\b", re.UNICODE)
 #: CJK punctuation removed for `lang="zh"` (besides ASCII punctuation and any Unicode `P*` character).
-ZH_PUNCTUATION = "，。！？；：、“”‘’（）《》【】「」『』〈〉〔〕…—～·．－﹏＂＃＄％＆＇＊＋／＜＝＞＠［＼］＾＿｀｛｜｝￥"
+ZH_PUNCTUATION = ("，。！？；：、“”‘’（）《》【】「」『』〈〉〔〕…—～·．－﹏"
+                  "＂＃＄％＆＇＊＋／＜＝＞＠［＼］＾＿｀｛｜｝￥")
 _ZH_PUNCT = _PUNCT | set(ZH_PUNCTUATION)
 
 
@@ -175,57 +176,6 @@ def squad_scores(examples: Iterable[tuple[Hashable, Sequence[str]]], predictions
     if version == 1:
         return _squad_v1_scores(examples, predictions, lang)
     raise ValueError(f"Unknown SQuAD version {version!r}; use 1 or 2.")
-
-
-def unique_ids(ids: Sequence[str]) -> tuple[list[str], int]:
-    """Make repeated ids unique the way genqa.generate does (`id`, `id#2`, `id#3`); returns (ids, how many renamed)."""
-    seen: dict[str, int] = {}
-    out = []
-    for i in ids:
-        seen[i] = seen.get(i, 0) + 1
-        out.append(i if seen[i] == 1 else f"{i}#{seen[i]}")
-    return out, sum(n - 1 for n in seen.values())
-
-
-def squad_question_id(article: int, paragraph: int, question: int) -> str:
-    """Id given to a SQuAD-layout question that has none (UIT-ViQuAD 1.0): `article-paragraph-question`."""
-    return f"{article}-{paragraph}-{question}"
-
-
-def _squad_data(dataset: Any) -> list[dict[str, Any]]:
-    """Accept the `data` list or the whole SQuAD JSON object."""
-    if isinstance(dataset, Mapping):
-        if "data" not in dataset:
-            raise ValueError("Not a SQuAD JSON object: no top-level `data` list.")
-        dataset = dataset["data"]
-    return list(dataset)
-
-
-def squad_examples(dataset: Any) -> list[tuple[str, list[str]]]:
-    """`(qid, gold answer texts)` in dataset order from SQuAD JSON (`data` list or whole object); ids optional."""
-    out = []
-    for a, article in enumerate(_squad_data(dataset)):
-        for p, para in enumerate(article.get("paragraphs", [])):
-            for q, qa in enumerate(para.get("qas", [])):
-                qid = str(qa.get("id") or squad_question_id(a, p, q))
-                out.append((qid, [ans["text"] for ans in qa.get("answers") or []]))
-    return out
-
-
-def is_squad_v2(dataset: Any) -> bool:
-    """True when any question of the SQuAD JSON carries an `is_impossible` key."""
-    return any("is_impossible" in qa for article in _squad_data(dataset)
-               for para in article.get("paragraphs", []) for qa in para.get("qas", []))
-
-
-def squad_v1(dataset_json_data: Any, predictions: Mapping[str, Any], lang: str = "en") -> dict[str, float]:
-    """Official SQuAD v1.1 evaluation: `{"exact_match", "f1"}` in percent; missing predictions count 0."""
-    return squad_scores(squad_examples(dataset_json_data), predictions, lang=lang, version=1)
-
-
-def squad_v2(dataset_json_data: Any, predictions: Mapping[str, Any], lang: str = "en") -> dict[str, Any]:
-    """Official SQuAD v2.0 evaluation (no na_prob file): `exact, f1, total, HasAns_*, NoAns_*` in percent."""
-    return squad_scores(squad_examples(dataset_json_data), predictions, lang=lang, version=2)
 
 
 _CHOICE_LEAD = re.compile(r"^\(?([A-Z])\s*[.):：]")

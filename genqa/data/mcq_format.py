@@ -104,7 +104,7 @@ def _prefix_regex(prefix: str) -> re.Pattern[str]:
     return re.compile(r"^" + "".join(parts) + r"\s*(.*)$", re.IGNORECASE | re.DOTALL)
 
 
-def _label_alternation(labels: Sequence[str]) -> str:
+def label_alternation(labels: Sequence[str]) -> str:
     """Regex alternation of the labels, longest first."""
     return "|".join(re.escape(label) for label in sorted(labels, key=len, reverse=True))
 
@@ -129,24 +129,11 @@ def _parse_key(value: str, labels: Sequence[str], alternation: str) -> tuple[str
     return None, True
 
 
-def parse_mcq(
-    text: str,
-    labels: Sequence[str] = DEFAULT_LABELS,
-    question_prefix: str = DEFAULT_QUESTION_PREFIX,
-    answer_prefix: str = DEFAULT_ANSWER_PREFIX,
-) -> ParsedMCQ:
-    """Read a generated MCQ back; never raises on malformed text, reports failure codes in `errors` instead."""
-    labels = list(labels)
-    text = unicodedata.normalize("NFC", str(text or "")).replace("\r\n", "\n").replace("\r", "\n")
-    q_re = _prefix_regex(question_prefix)
-    a_re = _prefix_regex(answer_prefix)
-    alternation = _label_alternation(labels)
-    opt_re = re.compile(r"^(?:\(\s*(" + alternation + r")\s*\)|(" + alternation + r")\s*[.):：])\s*(.*)$")
-    extra_re = re.compile(r"^(?:\(\s*([A-Z])\s*\)|([A-Z])\s*[.):：])\s*(.*)$")  # an option beyond `labels`
-
+def _split_lines(text: str, q_re: re.Pattern[str], a_re: re.Pattern[str], opt_re: re.Pattern[str],
+                 extra_re: re.Pattern[str]) -> tuple[list[str] | None, list[tuple[str, list[str]]], str | None]:
+    """(question lines, [(label, option lines)], answer-key value) of a generated MCQ's lines."""
     question_lines: list[str] | None = None
     options: list[tuple[str, list[str]]] = []
-    key_value: str | None = None
     for raw in text.split("\n"):
         line = raw.strip()
         if not line:
@@ -154,8 +141,7 @@ def parse_mcq(
         if question_lines is None and not options and (m := q_re.match(line)):
             question_lines = [m.group(1).strip()]
         elif m := a_re.match(line):
-            key_value = m.group(1)
-            break
+            return question_lines, options, m.group(1)
         elif (m := opt_re.match(line)) or (options and (m := extra_re.match(line))):
             options.append((m.group(1) or m.group(2), [m.group(3).strip()]))
         elif options:
@@ -163,12 +149,13 @@ def parse_mcq(
         elif question_lines is not None:
             question_lines.append(line)  # a multi-line question
         # lines before the question prefix are preamble and ignored
+    return question_lines, options, None
 
+
+def _option_errors(options: list[tuple[str, list[str]]], labels: list[str]) -> tuple[dict[str, str], list[str],
+                                                                                     list[str]]:
+    """(options by label, option texts in order, failure codes) of the parsed option lines."""
     errors: list[str] = []
-    question = " ".join(x for x in (question_lines or []) if x).strip()
-    if not question:
-        errors.append(MISSING_QUESTION)
-
     by_label = {label: " ".join(x for x in parts if x).strip() for label, parts in options}
     if len(options) != len(labels) or set(by_label) != set(labels):
         errors.append(WRONG_OPTION_COUNT)
@@ -180,6 +167,27 @@ def parse_mcq(
     keys = [_norm_option(o) for o in option_texts if o]
     if len(set(keys)) != len(keys):
         errors.append(DUPLICATE_OPTIONS)
+    return by_label, option_texts, errors
+
+
+def parse_mcq(
+    text: str,
+    labels: Sequence[str] = DEFAULT_LABELS,
+    question_prefix: str = DEFAULT_QUESTION_PREFIX,
+    answer_prefix: str = DEFAULT_ANSWER_PREFIX,
+) -> ParsedMCQ:
+    """Read a generated MCQ back; never raises on malformed text, reports failure codes in `errors` instead."""
+    labels = list(labels)
+    text = unicodedata.normalize("NFC", str(text or "")).replace("\r\n", "\n").replace("\r", "\n")
+    alternation = label_alternation(labels)
+    opt_re = re.compile(r"^(?:\(\s*(" + alternation + r")\s*\)|(" + alternation + r")\s*[.):：])\s*(.*)$")
+    extra_re = re.compile(r"^(?:\(\s*([A-Z])\s*\)|([A-Z])\s*[.):：])\s*(.*)$")  # an option beyond `labels`
+    question_lines, options, key_value = _split_lines(text, _prefix_regex(question_prefix),
+                                                      _prefix_regex(answer_prefix), opt_re, extra_re)
+    question = " ".join(x for x in (question_lines or []) if x).strip()
+    errors = [] if question else [MISSING_QUESTION]
+    by_label, option_texts, option_errors = _option_errors(options, labels)
+    errors += option_errors
 
     answer_label: str | None = None
     answer_index: int | None = None

@@ -29,16 +29,19 @@ from datasets import Dataset
 from transformers import PreTrainedTokenizerBase, Seq2SeqTrainingArguments, TrainingArguments
 from trl import ModelConfig, SFTConfig
 
+from genqa.backbones import PredictOptions, no_prediction_settings
+from genqa.backbones.batching import OnBatch, pad, run_batches
+from genqa.backbones.loading import model_device, trusts_remote_code
 from genqa.config import QAArguments
-from genqa.encoding import CONTEXT_TRUNCATED, OK, TOO_LONG, EncodingReport, PromptEncoder, encode_splits
+from genqa.data.encoding import CONTEXT_TRUNCATED, OK, TOO_LONG, EncodingReport, PromptEncoder, encode_splits
+from genqa.data.rows import load_canonical_splits
+from genqa.data.tasks import Task, get_task
+from genqa.data.templates import load_template
 from genqa.messages import say
-from genqa.modeling import model_device, trusts_remote_code
 from genqa.recipe import RecipeError
-from genqa.run_dir import load_canonical_splits, start_run, train_and_finish
-from genqa.tasks import Task, get_task
-from genqa.templates import load_template
+from genqa.run_dir import start_run, train_and_finish
 
-DEFAULT_MAX_TARGET_LENGTH = 32
+AUTO_CLASS = "AutoModelForSeq2SeqLM"
 TARGET_TOO_LONG = "target_too_long"
 # SFTConfig keys that only make sense for a decoder-only model; set on a seq2seq run they are a mistake.
 CAUSAL_ONLY_KEYS = ("packing", "padding_free", "assistant_only_loss")
@@ -59,7 +62,7 @@ class Seq2SeqEncoder(PromptEncoder):
     """
 
     def __init__(self, task: Task, tokenizer: PreTrainedTokenizerBase, template: str, max_length: int | None,
-                 max_target_length: int | None = DEFAULT_MAX_TARGET_LENGTH) -> None:
+                 max_target_length: int | None) -> None:
         # PromptEncoder.__init__ is not called: it derives the end-of-turn text from the assistant turn, which an
         # encoder-decoder never sees in its input.
         self.task, self.tokenizer, self.template = task, tokenizer, template
@@ -162,7 +165,7 @@ def _check_recipe(qa: QAArguments, sft: SFTConfig, model_args: ModelConfig, wher
                               f"(backbone: seq2seq). Remove `{key}` from the recipe.")
     from transformers import AutoConfig
 
-    from genqa.tiny import resolve_model_path
+    from genqa.backbones.loading import resolve_model_path
 
     config = AutoConfig.from_pretrained(resolve_model_path(model_args.model_name_or_path),
                                         revision=model_args.model_revision,
@@ -173,15 +176,24 @@ def _check_recipe(qa: QAArguments, sft: SFTConfig, model_args: ModelConfig, wher
                           "(or `causal_lm`) for this model.")
 
 
-def train_seq2seq(qa: QAArguments, sft: SFTConfig, model_args: ModelConfig, recipe_path: str | None) -> str:
+def load_model(model_args: ModelConfig):
+    """The encoder-decoder as the recipe loads it (dtype, 4-bit)."""
+    from transformers import AutoModelForSeq2SeqLM
+
+    from genqa.backbones.loading import load_model as load
+
+    return load(model_args, AutoModelForSeq2SeqLM)
+
+
+def train(qa: QAArguments, sft: SFTConfig, model_args: ModelConfig, recipe_path: str | None) -> str:
     """Fine-tune an encoder-decoder (T5, BART, ...) with `Seq2SeqTrainer` on the recipe's task; returns the run folder.
 
     `sft` is the recipe's `trl.SFTConfig` (its `max_length` bounds the encoder input), `model_args` its
     `trl.ModelConfig` (`use_peft: true` trains a LoRA adapter, otherwise the whole model is fine-tuned).
     """
-    from transformers import AutoModelForSeq2SeqLM, DataCollatorForSeq2Seq, Seq2SeqTrainer
+    from transformers import DataCollatorForSeq2Seq, Seq2SeqTrainer
 
-    from genqa.modeling import load_model, load_tokenizer, lora_config
+    from genqa.backbones.loading import attach_lora, load_tokenizer
 
     where = recipe_path or "command line"
     _check_recipe(qa, sft, model_args, where)
@@ -195,39 +207,50 @@ def train_seq2seq(qa: QAArguments, sft: SFTConfig, model_args: ModelConfig, reci
     train_ds, eval_ds, reports = encode_splits(encoder, train_rows, eval_rows, sft.eval_strategy, where,
                                                hint=f"raise max_length={sft.max_length} or "
                                                     f"max_target_length={target_max}")
-    resume = start_run(sft, qa, model_args, tokenizer, template, reports, eval_rows)
+    resume = start_run(qa, sft, model_args, tokenizer, template, reports, eval_rows)
     args = seq2seq_training_args(sft, target_max)
-    model = load_model(model_args, AutoModelForSeq2SeqLM)
+    model = load_model(model_args)
     if model.generation_config.pad_token_id is None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
-    peft_config = lora_config(model_args, "SEQ_2_SEQ_LM")
-    if peft_config is not None:
-        from peft import get_peft_model, prepare_model_for_kbit_training
-
-        if model_args.load_in_4bit or model_args.load_in_8bit:
-            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=bool(args.gradient_checkpointing))
-        elif args.gradient_checkpointing:
-            model.enable_input_require_grads()  # frozen embeddings: checkpointed blocks need an input with grad
-        model = get_peft_model(model, peft_config)
+    if model_args.use_peft:
+        model = attach_lora(model, model_args, args, "SEQ_2_SEQ_LM")
         model.print_trainable_parameters()
     collator = DataCollatorForSeq2Seq(tokenizer, model=model, label_pad_token_id=-100,
                                       pad_to_multiple_of=getattr(sft, "pad_to_multiple_of", None))
     trainer = Seq2SeqTrainer(model=model, args=args, data_collator=collator, train_dataset=train_ds,
                              eval_dataset=eval_ds, processing_class=tokenizer)
-    return train_and_finish(trainer, resume, tokenizer, sft, qa, model_args, reports, eval_rows)
+    return train_and_finish(trainer, resume, tokenizer, qa, sft, model_args, reports, eval_rows)
 
 
-def predict_seq2seq(model: Any, tokenizer: PreTrainedTokenizerBase, template: str, task: Task, rows: Dataset,
-                    max_length: int, max_new_tokens: int = DEFAULT_MAX_TARGET_LENGTH, batch_size: int = 32,
-                    num_beams: int = 1) -> list[str]:
+prediction_settings = no_prediction_settings
+
+
+def predict(model, tokenizer, template: str, task: Task, rows: list[dict[str, Any]], options: PredictOptions,
+            on_batch: OnBatch | None = None) -> list[str]:
+    """Raw generated answers for canonical rows; `on_batch(pairs, "generate")` after every batch."""
+    sink = (lambda done: on_batch(done, "generate")) if on_batch else None
+    return predict_seq2seq(model, tokenizer, template, task, rows, options.max_length or 512,
+                           options.max_new_tokens, options.batch_size, options.num_beams, sink, options.progress)
+
+
+def check_batch(task: Task, tokenizer, template: str, sft: SFTConfig, rows: list[dict[str, Any]]) -> dict:
+    """Encoder inputs and decoder labels of `rows`, exactly as the seq2seq trainer encoded them, padded."""
+    encoder = Seq2SeqEncoder(task, tokenizer, template, sft.max_length, None)
+    encoded = [e for e in map(encoder.encode, rows) if e["input_ids"]]
+    batch = tokenizer.pad([{"input_ids": e["input_ids"]} for e in encoded], return_tensors="pt")
+    labels = tokenizer.pad([{"input_ids": e["labels"]} for e in encoded], return_tensors="pt")["input_ids"]
+    return {**dict(batch), "labels": labels}
+
+
+def predict_seq2seq(model: Any, tokenizer: PreTrainedTokenizerBase, template: str, task: Task, rows,
+                    max_length: int, max_new_tokens: int = 32, batch_size: int = 32, num_beams: int = 1,
+                    on_batch: OnBatch | None = None, progress: bool = False) -> list[str]:
     """Generate an answer for every canonical row with an encoder-decoder; raw decoded texts, in row order.
 
     Prompts are built and context-truncated exactly as in training (the gold answer, if the rows carry one, is never
-    used to choose what context to keep). Rows are batched longest first; no row is dropped: an input that still
-    does not fit `max_length` is cut at the end. Pass the texts through `task.parse` to get answers.
+    used to choose what context to keep). Rows run in length-sorted batches; no row is dropped: an input that still
+    does not fit `max_length` is cut at the end. Pass the texts through `task.read_answer` to get answers.
     """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}.")
     encoder = Seq2SeqEncoder(task, tokenizer, template, max_length, max_target_length=None)
@@ -241,22 +264,20 @@ def predict_seq2seq(model: Any, tokenizer: PreTrainedTokenizerBase, template: st
         prompts.append(ids)
     if truncated:
         print(f"[genqa] predict: {truncated}/{len(prompts)} inputs cut to max_length={max_length} (context first)")
-    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
-    outputs: list[str] = [""] * len(prompts)
     device = model_device(model)
+
+    def generate_batch(batch: list[int]) -> list[str]:
+        inputs = pad(tokenizer, [{"input_ids": prompts[i]} for i in batch], side="right")
+        generated = model.generate(input_ids=inputs["input_ids"].to(device),
+                                   attention_mask=inputs["attention_mask"].to(device),
+                                   max_new_tokens=max_new_tokens, num_beams=num_beams, do_sample=False)
+        return [t.strip() for t in tokenizer.batch_decode(generated, skip_special_tokens=True)]
+
     was_training = model.training
     model.eval()
     try:
         with torch.inference_mode():
-            for start in range(0, len(order), batch_size):
-                chunk = order[start:start + batch_size]
-                batch = tokenizer.pad({"input_ids": [prompts[i] for i in chunk]}, padding=True, return_tensors="pt")
-                generated = model.generate(input_ids=batch["input_ids"].to(device),
-                                           attention_mask=batch["attention_mask"].to(device),
-                                           max_new_tokens=max_new_tokens, num_beams=num_beams, do_sample=False)
-                texts = tokenizer.batch_decode(generated, skip_special_tokens=True)
-                for i, text in zip(chunk, texts, strict=True):
-                    outputs[i] = text.strip()
+            return run_batches([len(p) for p in prompts], batch_size, generate_batch, on_batch, progress,
+                               "generating")
     finally:
         model.train(was_training)
-    return outputs

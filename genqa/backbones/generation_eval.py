@@ -10,20 +10,20 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-from genqa.encoding import PromptEncoder
-from genqa.predict import generate_texts, read_answer, score_labels
-from genqa.task_metrics import task_metrics
+from genqa.backbones.generation import generate_texts, score_labels
+from genqa.data.encoding import PromptEncoder
+from genqa.scoring.task_metrics import task_metrics
 
 
 def predict_answers(model, encoder: PromptEncoder, rows: list[dict[str, Any]], max_new_tokens: int,
                     batch_size: int = 16) -> dict[str, str | None]:
     """Answers of a causal LM for canonical rows, read back the way genqa.generate reads them."""
     task = encoder.task
-    if task.name == "mcq":
+    if task.scores_labels:
         raws, how = score_labels(model, encoder, rows, task.labels_for, batch_size, progress=False), "label_score"
     else:
         raws, how = generate_texts(model, encoder, rows, batch_size, max_new_tokens, progress=False), "generate"
-    return {row["id"]: read_answer(task, row, raw, how)[0] for row, raw in zip(rows, raws, strict=True)}
+    return {row["id"]: task.read_answer(row, raw, how)[0] for row, raw in zip(rows, raws, strict=True)}
 
 
 class GenerationEvalCallback(TrainerCallback):
@@ -33,7 +33,6 @@ class GenerationEvalCallback(TrainerCallback):
                  lang: str = "en") -> None:
         self.encoder, self.rows, self.max_new_tokens, self.lang = encoder, rows, max_new_tokens, lang
         self.trainer = None
-        self.history: list[dict[str, Any]] = []
 
     def on_evaluate(self, args, state, control, model=None, **kwargs):
         """Run the generation pass on every process and log `eval_gen_*` from the main one.
@@ -55,5 +54,4 @@ class GenerationEvalCallback(TrainerCallback):
             return
         metrics = task_metrics(self.encoder.task, self.rows, answers, self.lang)
         flat = {f"eval_gen_{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}
-        self.history.append({"step": state.global_step, **flat})
         self.trainer.log(flat)

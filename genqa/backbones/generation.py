@@ -1,36 +1,24 @@
 """Fast predictions from a causal LM: batched greedy generation and one-pass MCQ label scoring.
 
 Prompts come from the same `PromptEncoder` that built the training rows, so a model is prompted exactly as it was
-trained. Generation left-pads, sorts by length so each batch wastes little padding, stops at EOS and at the
+trained. Generation left-pads, runs length-sorted batches (`genqa.backbones.batching`), stops at EOS and at the
 template's end-of-turn token, and reports examples/s. MCQ answering scores the valid option labels in one forward
-pass by default (the label the model finds most likely wins), so it never produces an unparseable answer.
+pass by default (the label the model finds most likely wins), so it never produces an unparseable answer. The tokens
+every prompt starts with run once per call (`SharedPrefix`).
 """
 
 from __future__ import annotations
 
 import copy
 import os
-import time
-import unicodedata
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
-from genqa.encoding import PromptEncoder
-from genqa.modeling import model_device
-
-
-@dataclass
-class Prediction:
-    """One model answer: the raw output and the task's parsed answer."""
-
-    id: str
-    raw: str
-    answer: str | None
-    how: str = ""  # e.g. "label_score", "generate", "exact", "normalized", "not_in_context", "no_answer"
+from genqa.backbones.batching import OnBatch, pad, run_batches, to_device
+from genqa.backbones.loading import model_device
+from genqa.data.encoding import PromptEncoder
 
 
 def stop_token_ids(encoder: PromptEncoder) -> list[int]:
@@ -74,9 +62,10 @@ class SharedPrefix:
         if self.cache is None or not hasattr(self.cache, "batch_repeat_interleave"):  # a model without a KV cache
             self.length, self.cache = 0, None
 
-    def inputs(self, seqs: list[list[int]], pad_id: int) -> dict[str, Any]:
+    def inputs(self, seqs: list[list[int]], tokenizer) -> dict[str, Any]:
         """Model inputs for a batch of full prompts: ids and mask of prefix + left-padded rest, and the cache."""
-        ids, mask = _left_pad([s[self.length:] for s in seqs], pad_id)
+        rest = pad(tokenizer, [{"input_ids": s[self.length:]} for s in seqs], side="left")
+        ids, mask = rest["input_ids"], rest["attention_mask"]
         if not self.length:
             return {"input_ids": ids, "attention_mask": mask}
         prefix = torch.tensor(seqs[0][:self.length], dtype=torch.long).expand(len(seqs), -1)
@@ -84,56 +73,6 @@ class SharedPrefix:
         cache.batch_repeat_interleave(len(seqs))
         return {"input_ids": torch.cat([prefix, ids], dim=1),
                 "attention_mask": torch.cat([torch.ones_like(prefix), mask], dim=1), "past_key_values": cache}
-
-
-def _batches(order: list[int], size: int) -> Iterator[list[int]]:
-    for i in range(0, len(order), size):
-        yield order[i:i + size]
-
-
-def _left_pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        ids[i, width - len(s):] = torch.tensor(s, dtype=torch.long)
-        mask[i, width - len(s):] = 1
-    return ids, mask
-
-
-class _Progress:
-    """tqdm bar that shows examples/s."""
-
-    def __init__(self, total: int, desc: str, enabled: bool = True) -> None:
-        self.bar = tqdm(total=total, desc=desc, unit="ex", disable=not enabled)
-        self.start, self.done = time.perf_counter(), 0
-
-    def update(self, n: int) -> None:
-        self.done += n
-        self.bar.update(n)
-        self.bar.set_postfix(ex_per_s=f"{self.done / max(time.perf_counter() - self.start, 1e-9):.1f}")
-
-    def close(self) -> float:
-        self.bar.close()
-        return self.done / max(time.perf_counter() - self.start, 1e-9)
-
-
-def _run_batches(rows: list[dict[str, Any]], prompts: list[list[int]], batch_size: int, desc: str, progress: bool,
-                 on_batch: Callable[[list[tuple[int, str]]], None] | None,
-                 predict_batch: Callable[[list[int]], list[str]]) -> list[str]:
-    """Feed row indices to `predict_batch` longest prompt first; collect outputs in row order, report each batch."""
-    order = sorted(range(len(rows)), key=lambda i: -len(prompts[i]))
-    outputs: list[str] = [""] * len(rows)
-    bar = _Progress(len(rows), desc, progress)
-    for batch in _batches(order, batch_size):
-        results = predict_batch(batch)
-        for row_i, text in zip(batch, results, strict=True):
-            outputs[row_i] = text
-        if on_batch:
-            on_batch(list(zip(batch, results, strict=True)))
-        bar.update(len(batch))
-    bar.close()
-    return outputs
 
 
 def _pad_id(tok) -> int:
@@ -146,7 +85,7 @@ def _pad_id(tok) -> int:
 @torch.no_grad()
 def generate_texts(model, encoder: PromptEncoder, rows: list[dict[str, Any]], batch_size: int = 16,
                    max_new_tokens: int = 64, num_beams: int = 1, do_sample: bool = False,
-                   on_batch: Callable[[list[tuple[int, str]]], None] | None = None, progress: bool = True,
+                   on_batch: OnBatch | None = None, progress: bool = True,
                    prefix_cache: bool = True) -> list[str]:
     """Greedy (or beam / sampled) generation for `rows`, batched and length-sorted; outputs in row order.
 
@@ -156,14 +95,14 @@ def generate_texts(model, encoder: PromptEncoder, rows: list[dict[str, Any]], ba
     prompts = encode_prompts(encoder, rows, max_new_tokens)
     stops = stop_token_ids(encoder)
     end_text = encoder.end_text.strip()
-    device, pad = model_device(model), _pad_id(tok)
+    device, pad_id = model_device(model), _pad_id(tok)
     # generate() does not expand a given cache for beams, so the shared prefix is used with one beam only
     shared = SharedPrefix(model, prompts if num_beams == 1 and prefix_cache else [])
 
     def generate_batch(batch: list[int]) -> list[str]:
-        inputs = _to(shared.inputs([prompts[i] for i in batch], pad), device)
+        inputs = to_device(shared.inputs([prompts[i] for i in batch], tok), device)
         out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=do_sample, num_beams=num_beams,
-                             eos_token_id=stops, pad_token_id=pad)
+                             eos_token_id=stops, pad_token_id=pad_id)
         texts = []
         for seq in out[:, inputs["input_ids"].shape[1]:].tolist():
             text = tok.decode(seq, skip_special_tokens=False)
@@ -173,12 +112,12 @@ def generate_texts(model, encoder: PromptEncoder, rows: list[dict[str, Any]], ba
             texts.append(text.strip())
         return texts
 
-    return _run_batches(rows, prompts, batch_size, "generating", progress, on_batch, generate_batch)
+    return run_batches([len(p) for p in prompts], batch_size, generate_batch, on_batch, progress, "generating")
 
 
 @torch.no_grad()
 def score_labels(model, encoder: PromptEncoder, rows: list[dict[str, Any]], labels_of: Callable[[dict], list[str]],
-                 batch_size: int = 16, on_batch: Callable[[list[tuple[int, str]]], None] | None = None,
+                 batch_size: int = 16, on_batch: OnBatch | None = None,
                  progress: bool = True, prefix_cache: bool = True) -> list[str]:
     """Pick, for every row, the valid label whose tokens the model finds most likely after the prompt.
 
@@ -188,14 +127,14 @@ def score_labels(model, encoder: PromptEncoder, rows: list[dict[str, Any]], labe
     """
     prompts = encode_prompts(encoder, rows, 8)
     label_ids = {lab: encoder.token_ids(lab, is_prompt=False) for ex in rows for lab in labels_of(ex)}
-    device, pad = model_device(model), _pad_id(encoder.tokenizer)
+    device = model_device(model)
     single_token = all(len(ids) == 1 for ids in label_ids.values())
     shared = SharedPrefix(model, prompts if single_token and prefix_cache else [])
 
     def score_batch(batch: list[int]) -> list[str]:
         labels = [labels_of(rows[i]) for i in batch]
         if single_token:
-            inputs = _to(shared.inputs([prompts[i] for i in batch], pad), device)
+            inputs = to_device(shared.inputs([prompts[i] for i in batch], encoder.tokenizer), device)
             logp = torch.log_softmax(_last_logits(model, inputs, shared.length), dim=-1).cpu()
             scores = [[float(logp[b, label_ids[lab][0]]) for lab in labs] for b, labs in enumerate(labels)]
         else:
@@ -203,11 +142,7 @@ def score_labels(model, encoder: PromptEncoder, rows: list[dict[str, Any]], labe
                       for i, labs in zip(batch, labels, strict=True)]
         return [labs[max(range(len(labs)), key=sc.__getitem__)] for labs, sc in zip(labels, scores, strict=True)]
 
-    return _run_batches(rows, prompts, batch_size, "scoring labels", progress, on_batch, score_batch)
-
-
-def _to(inputs: dict[str, Any], device: torch.device) -> dict[str, Any]:
-    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
+    return run_batches([len(p) for p in prompts], batch_size, score_batch, on_batch, progress, "scoring labels")
 
 
 def _last_logits(model, inputs: dict[str, Any], cached: int) -> torch.Tensor:
@@ -230,57 +165,3 @@ def _sequence_logprob(model, prompt: list[int], target: list[int], device) -> fl
     ids = torch.tensor([prompt + target], device=device)
     logp = torch.log_softmax(model(input_ids=ids).logits[0, len(prompt) - 1:-1].float(), dim=-1)
     return float(logp[torch.arange(len(target)), torch.tensor(target, device=device)].sum())
-
-
-# ---- extractive answers from generative models -------------------------------------------------------------------
-
-def _norm_with_map(text: str) -> tuple[str, list[int]]:
-    """Lower-cased, whitespace-collapsed text (give it NFC text), with each char's index in the original."""
-    out, idx = [], []
-    prev_space = False
-    for i, ch in enumerate(text):
-        ch = ch.lower()
-        if ch.isspace():
-            if prev_space or not out:
-                continue
-            ch, prev_space = " ", True
-        else:
-            prev_space = False
-        out.append(ch)
-        idx.append(i)
-    return "".join(out), idx
-
-
-def map_to_context(answer: str, context: str) -> tuple[str, str]:
-    """Map a generated answer onto its context: (span, how) with how = exact / normalized / not_in_context."""
-    if not answer:
-        return "", "no_answer"
-    if answer in context:
-        return answer, "exact"
-    stripped = answer.strip(" \t\n\"'.,;:!?")
-    if stripped and stripped in context:
-        return stripped, "exact"
-    ctx = unicodedata.normalize("NFC", context)
-    norm_ctx, idx = _norm_with_map(ctx)
-    norm_ans = _norm_with_map(unicodedata.normalize("NFC", stripped or answer))[0].strip()
-    pos = norm_ctx.find(norm_ans) if norm_ans else -1
-    if pos >= 0:
-        return ctx[idx[pos]:idx[pos + len(norm_ans) - 1] + 1], "normalized"
-    return answer, "not_in_context"
-
-
-def read_answer(task, row: dict[str, Any], raw: str, how: str) -> tuple[str | None, str]:
-    """A model's raw output as the task's answer, and how it was obtained (used by generate and training eval).
-
-    MCQ: a scored label is the answer; generated text is parsed (None = unparseable). Extractive: the no-answer
-    string becomes "", other answers are mapped onto the context. Abstractive: the text ("" for no answer).
-    """
-    if task.name == "mcq":
-        answer = raw if how == "label_score" else task.parse(raw, row)
-        return answer, how if answer else "unparseable"
-    answer = task.parse(raw)
-    if task.name == "extractive" and answer:
-        return map_to_context(answer, row["context"])
-    if task.name in ("extractive", "abstractive") and not answer:
-        return answer, "no_answer"
-    return answer, how

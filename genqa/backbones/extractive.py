@@ -1,7 +1,7 @@
 """Train an extractive QA encoder (BERT / XLM-R / MiniLM + span head): full fine-tuning, LoRA or QLoRA.
 
 `genqa.sft` calls `train_extractive(qa, sft, model_args, recipe_path)` for `backbone: extractive`. Canonical rows →
-sliding windows (`genqa.extractive`) → `transformers.Trainer` with the recipe's `SFTConfig` as training arguments →
+sliding windows (`genqa.backbones.spans`) → `transformers.Trainer` with the recipe's `SFTConfig` as training arguments →
 run folder (model or adapter + span head, tokenizer, recipe, window reports, validation rows) → SQuAD EM/F1 of the
 validation rows in `genqa_eval_metrics.json`.
 
@@ -18,34 +18,32 @@ import time
 from pathlib import Path
 from typing import Any
 
-from genqa.config import QAArguments
-from genqa.data_sources import DataError
-from genqa.extractive import (
-    DEFAULT_DOC_STRIDE,
+from trl import ModelConfig, SFTConfig
+
+from genqa.backbones import PredictOptions
+from genqa.backbones.batching import OnBatch
+from genqa.backbones.loading import resolve_model_path
+from genqa.backbones.spans import (
     WindowReport,
     check_window,
     cls_index,
+    default_doc_stride,
     predict_extractive,
     prepare_train_features,
     window_report,
 )
+from genqa.config import QAArguments
+from genqa.data.rows import load_canonical_splits
+from genqa.data.sources import DataError
+from genqa.data.tasks import Task, get_task
 from genqa.files import write_atomic
 from genqa.messages import say
 from genqa.recipe import RecipeError
-from genqa.run_dir import load_canonical_splits, start_run, train_and_finish
-from genqa.tasks import get_task
-from genqa.tiny import resolve_model_path
+from genqa.run_dir import EVAL_METRICS_FILE, EVAL_PREDICTIONS_FILE, SETTINGS_FILE, start_run, train_and_finish
 
+AUTO_CLASS = "AutoModelForQuestionAnswering"
 QA_HEAD = "qa_outputs"
 LABEL_NAMES = ["start_positions", "end_positions"]
-EVAL_METRICS_FILE = "genqa_eval_metrics.json"
-EVAL_PREDICTIONS_FILE = "genqa_eval_predictions.json"
-SETTINGS_FILE = "genqa_extractive.json"
-
-
-def default_doc_stride(max_length: int) -> int:
-    """`doc_stride` when the recipe sets none: 128 for 384-token windows, a third of shorter windows."""
-    return min(DEFAULT_DOC_STRIDE, int(max_length) // 3)
 
 
 def extractive_settings(qa: QAArguments, max_length: int) -> dict[str, Any]:
@@ -59,16 +57,16 @@ def extractive_settings(qa: QAArguments, max_length: int) -> dict[str, Any]:
     }
 
 
-def load_qa_model(model_args):
-    """`AutoModelForQuestionAnswering` as `genqa.modeling.load_model` loads it, with the span head never quantized.
+def load_model(model_args: ModelConfig):
+    """`AutoModelForQuestionAnswering` as `genqa.backbones.loading.load_model` loads it, the span head never quantized.
 
     bitsandbytes would otherwise turn `qa_outputs` into a `Linear4bit` that LoRA's `modules_to_save` cannot train.
     """
     from transformers import AutoModelForQuestionAnswering
 
-    from genqa.modeling import load_model
+    from genqa.backbones.loading import load_model as load
 
-    return load_model(model_args, AutoModelForQuestionAnswering, skip_quant_modules=(QA_HEAD,))
+    return load(model_args, AutoModelForQuestionAnswering, skip_quant_modules=(QA_HEAD,))
 
 
 def load_extractive_run(run_dir: str | Path, model_args=None):
@@ -91,11 +89,11 @@ def load_extractive_run(run_dir: str | Path, model_args=None):
     if (run / "adapter_config.json").is_file():
         from peft import PeftModel
 
-        model = PeftModel.from_pretrained(load_qa_model(model_args), str(run))
+        model = PeftModel.from_pretrained(load_model(model_args), str(run))
     else:
         args = copy.copy(model_args)
         args.model_name_or_path = str(run)
-        model = load_qa_model(args)
+        model = load_model(args)
     return model.eval(), tokenizer, settings
 
 
@@ -134,7 +132,7 @@ def encode_split(rows, split: str, tokenizer, settings: dict[str, Any], num_proc
 
 
 def _check(qa: QAArguments, sft, tokenizer, model_args, settings: dict[str, Any], where: str) -> None:
-    from genqa.modeling import trusts_remote_code
+    from genqa.backbones.loading import trusts_remote_code
 
     if qa.task != "extractive":
         raise RecipeError(f"{where}: backbone extractive trains span extraction; set `task: extractive` (got "
@@ -153,36 +151,16 @@ def _check(qa: QAArguments, sft, tokenizer, model_args, settings: dict[str, Any]
         raise RecipeError(f"{where}: max_answer_length and n_best_size must be >= 1.")
 
 
-def _checkpointing(sft) -> tuple[bool, dict | None]:
-    """Activation checkpointing switch and kwargs (`activation_checkpointing*`, or the older `gradient_*` names)."""
-    on = bool(getattr(sft, "activation_checkpointing", None) or getattr(sft, "gradient_checkpointing", None))
-    kwargs = getattr(sft, "activation_checkpointing_kwargs", None) or getattr(sft, "gradient_checkpointing_kwargs",
-                                                                              None)
-    return on, kwargs
-
-
-def attach_lora(model, model_args, sft):
+def attach_lora(model, model_args: ModelConfig, sft):
     """Wrap `model` with LoRA; the span head is trained in full through `modules_to_save`.
 
     No PEFT task type on purpose: PEFT 0.21's `PeftModelForQuestionAnswering.forward` does not pass
     `token_type_ids` (nor `position_ids`) to the model, so BERT-style models would train without segment embeddings
     and then meet them at inference and after merging. The generic `PeftModel` forwards every input.
     """
-    from peft import get_peft_model, prepare_model_for_kbit_training
+    from genqa.backbones.loading import attach_lora as attach
 
-    from genqa.modeling import lora_config
-
-    config = lora_config(model_args, None)
-    saved = list(config.modules_to_save or [])
-    if QA_HEAD not in saved:
-        config.modules_to_save = saved + [QA_HEAD]
-    checkpointing, ckpt_kwargs = _checkpointing(sft)
-    if model_args.load_in_4bit or model_args.load_in_8bit:
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=checkpointing,
-                                                gradient_checkpointing_kwargs=ckpt_kwargs)
-    elif checkpointing:
-        model.enable_input_require_grads()
-    model = get_peft_model(model, config)
+    model = attach(model, model_args, sft, None, modules_to_save=(QA_HEAD,))
     head = [n for n, p in model.named_parameters() if QA_HEAD in n and p.requires_grad]
     if not head:
         raise RecipeError(f"LoRA left the span head `{QA_HEAD}` frozen; add it to `lora_modules_to_save`.")
@@ -191,7 +169,7 @@ def attach_lora(model, model_args, sft):
 
 def _score(model, tokenizer, rows, settings: dict[str, Any], version_2: bool, batch_size: int, sft,
            lang: str = "en") -> tuple:
-    from genqa.metrics import squad_scores
+    from genqa.scoring.metrics import squad_scores
 
     amp = "bf16" if sft.bf16 else "fp16" if sft.fp16 else None  # score in the precision the run trained in
     start = time.perf_counter()
@@ -210,26 +188,9 @@ def _score(model, tokenizer, rows, settings: dict[str, Any], version_2: bool, ba
     return scores, predictions
 
 
-def train_extractive(qa: QAArguments, sft, model_args, recipe_path: str | None) -> str:
-    """Fine-tune an encoder with a span head on the recipe's extractive task; returns the run folder."""
-    import torch
-    from transformers import Trainer, default_data_collator
-
-    from genqa.modeling import load_tokenizer
-
-    where = recipe_path or "command line"
-    settings = extractive_settings(qa, sft.max_length or 384)
-    try:
-        tokenizer = load_tokenizer(model_args)
-    except ValueError as err:  # e.g. a `pkg:` name whose package ships no model
-        raise RecipeError(f"{where}: {err}") from err
-    _check(qa, sft, tokenizer, model_args, settings, where)
-
-    task = get_task(qa)
-    train_rows, eval_rows, note = load_canonical_splits(qa, task)
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    say(f"[genqa] processes: {world} ({'GPU' if torch.cuda.is_available() else 'CPU'})")
-    say(f"[genqa] data: {qa.dataset_path}: {len(train_rows)} train rows; {note}")
+def _window_splits(qa: QAArguments, sft: SFTConfig, tokenizer, settings: dict[str, Any], train_rows, eval_rows,
+                   where: str) -> tuple[Any, Any, list[WindowReport]]:
+    """Training and validation windows with their reports (printed); fails when no window can teach a span."""
     num_proc = getattr(sft, "dataset_num_proc", None)
     train_ds, train_report = encode_split(train_rows, "train", tokenizer, settings, num_proc)
     reports: list[WindowReport] = [train_report]
@@ -244,24 +205,48 @@ def train_extractive(qa: QAArguments, sft, model_args, recipe_path: str | None) 
     if sft.eval_strategy != "no" and eval_ds is None:
         raise RecipeError(f"{where}: eval_strategy={sft.eval_strategy} but there is no validation data; set "
                           "`validation_size` or `eval_split`, or `eval_strategy: 'no'`.")
-    # SQuAD 2.0-style decoding (answer "" when the CLS score wins) only when the model was taught to abstain.
-    version_2 = train_report.unanswerable_rows > 0
+    return train_ds, eval_ds, reports
 
-    resume = start_run(sft, qa, model_args, tokenizer, "", reports, eval_rows)
-    model = load_qa_model(model_args)
+
+def train(qa: QAArguments, sft: SFTConfig, model_args: ModelConfig, recipe_path: str | None) -> str:
+    """Fine-tune an encoder with a span head on the recipe's extractive task; returns the run folder."""
+    import torch
+    from transformers import Trainer, default_data_collator
+
+    from genqa.backbones.loading import activation_checkpointing, load_tokenizer
+
+    where = recipe_path or "command line"
+    settings = extractive_settings(qa, sft.max_length or 384)
+    try:
+        tokenizer = load_tokenizer(model_args)
+    except ValueError as err:  # e.g. a `pkg:` name whose package ships no model
+        raise RecipeError(f"{where}: {err}") from err
+    _check(qa, sft, tokenizer, model_args, settings, where)
+
+    task = get_task(qa)
+    train_rows, eval_rows, note = load_canonical_splits(qa, task)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    say(f"[genqa] processes: {world} ({'GPU' if torch.cuda.is_available() else 'CPU'})")
+    say(f"[genqa] data: {qa.dataset_path}: {len(train_rows)} train rows; {note}")
+    train_ds, eval_ds, reports = _window_splits(qa, sft, tokenizer, settings, train_rows, eval_rows, where)
+    # SQuAD 2.0-style decoding (answer "" when the CLS score wins) only when the model was taught to abstain.
+    version_2 = reports[0].unanswerable_rows > 0
+
+    resume = start_run(qa, sft, model_args, tokenizer, "", reports, eval_rows)
+    model = load_model(model_args)
     if model_args.use_peft:
         model = attach_lora(model, model_args, sft)
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         total = sum(p.numel() for p in model.parameters())
         say(f"[genqa] LoRA: {trainable:,} trainable parameters of {total:,} ({100 * trainable / total:.2f}%), span "
             f"head `{QA_HEAD}` in full")
-    elif _checkpointing(sft)[0]:
+    elif activation_checkpointing(sft)[0]:
         model.config.use_cache = False
     if sft.label_names is None:
         sft.label_names = list(LABEL_NAMES)
     trainer = Trainer(model=model, args=sft, train_dataset=train_ds, eval_dataset=eval_ds,
                       data_collator=default_data_collator, processing_class=tokenizer)
-    train_and_finish(trainer, resume, tokenizer, sft, qa, model_args, reports, eval_rows)
+    train_and_finish(trainer, resume, tokenizer, qa, sft, model_args, reports, eval_rows)
     settings_doc = {**settings, "version_2_with_negative": version_2}
     if trainer.is_world_process_zero():
         write_atomic(Path(sft.output_dir) / SETTINGS_FILE, json.dumps(settings_doc, indent=2) + "\n")
@@ -276,3 +261,39 @@ def train_extractive(qa: QAArguments, sft, model_args, recipe_path: str | None) 
             say(f"[genqa] validation ({scores['rows']} rows): EM {scores['exact']:.2f}  F1 {scores['f1']:.2f} "
                   f"-> {out / EVAL_METRICS_FILE}")
     return sft.output_dir
+
+
+def prediction_settings(folders: list[str | None], qa: QAArguments, sft: SFTConfig, passed: set[str]
+                        ) -> dict[str, Any]:
+    """Span-search settings for prediction: those the run was trained with (saved in the first of `folders` that
+    has them), overridden by the keys `passed` on the command line; the recipe's values where the run saved none."""
+    from_recipe = {**extractive_settings(qa, sft.max_length or 384), "version_2_with_negative": True}
+    settings = dict(from_recipe)
+    saved = next((Path(f) / SETTINGS_FILE for f in folders if f and (Path(f) / SETTINGS_FILE).is_file()), None)
+    if saved is not None:
+        settings.update(json.loads(saved.read_text(encoding="utf-8")))
+    settings.update({k: v for k, v in from_recipe.items() if k in passed})
+    return settings
+
+
+def predict(model, tokenizer, template: str, task: Task, rows: list[dict[str, Any]], options: PredictOptions,
+            on_batch: OnBatch | None = None) -> list[str]:
+    """Answer spans ("" = no answer) for canonical rows, a few batches of rows at a time; `on_batch(pairs, "span")`
+    after each."""
+    size = options.batch_size * 8
+    out: list[str] = []
+    for start in range(0, len(rows), size):
+        chunk = rows[start:start + size]
+        spans = predict_extractive(model, tokenizer, {"context": [r["context"] for r in chunk],
+                                                      "question": [r["question"] for r in chunk]},
+                                   batch_size=options.batch_size, **options.settings)
+        if on_batch:
+            on_batch(list(zip(range(start, start + len(chunk)), spans, strict=True)), "span")
+        out.extend(spans)
+    return out
+
+
+def check_batch(task: Task, tokenizer, template: str, sft: SFTConfig, rows: list[dict[str, Any]]) -> dict:
+    """(question, context) windows of `rows`, as the span head sees them."""
+    return dict(tokenizer([r["question"] for r in rows], [r["context"] for r in rows], truncation="only_second",
+                          max_length=sft.max_length or 384, padding=True, return_tensors="pt"))

@@ -1,7 +1,7 @@
-"""QA tasks: map a source row onto one schema, build the prompt and the target, and read a model's answer back.
+"""The QA tasks: extractive span QA, abstractive QA, multiple choice (MCQ) and MCQ generation.
 
-Every task works on the same canonical row (`CANONICAL_COLUMNS`), so templates, trainers, generation, metrics and
-submissions never look at a source's own column names.
+Each is a `genqa.data.task.Task`: it maps source rows onto the canonical schema, builds the prompt and the target,
+reads a model's answer back and names its metric. `get_task` picks the one a recipe's `task:` names.
 """
 
 from __future__ import annotations
@@ -10,142 +10,14 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from datasets import Dataset, Features, Sequence, Value
-
 from genqa.config import QAArguments
-from genqa.data_sources import DataError
-from genqa.mcq_format import format_mcq
-from genqa.messages import say
+from genqa.data.answers import map_to_context
+from genqa.data.mcq_format import format_mcq, label_alternation
+from genqa.data.sources import DataError
+from genqa.data.task import CANONICAL_COLUMNS, CANONICAL_FEATURES, Task, _text
 
-CANONICAL_FEATURES = Features({
-    "id": Value("string"),
-    "context": Value("string"),
-    "question": Value("string"),
-    "options": Sequence(Value("string")),
-    "answers": Sequence(Value("string")),
-    "answer_starts": Sequence(Value("int64")),
-    "label": Value("int64"),
-})
-CANONICAL_COLUMNS = list(CANONICAL_FEATURES)
-
-
-def _text(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    return str(value)
-
-
-@dataclass
-class Task:
-    """Base class: column mapping, prompt layout and answer parsing shared by all tasks."""
-
-    args: QAArguments
-    name: str = ""
-    default_instruction: str = ""
-    default_prompt_format: str = "{instruction}\n\nContext: {context}\n\nQuestion: {question}"
-
-    # ---- columns -----------------------------------------------------------------------------------------------
-    def input_columns(self) -> list[str]:
-        """Source columns the prompt needs (present in test data too)."""
-        a = self.args
-        return [c for c in (a.context_column, a.question_column) if c]
-
-    def answer_columns(self) -> list[str]:
-        """Source columns holding the gold answer (absent from unlabelled test data)."""
-        return [self.args.answer_column] if self.args.answer_column else []
-
-    def check_columns(self, columns: list[str], source: str, require_answer: bool) -> None:
-        """Fail with the missing column, the columns the source has, and the recipe key to fix."""
-        needed = self.input_columns() + (self.answer_columns() if require_answer else [])
-        if self.args.id_column:
-            needed.append(self.args.id_column)
-        for col in needed:
-            if col not in columns:
-                key = next((k for k in ("id_column", "context_column", "question_column", "answer_column",
-                                        "options_column") if getattr(self.args, k, None) == col), "options_columns")
-                raise DataError(f"{source}: column `{col}` (recipe key `{key}`) is missing; the source has "
-                                f"{', '.join(columns)}. Map the right column with `{key}: <name>` in the recipe "
-                                f"(or `--{key} <name>` on the command line).")
-
-    def to_canonical(self, dataset: Dataset, source: str, require_answer: bool = True) -> Dataset:
-        """Check the columns and map every row of `dataset` onto `CANONICAL_FEATURES`."""
-        self.check_columns(dataset.column_names, source, require_answer)
-        has_answer = all(c in dataset.column_names for c in self.answer_columns())
-        id_column = self.args.id_column or ("id" if "id" in dataset.column_names else None)
-
-        skipped: list[str] = []
-
-        def convert(row: dict[str, Any], idx: int) -> dict[str, Any]:
-            ex = {"id": _text(row[id_column]) if id_column else str(idx),
-                  "context": _text(row.get(self.args.context_column)) if self.args.context_column else "",
-                  "question": _text(row.get(self.args.question_column)) if self.args.question_column else "",
-                  "options": [], "answers": [], "answer_starts": [], "label": -1}
-            try:
-                self.fill(ex, row, f"{source} row {idx} (id {ex['id']})", has_answer)
-            except DataError as err:
-                if self.args.on_bad_row != "skip":
-                    raise DataError(f"{err} (or set `on_bad_row: skip` to skip such rows, counted)") from None
-                skipped.append(str(err))
-                ex.update(options=[], answers=[], answer_starts=[], label=-2)  # -2 marks a skipped row
-            return ex
-
-        out = dataset.map(convert, with_indices=True, remove_columns=dataset.column_names,
-                          features=CANONICAL_FEATURES, desc=f"Mapping {source} onto the {self.name} task",
-                          load_from_cache_file=False)
-        if skipped:
-            out = out.filter(lambda label: label != -2, input_columns="label")
-            shown = "\n  ".join(skipped[:5])
-            say(f"[genqa] {source}: skipped {len(skipped)} bad rows (on_bad_row: skip), e.g.:\n  {shown}")
-        return out
-
-    def fill(self, ex: dict[str, Any], row: dict[str, Any], where: str, has_answer: bool) -> None:
-        """Fill task-specific canonical fields of `ex` from the source `row`."""
-        raise NotImplementedError
-
-    # ---- prompt and target -------------------------------------------------------------------------------------
-    @property
-    def instruction(self) -> str:
-        """The instruction at the top of every prompt."""
-        return self.default_instruction if self.args.instruction is None else self.args.instruction
-
-    def prompt_fields(self, ex: dict[str, Any]) -> dict[str, str]:
-        """Fields available to `prompt_format`."""
-        return {"instruction": self.instruction, "context": ex["context"], "question": ex["question"],
-                "options": ""}
-
-    def user_content(self, ex: dict[str, Any]) -> str:
-        """The user turn of the prompt."""
-        fmt = self.args.prompt_format or self.default_prompt_format
-        try:
-            return fmt.format(**self.prompt_fields(ex)).strip()
-        except KeyError as err:
-            raise DataError(f"prompt_format uses the unknown field {err}; fields are {{instruction}} {{context}} "
-                            "{question} {options}.") from err
-
-    def target(self, ex: dict[str, Any]) -> str:
-        """The answer text the model is trained to produce."""
-        raise NotImplementedError
-
-    def messages(self, ex: dict[str, Any], with_answer: bool = True) -> list[dict[str, str]]:
-        """The conversation for `ex`: optional system turn, user turn, and the answer as the assistant turn."""
-        msgs = []
-        if self.args.system_prompt:
-            msgs.append({"role": "system", "content": self.args.system_prompt})
-        msgs.append({"role": "user", "content": self.user_content(ex)})
-        if with_answer:
-            msgs.append({"role": "assistant", "content": self.target(ex)})
-        return msgs
-
-    # ---- reading answers back ----------------------------------------------------------------------------------
-    def parse(self, text: str) -> str | None:
-        """Turn a model's output into the task's answer (None when nothing usable was produced)."""
-        return text.strip()
-
-    def gold(self, ex: dict[str, Any]) -> str | list[str]:
-        """The gold answer of a canonical row, in the form `parse` returns."""
-        return self.target(ex)
+__all__ = ["CANONICAL_COLUMNS", "CANONICAL_FEATURES", "AbstractiveTask", "ExtractiveTask", "MCQGenerationTask",
+           "MCQTask", "Task", "get_task", "split_options"]
 
 
 def _is_no_answer(text: str, no_answer_text: str) -> bool:
@@ -158,6 +30,7 @@ class ExtractiveTask(Task):
     """Span QA (SQuAD 1.1/2.0, UIT-ViQuAD): the answer is a span of the context, or the no-answer string."""
 
     name: str = "extractive"
+    max_new_tokens: int = 48
 
     def __post_init__(self) -> None:
         self.default_instruction = ("Answer the question with a short span copied from the context. If the context "
@@ -201,18 +74,39 @@ class ExtractiveTask(Task):
     def gold(self, ex):
         return list(ex["answers"])
 
+    def recipe_problems(self):
+        if not (self.args.context_column and self.args.question_column):
+            return [f"task {self.name} needs `context_column` and `question_column`."]
+        return []
+
+    def read_answer(self, row, raw, how):
+        """A span from an encoder's span head is the answer; generated text is mapped onto the context."""
+        if how == "span":
+            return raw, how if raw else "no_answer"
+        answer = self.parse(raw)
+        return map_to_context(answer, row["context"]) if answer else ("", "no_answer")
+
 
 @dataclass
 class AbstractiveTask(ExtractiveTask):
     """Free-text answers (T5-style abstractive QA); the context is optional."""
 
     name: str = "abstractive"
+    max_new_tokens: int = 64
 
     def __post_init__(self) -> None:
         self.default_instruction = ("Answer the question. If it cannot be answered, reply "
                                     f"\"{self.args.no_answer_text}\".")
         if not self.args.context_column:
             self.default_prompt_format = "{instruction}\n\nQuestion: {question}"
+
+    def recipe_problems(self):
+        return []  # the context is optional
+
+    def read_answer(self, row, raw, how):
+        """Free text; the no-answer text reads back as ""."""
+        answer = self.parse(raw)
+        return answer, how if answer else "no_answer"
 
     def fill(self, ex, row, where, has_answer):
         if not has_answer:
@@ -228,14 +122,15 @@ def _options_from_row(args: QAArguments, row: dict[str, Any], where: str) -> lis
     if args.options_column:
         value = row[args.options_column]
         if not isinstance(value, (list, tuple)):
-            raise DataError(f"{where}: `{args.options_column}` must hold a list of options, got {type(value).__name__}.")
+            raise DataError(f"{where}: `{args.options_column}` must hold a list of options, got "
+                            f"{type(value).__name__}.")
         return [_text(o) for o in value]
     return [_text(row[c]) for c in args.options_columns or []]
 
 
 def split_options(text: str, labels: list[str], where: str) -> tuple[str, list[str]]:
     """Split `question\nA. opt\nB. opt ...` into the question and its options (labels in order)."""
-    alternation = "|".join(re.escape(lab) for lab in labels)
+    alternation = label_alternation(labels)
     # an option marker starts a line or follows a tab / a run of spaces: "\nA. ...", "\tB. ..."
     parts = re.split(rf"(?:^|\n|\t| {{2,}})[ \t]*({alternation})[ \t]*[.):][ \t]*", text)
     found = parts[1::2]
@@ -251,6 +146,9 @@ class MCQTask(Task):
 
     name: str = "mcq"
     default_prompt_format: str = "{instruction}\n\nContext: {context}\n\nQuestion: {question}\n\nOptions:\n{options}"
+    metric: str = "accuracy"
+    scores_labels: bool = True
+    max_new_tokens: int = 8
 
     def __post_init__(self) -> None:
         labels = ", ".join(self.args.option_labels)
@@ -319,7 +217,7 @@ class MCQTask(Task):
         text = text.strip()
         if not text:
             return None
-        alternation = "|".join(re.escape(lab) for lab in sorted(labels, key=len, reverse=True))
+        alternation = label_alternation(labels)
         # 1. the answer starts with a label: "B", "(b)", "B. Paris" (any case only here)
         m = re.match(rf"^[\s(\[*]*({alternation})(?![A-Za-z0-9])", text, flags=re.IGNORECASE)
         if m is None:  # 2. a label as written, not inside an ASCII word: "so B", "答案是2", "Đáp án: C" (not "a dog")
@@ -333,13 +231,32 @@ class MCQTask(Task):
                     return lab
         return None
 
+    def read_answer(self, row, raw, how):
+        """A scored label is the answer; generated text is parsed into a label (None: unparseable)."""
+        answer = raw if how == "label_score" else self.parse(raw, row)
+        return answer, how if answer else "unparseable"
+
+    def has_gold(self, rows):
+        return any(r["label"] >= 0 for r in rows)
+
+    def recipe_problems(self):
+        if self.args.options_columns and not self.args.answer_column:
+            return [f"task {self.name} needs `answer_column` for training."]
+        return []
+
+    def is_valid_answer(self, answer):
+        return answer in self.args.option_labels
+
 
 @dataclass
 class MCQGenerationTask(MCQTask):
-    """MCQ generation: context → question, options and answer key, in `genqa.mcq_format`'s fixed layout."""
+    """MCQ generation: context → question, options and answer key, in `genqa.data.mcq_format`'s fixed layout."""
 
     name: str = "mcq_generation"
     default_prompt_format: str = "{instruction}\n\nContext: {context}"
+    metric: str = "mcq_layout"
+    scores_labels: bool = False
+    max_new_tokens: int = 256
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -367,6 +284,15 @@ class MCQGenerationTask(MCQTask):
 
     def parse(self, text, ex=None):
         return text.strip()
+
+    def read_answer(self, row, raw, how):
+        return raw.strip(), how
+
+    def has_gold(self, rows):
+        return True  # the metric checks the generated questions' structure: no gold needed
+
+    def is_valid_answer(self, answer):
+        return answer is not None
 
 
 TASK_CLASSES: dict[str, type[Task]] = {

@@ -1,7 +1,7 @@
 """Data sources: read a hub dataset, a local file or folder, or SQuAD-format JSON into a `DatasetDict`.
 
 `load_source` decides the reader; `train_validation` picks (or makes, seeded and grouped by context) the
-validation split. Rows come back with the source's own columns; `genqa.tasks` maps them onto the task schema.
+validation split. Rows come back with the source's own columns; `genqa.data.tasks` maps them onto the task schema.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ from typing import Any
 from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
 
 from genqa.errors import GenqaError
-from genqa.metrics import squad_question_id
 
 SUFFIX_FORMATS = {".json": "json", ".jsonl": "jsonl", ".csv": "csv", ".parquet": "parquet", ".xlsx": "xlsx",
                   ".xls": "xlsx"}
@@ -32,6 +31,11 @@ def is_squad_json(data: Any) -> bool:
     """True for the official SQuAD layout: `{"data": [{"paragraphs": [{"context", "qas"}]}]}`."""
     return (isinstance(data, dict) and isinstance(data.get("data"), list)
             and all(isinstance(a, dict) and "paragraphs" in a for a in data["data"][:5]))
+
+
+def squad_question_id(article: int, paragraph: int, question: int) -> str:
+    """Id given to a SQuAD-layout question that has none (UIT-ViQuAD 1.0): `article-paragraph-question`."""
+    return f"{article}-{paragraph}-{question}"
 
 
 def iter_squad_rows(data: dict[str, Any], source: str = "<squad>") -> Iterator[dict[str, Any]]:
@@ -52,6 +56,17 @@ def iter_squad_rows(data: dict[str, Any], source: str = "<squad>") -> Iterator[d
                     "answer_starts": [] if impossible else [int(x.get("answer_start", -1)) for x in answers],
                     "is_impossible": impossible,
                 }
+
+
+def squad_examples(data: dict[str, Any], source: str = "<squad>") -> list[tuple[str, list[str]]]:
+    """`(qid, gold answer texts)` in file order; an empty list marks an unanswerable question."""
+    return [(row["id"], row["answers"]) for row in iter_squad_rows(data, source)]
+
+
+def squad_version(data: dict[str, Any]) -> int:
+    """2 when any question of the SQuAD JSON carries an `is_impossible` key (the v2.0 layout), else 1."""
+    return 2 if any("is_impossible" in qa for article in data["data"] for para in article.get("paragraphs", [])
+                    for qa in para.get("qas", [])) else 1
 
 
 def _read_json(path: str | os.PathLike) -> Any:
@@ -128,16 +143,88 @@ def detect_format(path: str) -> str:
     return "hub"
 
 
-def _read_table(path: str, fmt: str) -> Dataset:
-    """xlsx / csv as text cells (ids like `001` keep their zeros; empty cells are "")."""
+TABLE_SUFFIXES = (".csv", ".tsv", ".xlsx", ".xls", ".parquet")
+
+
+def read_frame(path: str | os.PathLike):
+    """A csv / tsv / xlsx / parquet file as a pandas frame of text cells (ids like `001` keep their zeros; empty
+    cells are "")."""
     import pandas as pd
 
-    if fmt == "xlsx":
-        frame = pd.read_excel(path, dtype=str).fillna("")
-    else:
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    suffix = Path(path).suffix.lower()
+    try:
+        if suffix in (".xlsx", ".xls"):
+            frame = pd.read_excel(path, dtype=str).fillna("")
+        elif suffix == ".parquet":
+            frame = pd.read_parquet(path)
+            frame = frame.astype(object).where(frame.notna(), "")
+        else:
+            frame = pd.read_csv(path, dtype=str, keep_default_na=False, sep="\t" if suffix == ".tsv" else ",")
+    except Exception as err:  # noqa: BLE001 - pandas raises many types; name the file either way
+        raise DataError(f"{path}: could not read it as {suffix[1:]} ({type(err).__name__}: {err}).") from err
     frame.columns = [str(c).strip() for c in frame.columns]
-    return Dataset.from_pandas(frame, preserve_index=False)
+    return frame
+
+
+def read_records(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """The rows of a table file (csv, tsv, xlsx, parquet), a JSON list of objects or a JSONL file, as dicts."""
+    p = Path(path)
+    suffix = p.suffix.lower()
+    if suffix in TABLE_SUFFIXES:
+        return read_frame(p).to_dict(orient="records")
+    if suffix not in (".json", ".jsonl"):
+        raise DataError(f"{path}: unsupported file type {suffix!r}; use one of "
+                        f"{', '.join(TABLE_SUFFIXES + ('.json', '.jsonl'))}.")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise DataError(f"{path}: not UTF-8 text ({err}).") from err
+    if suffix == ".json":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise DataError(f"{path}: not valid JSON ({err}).") from err
+        if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
+            raise DataError(f"{path}: must hold a JSON list of records (objects).")
+        return data
+    rows = []
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise DataError(f"{path}: line {n} is not valid JSON ({err}).") from err
+        if not isinstance(row, dict):
+            raise DataError(f"{path}: line {n} is not a JSON object.")
+        rows.append(row)
+    return rows
+
+
+def _load_hub(path: str, config: str | None):
+    try:
+        return load_dataset(path, config)
+    except Exception as err:  # noqa: BLE001 - hub errors come in many types; the message is what matters
+        raise DataError(f"{path}: could not load it as a hub dataset ({type(err).__name__}: {err}). Offline, "
+                        "point `dataset_path` at a local file instead.") from err
+
+
+def _load_with_datasets(path: str, fmt: str):
+    try:
+        return load_dataset("json" if fmt == "jsonl" else fmt, data_files=path, split="train")
+    except Exception as err:  # noqa: BLE001 - the loaders raise many types; name the file either way
+        raise DataError(f"{path}: could not read it as {fmt} ({type(err).__name__}: {err}).") from err
+
+
+#: reader of each format (json, jsonl and parquet go through `datasets`' own loaders)
+READERS = {
+    "hub": _load_hub,
+    "squad": lambda path, config: load_squad_json(path),
+    "c3": lambda path, config: load_c3_json(path),
+    "disk": lambda path, config: load_from_disk(path),
+    "xlsx": lambda path, config: Dataset.from_pandas(read_frame(path), preserve_index=False),
+    "csv": lambda path, config: Dataset.from_pandas(read_frame(path), preserve_index=False),
+}
 
 
 def load_source(path: str, fmt: str = "auto", config: str | None = None) -> DatasetDict:
@@ -147,28 +234,8 @@ def load_source(path: str, fmt: str = "auto", config: str | None = None) -> Data
     fmt = detect_format(path) if fmt == "auto" else fmt
     if fmt not in ("hub", "disk") and Path(path).is_file() and Path(path).stat().st_size == 0:
         raise DataError(f"{path}: the file is empty. Point `dataset_path` at a file with rows.")
-    if fmt == "hub":
-        try:
-            loaded = load_dataset(path, config)
-        except Exception as err:  # noqa: BLE001 - hub errors come in many types; the message is what matters
-            raise DataError(f"{path}: could not load it as a hub dataset ({type(err).__name__}: {err}). Offline, "
-                            "point `dataset_path` at a local file instead.") from err
-    elif fmt == "squad":
-        loaded = load_squad_json(path)
-    elif fmt == "c3":
-        loaded = load_c3_json(path)
-    elif fmt == "disk":
-        loaded = load_from_disk(path)
-    elif fmt in ("xlsx", "csv"):
-        try:
-            loaded = _read_table(path, fmt)
-        except Exception as err:  # noqa: BLE001 - pandas raises many types; name the file either way
-            raise DataError(f"{path}: could not read it as {fmt} ({type(err).__name__}: {err}).") from err
-    else:
-        try:
-            loaded = load_dataset("json" if fmt == "jsonl" else fmt, data_files=path, split="train")
-        except Exception as err:  # noqa: BLE001 - the loaders raise many types; name the file either way
-            raise DataError(f"{path}: could not read it as {fmt} ({type(err).__name__}: {err}).") from err
+    reader = READERS.get(fmt)
+    loaded = reader(path, config) if reader else _load_with_datasets(path, fmt)
     if isinstance(loaded, Dataset):
         loaded = DatasetDict({"train": loaded})
     if not isinstance(loaded, DatasetDict):

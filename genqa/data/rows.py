@@ -1,0 +1,66 @@
+"""One way from a data source to canonical rows, for training, prediction and scoring alike.
+
+`load_canonical_splits` gives the train and validation rows a run trains on (the recipe's source, splits and
+sample limits); `load_rows` gives the rows of one file to predict or to score (test sheets without answers too).
+Both read through `genqa.data.sources` and map through the task (`Task.to_canonical`), so a file is understood the
+same way at every stage.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from datasets import Dataset
+
+from genqa.config import QAArguments
+from genqa.data.sources import DataError, load_source, train_validation
+from genqa.data.tasks import Task
+
+
+def load_canonical_splits(qa: QAArguments, task: Task) -> tuple[Dataset, Dataset | None, str]:
+    """Load the recipe's data source, pick/make the validation split, map both onto the task schema."""
+    data = load_source(qa.dataset_path, qa.dataset_format, qa.dataset_config)
+    train, val, note = train_validation(data, qa.train_split, qa.eval_split, qa.validation_size, qa.split_seed,
+                                        qa.context_column, source=qa.dataset_path)
+    if qa.max_train_samples:
+        train = train.select(range(min(qa.max_train_samples, len(train))))
+    if val is not None and qa.max_eval_samples:
+        val = val.select(range(min(qa.max_eval_samples, len(val))))
+    train = task.to_canonical(train, f"{qa.dataset_path} [{qa.train_split}]")
+    if val is not None:
+        val = task.to_canonical(val, f"{qa.dataset_path} [validation]")
+    return train, val, note
+
+
+def load_rows(task: Task, data: str, split: str | None = None, require_answer: bool = False,
+              limit: int | None = None) -> tuple[list[dict[str, Any]], int]:
+    """Canonical rows of one split of `data` (default: `test` if present, else the first) and how many repeated ids
+    were renamed `id#2`, `id#3`, ... With `require_answer`, every row must carry its gold answer."""
+    source = load_source(data)
+    name = split or ("test" if "test" in source else next(iter(source)))
+    if name not in source:
+        raise DataError(f"{data}: no split `{name}` (splits: {', '.join(source)}).")
+    ds = source[name]
+    if limit:
+        ds = ds.select(range(min(limit, len(ds))))
+    rows = task.to_canonical(ds, f"{data} [{name}]", require_answer=require_answer).to_list()
+    ids, renamed = unique_ids([r["id"] for r in rows])
+    if renamed:
+        print(f"[genqa] warning: {renamed} repeated ids in {data}; later copies are renamed id#2, id#3, ...",
+              file=sys.stderr)
+    for row, uid in zip(rows, ids, strict=True):
+        row["id"] = uid
+    return rows, renamed
+
+
+def unique_ids(ids: Sequence[str]) -> tuple[list[str], int]:
+    """Make repeated ids unique (`id`, `id#2`, `id#3`); returns (ids, how many renamed). Prediction and scoring both
+    match ids this way."""
+    seen: dict[str, int] = {}
+    out = []
+    for i in ids:
+        seen[i] = seen.get(i, 0) + 1
+        out.append(i if seen[i] == 1 else f"{i}#{seen[i]}")
+    return out, sum(n - 1 for n in seen.values())

@@ -1,0 +1,91 @@
+"""The package's import graph follows the data flow: no cycle, and no stage imports a later one.
+
+recipe → data (source → task → template → encoding) → run folder → backbones (train / predict) → the commands;
+scoring is pure (it reads nothing from data but the MCQ layout it scores, and data never imports it).
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[1] / "genqa"
+
+# Lower number = earlier stage. A module may import its own stage or an earlier one.
+STAGES = {
+    "genqa.errors": 0, "genqa.files": 0, "genqa.messages": 0, "genqa.config": 0,
+    "genqa.recipe": 1,
+    "genqa.data": 2,
+    "genqa.scoring": 3,
+    "genqa.run_dir": 4, "genqa.submission": 4,
+    "genqa.backbones": 5,
+}
+COMMANDS = 6  # sft, merge, generate, evaluate and any other top-level module
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _imports(path: Path) -> set[str]:
+    """genqa modules imported anywhere in the file (function-level imports too)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("genqa"):
+            found.add(node.module)
+            found.update(f"{node.module}.{a.name}" for a in node.names)
+        elif isinstance(node, ast.Import):
+            found.update(a.name for a in node.names if a.name.startswith("genqa"))
+    return found
+
+
+def _graph() -> dict[str, set[str]]:
+    modules = {_module_name(p): p for p in PACKAGE.rglob("*.py")}
+    return {name: {m for m in _imports(path) if m in modules and m != name} for name, path in modules.items()}
+
+
+def _stage(module: str) -> int:
+    for prefix, stage in sorted(STAGES.items(), key=lambda kv: -len(kv[0])):
+        if module == prefix or module.startswith(prefix + "."):
+            return stage
+    return COMMANDS
+
+
+def test_no_import_cycle():
+    graph = _graph()
+    state: dict[str, int] = {}
+
+    def visit(node: str, path: list[str]) -> None:
+        state[node] = 1
+        for dep in graph[node]:
+            if state.get(dep) == 1:
+                raise AssertionError("import cycle: " + " -> ".join(path[path.index(dep):] + [dep]))
+            if dep not in state:
+                visit(dep, path + [dep])
+        state[node] = 2
+
+    for name in graph:
+        if name not in state:
+            visit(name, [name])
+
+
+def test_no_stage_imports_a_later_stage():
+    wrong = [f"{m} imports {d}" for m, deps in _graph().items() for d in deps
+             if _stage(d) > _stage(m)]
+    assert not wrong, "\n".join(wrong)
+
+
+def test_the_graph_sees_function_level_imports():
+    graph = _graph()
+    assert "genqa.backbones.loading" in graph["genqa.sft"]  # imported inside a function
+    assert "genqa.data.sources" in graph["genqa.data.rows"]
+
+
+def test_scoring_and_data_stay_apart():
+    graph = _graph()
+    data_to_scoring = [f"{m} -> {d}" for m, deps in graph.items() if m.startswith("genqa.data")
+                       for d in deps if d.startswith("genqa.scoring")]
+    scoring_to_data = [f"{m} -> {d}" for m, deps in graph.items() if m.startswith("genqa.scoring")
+                       for d in deps if d.startswith("genqa.data") and d != "genqa.data.mcq_format"]
+    assert not data_to_scoring and not scoring_to_data, data_to_scoring + scoring_to_data
