@@ -145,7 +145,8 @@ def merge(args: argparse.Namespace) -> dict[str, Any]:
 def save_merged(model, tokenizer, run: Path, out: Path, args, qa, sft, model_args, report: dict[str, Any]) -> None:
     """Write the merged model, tokenizer, recipe and report to a temp folder, then move it into place."""
     from genqa.recipe import dump_recipe, resolved_recipe
-    from genqa.run_dir import CARRIED_FILES, RECIPE_FILE
+    from genqa.run_card import model_kind, write_merged_card
+    from genqa.run_dir import CARRIED_FILES, RECIPE_FILE, REPORT_FILE
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
@@ -160,6 +161,7 @@ def save_merged(model, tokenizer, run: Path, out: Path, args, qa, sft, model_arg
             if (run / name).is_file():
                 shutil.copy2(run / name, tmp / name)
         (tmp / "genqa_merge_report.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
+        write_merged_card(tmp, run, qa, sft, model_args, report["base"], model_kind(model), report, REPORT_FILE)
         if out.exists():
             shutil.rmtree(out)
         tmp.rename(out)
