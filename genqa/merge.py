@@ -161,7 +161,7 @@ def save_merged(model, tokenizer, run: Path, out: Path, args, qa, sft, model_arg
             if (run / name).is_file():
                 shutil.copy2(run / name, tmp / name)
         (tmp / "genqa_merge_report.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
-        write_merged_card(tmp, run, qa, sft, model_args, report["base"], model_kind(model), report, REPORT_FILE)
+        write_merged_card(tmp, out, run, qa, sft, model_args, report["base"], model_kind(model), report, REPORT_FILE)
         if out.exists():
             shutil.rmtree(out)
         tmp.rename(out)

@@ -229,11 +229,12 @@ def _usage(folder: Path, qa, base: str, merged: bool) -> list[str]:
 
 
 def card_text(folder: Path, qa, sft, model_args, reports: list[dict[str, Any]], metrics: dict[str, Any],
-              base: str, backbone: str, merge_report: dict[str, Any] | None = None) -> str:
-    """The card's Markdown body (no YAML header)."""
+              base: str, backbone: str, merge_report: dict[str, Any] | None = None, final: Path | None = None) -> str:
+    """The card's Markdown body (no YAML header); `final` is where the folder ends up (default: `folder`)."""
     merged = merge_report is not None
+    shown = final or folder
     title = f"{qa.task} QA, fine-tuned from {base}" + (" (adapter merged)" if merged else "")
-    lines = [f"# {folder.name}: {title}", "",
+    lines = [f"# {shown.name}: {title}", "",
              "Trained with genqa (`genqa train`): prompt -> answer text, response-only loss." +
              (" A tiny model genqa builds offline: a pipeline check, not a useful model." if base.startswith("tiny:")
               else ""), "",
@@ -257,7 +258,7 @@ def card_text(folder: Path, qa, sft, model_args, reports: list[dict[str, Any]], 
         lines.append("")
     if (folder / LOSS_PLOT_FILE).is_file():
         lines += [f"![training loss]({LOSS_PLOT_FILE})", ""]
-    lines += ["## Use it", "", *_usage(folder, qa, base, merged), ""]
+    lines += ["## Use it", "", *_usage(shown, qa, base, merged), ""]
     return "\n".join(lines)
 
 
@@ -275,20 +276,21 @@ def hub_header(qa, model_args, base: str, backbone: str, merged: bool) -> str:
 
 
 def write_card(folder: Path, qa, sft, model_args, reports: list[dict[str, Any]], metrics: dict[str, Any],
-               base: str | None = None, backbone: str | None = None, merge_report: dict[str, Any] | None = None
-               ) -> None:
+               base: str | None = None, backbone: str | None = None, merge_report: dict[str, Any] | None = None,
+               final: Path | None = None) -> None:
     """Write `genqa_model_card.md` and `README.md` into `folder` (a run folder, or a merged one). `base` is the base
     model as the recipe names it (default: its `model_name_or_path`), `backbone` the detected one."""
     base = base or model_args.model_name_or_path
     backbone = backbone or qa.backbone
-    body = card_text(folder, qa, sft, model_args, reports, metrics, base, backbone, merge_report)
+    body = card_text(folder, qa, sft, model_args, reports, metrics, base, backbone, merge_report, final)
     write_atomic(folder / MODEL_CARD_FILE, body)
     write_atomic(folder / HUB_CARD_FILE, hub_header(qa, model_args, base, backbone, merge_report is not None) + body)
 
 
-def write_merged_card(folder: Path, run: Path, qa, sft, model_args, base: str, backbone: str,
+def write_merged_card(folder: Path, final: Path, run: Path, qa, sft, model_args, base: str, backbone: str,
                       report: dict[str, Any], data_report_file: str) -> None:
-    """The card of a merged folder: the run's data and metrics (read from its files) and the merge check."""
+    """The card of a merged folder (written into `folder`, named as `final`): the run's data and metrics (read from
+    its files) and the merge check."""
     if not is_main_process():
         return
     reports = json.loads((run / data_report_file).read_text(encoding="utf-8")) if (
@@ -297,4 +299,5 @@ def write_merged_card(folder: Path, run: Path, qa, sft, model_args, base: str, b
         run / ALL_RESULTS_FILE).is_file() else {}
     if (run / LOSS_PLOT_FILE).is_file():
         shutil.copy2(run / LOSS_PLOT_FILE, folder / LOSS_PLOT_FILE)
-    write_card(folder, qa, sft, model_args, reports, metrics, base=base, backbone=backbone, merge_report=report)
+    write_card(folder, qa, sft, model_args, reports, metrics, base=base, backbone=backbone, merge_report=report,
+               final=final)
