@@ -168,6 +168,8 @@ def plot_losses(log_history: list[dict[str, Any]], path: Path, best_step: int | 
         axes[1].plot(*series(key), marker="o", label=key)
     if gen:
         axes[1].set(xlabel="step", title="task metrics on validation rows (generated)")
+        if all(0 <= v <= 1 for key in gen for v in series(key)[1]):  # rates: show them on their full scale
+            axes[1].set_ylim(-0.03, 1.03)
     for a in axes:
         if best_step is not None:
             a.axvline(best_step, color="gray", linestyle="--", linewidth=1, label=f"best checkpoint (step {best_step})")
