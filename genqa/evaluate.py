@@ -19,8 +19,6 @@ from pathlib import Path
 from typing import Any
 
 from genqa.data.mcq_format import DEFAULT_LABELS, PREFIXES
-from genqa.data.rows import unique_ids
-from genqa.data.sources import DataError, is_squad_json, read_records, squad_examples, squad_version
 from genqa.errors import GenqaError, report_errors
 from genqa.scoring.metrics import LANGS, mcq_accuracy, mcq_generation_quality, normalize_choice, squad_scores
 from genqa.submission import FINGERPRINT_KEY
@@ -55,6 +53,8 @@ def _read_json(path: Path, flag: str) -> Any:
 def _records(path: Path, flag: str) -> list[dict[str, Any]]:
     """Rows of a table / JSON / JSONL file (`genqa.data.sources.read_records`), without the header line of
     genqa.generate's OUT.predictions.jsonl."""
+    from genqa.data.sources import DataError, read_records  # reading data loads `datasets`: not needed for --help
+
     try:
         rows = read_records(path)
     except DataError as err:
@@ -118,6 +118,9 @@ def _check_known_ids(pred_ids: list[str], known: set[str], pred_path: Path, data
 
 
 def _evaluate_squad(args: argparse.Namespace) -> dict[str, Any]:
+    from genqa.data.rows import unique_ids
+    from genqa.data.sources import is_squad_json, squad_examples, squad_version
+
     data_path = _existing(args.data, "--data", "an official-layout SQuAD JSON file (e.g. dev-v2.0.json)")
     pred_path = _existing(args.predictions, "--predictions", "a JSON map {qid: answer} or a CSV with id/answer")
     data = _read_json(data_path, "--data")
@@ -204,7 +207,7 @@ def _evaluate_mcq_generation(args: argparse.Namespace) -> dict[str, Any]:
 
 def build_parser() -> argparse.ArgumentParser:
     """The command-line parser of `python -m genqa.evaluate`."""
-    ap = argparse.ArgumentParser(prog="python -m genqa.evaluate", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="genqa eval", description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", help="dev file: SQuAD JSON (extractive tasks) or a table with id/gold columns (mcq)")
     ap.add_argument("--predictions", required=True, help="predictions: JSON map {qid: answer}, CSV, JSONL, ...")
     ap.add_argument("--task", choices=TASKS, default="extractive",

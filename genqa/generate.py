@@ -17,20 +17,18 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from genqa.data.rows import load_rows
-from genqa.data.tasks import get_task
-from genqa.data.templates import load_template
 from genqa.errors import report_errors
 from genqa.files import write_atomic
-from genqa.recipe import RecipeError, parse_recipe
-from genqa.run_dir import RECIPE_FILE, load_run
 from genqa.scoring.metrics import LANGS
 from genqa.submission import PredictionStore, SubmissionError, write_json_predictions, write_submission
+
+# Data, templates, the recipe parser (TRL) and the run folder are imported where used: `genqa predict --help` loads
+# none of them.
 
 
 def build_parser() -> argparse.ArgumentParser:
     """Command-line options of genqa.generate (unknown `--key value` pairs are recipe overrides)."""
-    p = argparse.ArgumentParser(prog="python -m genqa.generate", description=__doc__,
+    p = argparse.ArgumentParser(prog="genqa predict", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--base", required=True, help="Merged model folder, a base model, or tiny:llama.")
     p.add_argument("--data", required=True, help="Test data: any source genqa trains from (xlsx, json, SQuAD...).")
@@ -60,6 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def resolve_recipe(args: argparse.Namespace, overrides: list[str]):
     """The recipe of this prediction: --recipe, else the one saved with the adapter or the merged base."""
+    from genqa.recipe import RecipeError, parse_recipe
+    from genqa.run_dir import RECIPE_FILE, load_run
+
     if args.recipe:
         qa, sft, model_args, _ = parse_recipe([args.recipe, "--use_cpu", "true", *overrides])
         return qa, sft, model_args
@@ -108,6 +109,8 @@ def _tokenizer_and_template(args, qa, template_overridden: bool = False):
     from transformers import AutoTokenizer
 
     from genqa.backbones.loading import ensure_pad_token, resolve_model_path
+    from genqa.data.templates import load_template
+    from genqa.run_dir import RECIPE_FILE
 
     folder = args.adapter or args.base
     tokenizer = ensure_pad_token(AutoTokenizer.from_pretrained(resolve_model_path(folder)))
@@ -125,6 +128,7 @@ def predict(args: argparse.Namespace, qa, sft, model_args, rows: list[dict[str, 
 
     from genqa.backbones import PredictOptions, get_backbone
     from genqa.backbones.loading import detect_backbone, model_device, torch_dtype
+    from genqa.data.tasks import get_task
 
     task = get_task(qa)
     todo = [r for r in rows if r["id"] not in store]
@@ -156,6 +160,9 @@ def predict(args: argparse.Namespace, qa, sft, model_args, rows: list[dict[str, 
 
 def run(args: argparse.Namespace, overrides: list[str]) -> int:
     """Predict, write the submission (or SQuAD JSON) and, when the data carries answers, the metrics."""
+    from genqa.data.rows import load_rows
+    from genqa.data.tasks import get_task
+
     qa, sft, model_args = resolve_recipe(args, overrides)
     task = get_task(qa)
     rows, renamed = load_rows(task, args.data, args.split, limit=args.limit)

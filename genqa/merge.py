@@ -18,13 +18,11 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from genqa.errors import GenqaError, report_errors
-from genqa.recipe import RecipeError, dump_recipe
-from genqa.run_dir import CARRIED_FILES, RECIPE_FILE, load_run, load_validation_rows
 
-TOLERANCE = {torch.float32: 1e-3, torch.bfloat16: 5e-2, torch.float16: 2e-2}
+# torch, the recipe parser (TRL) and the run folder (datasets) are imported where used: `genqa merge --help` loads
+# none of them.
+TOLERANCE = {"float32": 1e-3, "bfloat16": 5e-2, "float16": 2e-2}
 
 
 class MergeError(GenqaError, RuntimeError):
@@ -33,7 +31,7 @@ class MergeError(GenqaError, RuntimeError):
 
 def build_parser() -> argparse.ArgumentParser:
     """Command-line options of genqa.merge."""
-    p = argparse.ArgumentParser(prog="python -m genqa.merge", description=__doc__,
+    p = argparse.ArgumentParser(prog="genqa merge", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--adapter", required=True, help="Run folder holding the adapter (and genqa_recipe.yaml).")
     p.add_argument("--out", required=True, help="Folder for the merged model (must not exist, or pass --overwrite).")
@@ -54,6 +52,7 @@ def check_rows(run_dir: str, qa, n_rows: int) -> list[dict[str, Any]]:
     """The run's first validation rows (its training rows if it kept none): what the merge is checked on."""
     from genqa.data.rows import load_canonical_splits
     from genqa.data.tasks import get_task
+    from genqa.run_dir import load_validation_rows
 
     rows = load_validation_rows(run_dir)
     if rows is None:
@@ -61,21 +60,23 @@ def check_rows(run_dir: str, qa, n_rows: int) -> list[dict[str, Any]]:
     return rows.select(range(min(n_rows, len(rows)))).to_list()
 
 
-@torch.inference_mode()
-def logits_of(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+def logits_of(model, batch: dict):
     """Float32 logits (QA models: start and end logits stacked) on the padding-free positions."""
+    import torch
+
     from genqa.backbones.loading import model_device
 
     device = model_device(model)
-    out = model(**{k: v.to(device) for k, v in batch.items()})
-    if hasattr(out, "start_logits") and getattr(out, "logits", None) is None:
-        logits = torch.stack([out.start_logits, out.end_logits], dim=-1)
-    else:
-        logits = out.logits
-    logits = logits.float().cpu()
-    mask = batch.get("attention_mask")
-    if mask is not None and logits.shape[:2] == mask.shape:
-        logits = logits[mask.bool()]
+    with torch.inference_mode():
+        out = model(**{k: v.to(device) for k, v in batch.items()})
+        if hasattr(out, "start_logits") and getattr(out, "logits", None) is None:
+            logits = torch.stack([out.start_logits, out.end_logits], dim=-1)
+        else:
+            logits = out.logits
+        logits = logits.float().cpu()
+        mask = batch.get("attention_mask")
+        if mask is not None and logits.shape[:2] == mask.shape:
+            logits = logits[mask.bool()]
     return logits
 
 
@@ -87,6 +88,8 @@ def merge(args: argparse.Namespace) -> dict[str, Any]:
     from genqa.backbones import auto_class, get_backbone
     from genqa.backbones.loading import detect_backbone, ensure_pad_token, resolve_model_path, torch_dtype
     from genqa.data.tasks import get_task
+    from genqa.recipe import RecipeError
+    from genqa.run_dir import load_run
 
     run = Path(args.adapter)
     if not (run / "adapter_config.json").is_file():
@@ -110,7 +113,7 @@ def merge(args: argparse.Namespace) -> dict[str, Any]:
     model = model.merge_and_unload()
     merged_logits = logits_of(model.eval(), batch)
     diff = float((merged_logits - adapter_logits).abs().max())
-    tol = args.tolerance if args.tolerance is not None else TOLERANCE[dtype]
+    tol = args.tolerance if args.tolerance is not None else TOLERANCE[args.dtype]
     report["merged_vs_adapter_max_abs_diff"] = diff
     print(f"[genqa] merged vs adapter on the {args.dtype} base: max |logit diff| = {diff:.3g} (tolerance {tol:g})")
     if diff > tol:
@@ -141,7 +144,9 @@ def merge(args: argparse.Namespace) -> dict[str, Any]:
 
 def save_merged(model, tokenizer, run: Path, out: Path, args, qa, sft, model_args, report: dict[str, Any]) -> None:
     """Write the merged model, tokenizer, recipe and report to a temp folder, then move it into place."""
-    from genqa.recipe import resolved_recipe
+    from genqa.recipe import dump_recipe, resolved_recipe
+    from genqa.run_card import model_kind, write_merged_card
+    from genqa.run_dir import CARRIED_FILES, RECIPE_FILE, REPORT_FILE
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
@@ -156,6 +161,7 @@ def save_merged(model, tokenizer, run: Path, out: Path, args, qa, sft, model_arg
             if (run / name).is_file():
                 shutil.copy2(run / name, tmp / name)
         (tmp / "genqa_merge_report.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
+        write_merged_card(tmp, out, run, qa, sft, model_args, report["base"], model_kind(model), report, REPORT_FILE)
         if out.exists():
             shutil.rmtree(out)
         tmp.rename(out)

@@ -19,8 +19,17 @@ from trl import ModelConfig, SFTConfig
 from genqa.config import QAArguments
 from genqa.data.tasks import CANONICAL_FEATURES
 from genqa.files import write_atomic
-from genqa.messages import is_main_process, say
+from genqa.messages import is_main_process, open_run_log, say
 from genqa.recipe import RecipeError, dump_recipe, parse_recipe, resolved_recipe
+from genqa.run_card import (  # noqa: F401  (the files genqa writes for people: named in run_card, listed here)
+    ALL_RESULTS_FILE,
+    HUB_CARD_FILE,
+    LOSS_PLOT_FILE,
+    MODEL_CARD_FILE,
+    TRAINER_LOG_FILE,
+)
+from genqa.run_card import attach as attach_run_card
+from genqa.run_card import finish as finish_run_card
 
 RECIPE_FILE = "genqa_recipe.yaml"
 REPORT_FILE = "genqa_data_report.json"
@@ -134,6 +143,7 @@ def start_run(qa: QAArguments, sft: SFTConfig, model_args: ModelConfig, tokenize
     if template:
         tokenizer.chat_template = template  # the run folder's tokenizer carries the template it was trained with
     resume = prepare_output_dir(sft)
+    open_run_log(sft.output_dir)
     if resume:
         check_resumed_recipe(sft.output_dir, resolved_recipe(qa, sft, model_args))
     save_run_files(sft.output_dir, qa, sft, model_args, reports, validation)
@@ -158,6 +168,7 @@ def train_and_finish(trainer, resume: str | bool | None, tokenizer, qa: QAArgume
     then save everything with `finish_run`; returns the run folder. Every trainer (causal, seq2seq, extractive) ends
     here."""
     check_fsdp(trainer)
+    attach_run_card(trainer, qa, sft, model_args, reports)
     trainer.train(resume_from_checkpoint=resume)
     return finish_run(trainer, tokenizer, qa, sft, model_args, reports, validation)
 
@@ -170,4 +181,5 @@ def finish_run(trainer, tokenizer, qa: QAArguments, sft: SFTConfig, model_args: 
     if trainer.is_world_process_zero():
         tokenizer.save_pretrained(sft.output_dir)
     save_run_files(sft.output_dir, qa, sft, model_args, reports, validation)
+    finish_run_card(trainer, qa, sft, model_args, reports)
     return sft.output_dir

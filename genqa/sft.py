@@ -19,7 +19,7 @@ from genqa.data.sources import DataError, detect_format
 from genqa.data.tasks import get_task
 from genqa.data.templates import TemplateError, load_template
 from genqa.errors import report_errors
-from genqa.messages import say
+from genqa.messages import quiet_known_noise, say
 from genqa.recipe import RecipeError, non_default_items, parse_recipe
 
 
@@ -60,6 +60,29 @@ def validate(qa: QAArguments, sft, model_args, recipe_path: str | None) -> list[
         problems.append(f"{where}: max_length={sft.max_length} leaves no room for a prompt and an answer.")
     if (model_args.load_in_4bit or model_args.load_in_8bit) and not model_args.use_peft:
         problems.append(f"{where}: a quantized model cannot be trained in full; set `use_peft: true` (QLoRA).")
+    problems += [f"{where}: {p}" for p in report_to_problems(sft.report_to)]
+    return problems
+
+
+def report_to_problems(report_to: list[str] | str | None) -> list[str]:
+    """Trackers in `report_to` that transformers does not know or that are not installed (transformers itself fails
+    only when the trainer is built, after the data has been read and tokenized)."""
+    from transformers.integrations.integration_utils import (
+        INTEGRATION_TO_CALLBACK,
+        get_available_reporting_integrations,
+    )
+
+    names = [report_to] if isinstance(report_to, str) else list(report_to or [])
+    names = [n for n in names if n not in ("none", "all")]
+    installed = set(get_available_reporting_integrations())
+    problems = []
+    for name in names:
+        if name not in INTEGRATION_TO_CALLBACK:
+            problems.append(f"report_to: unknown tracker `{name}`; choose from {', '.join(INTEGRATION_TO_CALLBACK)} "
+                            "or `none`.")
+        elif name not in installed and name != "flyte":
+            extra = " (`pip install \"genqa[tracking]\"`)" if name == "tensorboard" else ""
+            problems.append(f"report_to: `{name}` is not installed; install it{extra} or set `report_to: none`.")
     return problems
 
 
@@ -99,8 +122,13 @@ def run(argv: list[str]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of `python -m genqa.sft` / `accelerate launch -m genqa.sft`."""
+    """Entry point of `genqa train` / `python -m genqa.sft` / `accelerate launch -m genqa.sft`."""
+    from genqa.cli import print_train_help, wants_train_help
+
     argv = list(sys.argv[1:] if argv is None else argv)
+    if wants_train_help(argv):
+        return print_train_help(argv)
+    quiet_known_noise()
     if not torch_cuda_available() and not any(a.startswith("--use_cpu") for a in argv):
         argv += ["--use_cpu", "true"]  # no GPU: train on the CPU (bf16 and multi-process DDP need it, shared NOTES)
     try:

@@ -13,11 +13,11 @@ PACKAGE = Path(__file__).resolve().parents[1] / "genqa"
 
 # Lower number = earlier stage. A module may import its own stage or an earlier one.
 STAGES = {
-    "genqa.errors": 0, "genqa.files": 0, "genqa.messages": 0, "genqa.config": 0,
+    "genqa.errors": 0, "genqa.files": 0, "genqa.resources": 0, "genqa.messages": 0, "genqa.config": 0,
     "genqa.recipe": 1,
     "genqa.data": 2,
     "genqa.scoring": 3,
-    "genqa.run_dir": 4, "genqa.submission": 4,
+    "genqa.run_dir": 4, "genqa.run_card": 4, "genqa.submission": 4,
     "genqa.backbones": 5,
 }
 COMMANDS = 6  # sft, merge, generate, evaluate and any other top-level module

@@ -34,12 +34,14 @@ class GenerationEvalCallback(TrainerCallback):
         self.encoder, self.rows, self.max_new_tokens, self.lang = encoder, rows, max_new_tokens, lang
         self.trainer = None
 
-    def on_evaluate(self, args, state, control, model=None, **kwargs):
-        """Run the generation pass on every process and log `eval_gen_*` from the main one.
+    def on_evaluate(self, args, state, control, model=None, metrics=None, **kwargs):
+        """Run the generation pass on every process, add `eval_gen_*` to the evaluation's metrics and log them.
 
         Every rank generates because with sharded weights (DeepSpeed ZeRO-3, FSDP) each forward pass gathers the shards
         from all ranks: a main-process-only pass would wait forever. Under DDP the other ranks would wait at the next
-        step anyway.
+        step anyway. Every rank also scores (greedy answers are the same on each): `metrics` is the dict
+        `Trainer.evaluate` returns, which `metric_for_best_model: eval_gen_f1` (checkpoint selection, on every rank)
+        and early stopping read, so the task metric is a real evaluation metric, not only a logged one.
         """
         if self.trainer is None or not self.rows:
             return
@@ -50,8 +52,8 @@ class GenerationEvalCallback(TrainerCallback):
             answers = predict_answers(model, self.encoder, self.rows, self.max_new_tokens)
         finally:
             model.train(was_training)
-        if not state.is_world_process_zero:
-            return
-        metrics = task_metrics(self.encoder.task, self.rows, answers, self.lang)
-        flat = {f"eval_gen_{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}
+        scores = task_metrics(self.encoder.task, self.rows, answers, self.lang)
+        flat = {f"eval_gen_{k}": v for k, v in scores.items() if isinstance(v, (int, float))}
+        if metrics is not None:
+            metrics.update(flat)
         self.trainer.log(flat)

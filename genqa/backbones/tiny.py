@@ -17,12 +17,12 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from genqa.data.templates import TEMPLATE_DIR
 from genqa.recipe import RecipeError
+from genqa.resources import resource_dir
 
 TINY_PREFIX = "tiny:"
 TINY_VERSION = "3"
-SAMPLE_DIR = TEMPLATE_DIR.parent / "data" / "tiny"
+SAMPLE_DIR = resource_dir("sample_data")
 SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>", "<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>",
                   "<|eot_id|>", "<|im_start|>", "<|im_end|>"]
 EXTRA_CORPUS = [

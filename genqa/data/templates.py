@@ -14,8 +14,9 @@ from pathlib import Path
 from transformers import PreTrainedTokenizerBase
 
 from genqa.errors import GenqaError
+from genqa.resources import resource_dir
 
-TEMPLATE_DIR = Path(__file__).resolve().parents[2] / "templates"
+TEMPLATE_DIR = resource_dir("templates")
 _SENTINEL = "\u2063GENQA_ANSWER\u2063"
 
 
