@@ -59,7 +59,12 @@ def find_nfc(answer: str, context: str) -> list[tuple[int, int]]:
     """Every (start, end) of `context` whose NFC form equals the NFC form of `answer` (clusters kept whole)."""
     norm_ctx, spans = _norm_with_map(context, lambda s: s, collapse_space=False)
     norm_ans = unicodedata.normalize("NFC", answer)
-    return [(spans[p][0], spans[p + len(norm_ans) - 1][1]) for p in _find_all(norm_ans, norm_ctx)]
+    n, out = len(norm_ans), []
+    for p in _find_all(norm_ans, norm_ctx):
+        whole = (p == 0 or spans[p - 1] != spans[p]) and (p + n == len(spans) or spans[p + n] != spans[p + n - 1])
+        if whole:  # a match must not end inside a character's combining marks ("0" is not in "0\u0300")
+            out.append((spans[p][0], spans[p + n - 1][1]))
+    return out
 
 
 def map_to_context(answer: str, context: str) -> tuple[str, str]:
