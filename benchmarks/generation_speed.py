@@ -96,6 +96,7 @@ def main() -> None:
     is_run = (Path(path) / RECIPE_FILE).is_file()
     qa, sft, _ = load_run(path) if is_run else parse_recipe(["recipes/tiny/mcq.yaml"])[:3]
     template = tok.chat_template if is_run and tok.chat_template else load_template(qa.template, tok)
+    qa.on_bad_row = "skip"  # the real Kaggle sheet has one row with an empty option (ID 2463); skipped, counted
     task = get_task(qa)
     source = load_source(args.data)
     base = task.to_canonical(source[next(iter(source))], args.data).to_list()

@@ -10,11 +10,37 @@ A recipe is one YAML file holding keys of three dataclasses, parsed together by 
 
 from __future__ import annotations
 
+import string
 from dataclasses import dataclass, field
 
 TASKS = ("extractive", "mcq", "mcq_generation", "abstractive")
 BACKBONES = ("auto", "causal_lm", "seq2seq", "extractive")
 DATASET_FORMATS = ("auto", "hub", "json", "jsonl", "csv", "parquet", "xlsx", "squad", "c3", "disk")
+#: the fields a `prompt_format` may use
+PROMPT_FIELDS = ("instruction", "context", "question", "options")
+#: lowest value of genqa's numeric keys (None values mean "unset" and are not checked)
+MINIMUM = {"validation_size": 0, "split_seed": 0, "max_train_samples": 1, "max_eval_samples": 1, "doc_stride": 0,
+           "max_answer_length": 1, "n_best_size": 1, "max_target_length": 1, "generation_eval_samples": 0,
+           "generation_eval_max_new_tokens": 1}
+
+
+def prompt_format_problem(fmt: str) -> str | None:
+    """Why `fmt` is not a usable `prompt_format` (None when it is): it may use only the fields `PROMPT_FIELDS` by
+    name, with no attribute or index access (`{context.__class__}`), conversion or format spec, and its braces must
+    balance (`{{` / `}}` for literal ones). Checked with `string.Formatter().parse`, the parser `str.format` uses."""
+    try:
+        parsed = list(string.Formatter().parse(fmt))
+    except ValueError as err:
+        return f"it is not a valid format string ({err}); write literal braces as {{{{ and }}}}"
+    for _, name, spec, conversion in parsed:
+        if name is None:
+            continue
+        if name not in PROMPT_FIELDS:
+            return (f"it uses the field {{{name}}}; only {', '.join('{' + f + '}' for f in PROMPT_FIELDS)} are "
+                    "allowed, by name, without attribute or index access")
+        if spec or conversion:
+            return f"the field {{{name}}} has a conversion or format spec; write the bare field {{{name}}}"
+    return None
 
 
 @dataclass
@@ -175,5 +201,15 @@ class QAArguments:
             raise ValueError(f"on_bad_row: use error or skip, got {self.on_bad_row!r}.")
         if self.metric_lang not in ("en", "vi", "zh"):
             raise ValueError(f"metric_lang: use en, vi or zh, got {self.metric_lang!r}.")
-        if self.validation_size < 0:
-            raise ValueError(f"validation_size must be >= 0, got {self.validation_size}.")
+        self._check_values()
+
+    def _check_values(self) -> None:
+        """Numeric keys at or above their `MINIMUM`, and a `prompt_format` that `prompt_format_problem` accepts."""
+        for key, low in MINIMUM.items():
+            value = getattr(self, key)
+            if isinstance(value, int | float) and not isinstance(value, bool) and value < low:
+                raise ValueError(f"{key} must be >= {low}, got {value}.")
+        if self.prompt_format is not None:
+            problem = prompt_format_problem(self.prompt_format)
+            if problem:
+                raise ValueError(f"prompt_format {self.prompt_format!r}: {problem}.")

@@ -6,8 +6,14 @@
 
 Tasks: `squad_v1` / `squad_v2` (official SQuAD scripts), `extractive` (= SQuAD, v2.0 when any question has an
 `is_impossible` key, else v1.1), `mcq` (accuracy by id), `mcq_generation` (share of generated texts that follow
-the `genqa.data.mcq_format` layout). Mistakes a user can make (missing file or column, ids that do not match) end
-with a message on stderr and exit code 2.
+the `genqa.data.mcq_format` layout).
+
+Ids are matched as the official SQuAD scripts match them: predictions whose id is not in the dev file are ignored
+(a warning gives their count and a few of them; `--strict` refuses them), and a dev question without a prediction
+scores 0 (v1.1 and v2.0 alike; the official v2.0 script leaves it out instead, see `genqa.scoring.metrics`).
+`--subset predicted` scores exactly the predicted questions (e.g. predictions made with `genqa.generate --limit`)
+and says how many of the dev file were left out. Predictions must be strings. Mistakes a user can make (missing
+file or column, malformed file, no id in common) end with a message on stderr and exit code 2.
 """
 
 from __future__ import annotations
@@ -86,8 +92,16 @@ def _id_map(ids: list[Any], values: list[Any], path: Path, flag: str) -> dict[st
     return out
 
 
-def _load_answer_map(path: Path, id_column: str, answer_column: str) -> dict[str, str]:
-    """Predictions `{qid: answer}` from a flat JSON map, or id/answer columns of a table."""
+def _prediction(qid: Any, value: Any, path: Path) -> str | None:
+    """A prediction value as read: a string, or None (no answer); anything else is refused, naming its id."""
+    if value is None or isinstance(value, str):
+        return value
+    raise EvaluateError(f"--predictions file '{path}': the prediction for id {_cell(qid)!r} is {value!r} (a "
+                        f"{type(value).__name__}), not a string; write every answer as a JSON string.")
+
+
+def _load_answer_map(path: Path, id_column: str, answer_column: str) -> dict[str, str | None]:
+    """Predictions `{qid: answer}` from a flat JSON map, or id/answer columns of a table / JSONL file."""
     flag = "--predictions"
     if path.suffix.lower() == ".json":
         data = _read_json(path, flag)
@@ -95,26 +109,46 @@ def _load_answer_map(path: Path, id_column: str, answer_column: str) -> dict[str
             if isinstance(data.get("data"), list):
                 raise EvaluateError(f"{flag} file '{path}' looks like a SQuAD dataset, not predictions; pass a flat "
                                     "JSON map {qid: answer} or a CSV with id/answer columns.")
-            for qid, value in data.items():
-                if value is not None and not isinstance(value, str | int | float):
-                    raise EvaluateError(f"{flag} file '{path}': the prediction for '{qid}' is a "
-                                        f"{type(value).__name__}, not a string; write one answer string per id.")
-            return {str(k): _cell(v) for k, v in data.items()}
+            return {str(k): _prediction(k, v, path) for k, v in data.items()}
     rows = _records(path, flag)
     ids = _column(rows, id_column, path, flag, "--id_column")
     answers = _column(rows, answer_column, path, flag, "--answer_column")
-    return {k: _cell(v) for k, v in _id_map(ids, answers, path, flag).items()}
+    return {k: _prediction(k, v, path) for k, v in _id_map(ids, answers, path, flag).items()}
 
 
-def _check_known_ids(pred_ids: list[str], known: set[str], pred_path: Path, data_path: Path) -> None:
-    unknown = [k for k in pred_ids if k not in known]
-    if unknown:
-        shown = ", ".join(repr(k) for k in unknown[:3])
-        raise EvaluateError(f"{len(unknown)} of {len(pred_ids)} ids in --predictions file '{pred_path}' are not in "
-                            f"--data file '{data_path}' (e.g. {shown}); check that both files come from the same "
-                            "split and that --id_column names the id column.")
-    if not pred_ids:
+def _ids_to_score(known: list[str], preds: dict[str, Any], args: argparse.Namespace, pred_path: Path,
+                  data_path: Path) -> list[str]:
+    """The dev ids to score: all of them (a missing prediction scores 0), or with `--subset predicted` those with a
+    prediction. Prediction ids not in the dev file are ignored with a warning (refused under `--strict`)."""
+    known_set = set(known)
+    extra = [k for k in preds if k not in known_set]
+    matched = len(preds) - len(extra)
+    if not preds:
         raise EvaluateError(f"--predictions file '{pred_path}' holds no predictions.")
+    if extra and (args.strict or not matched):
+        shown = ", ".join(repr(k) for k in extra[:3])
+        why = "(--strict)" if matched else "so there is nothing to score"
+        raise EvaluateError(f"{len(extra)} of {len(preds)} ids in --predictions file '{pred_path}' are not in "
+                            f"--data file '{data_path}' (e.g. {shown}) {why}; check that both files come from the "
+                            "same split and that --id_column names the id column.")
+    if extra:
+        _warn(f"{len(extra)} of {len(preds)} ids in --predictions file '{pred_path}' are not in --data file "
+              f"'{data_path}' (e.g. {', '.join(repr(k) for k in extra[:3])}); they are ignored, as the official "
+              "SQuAD scripts do (--strict refuses them).")
+    missing = [k for k in known if k not in preds]
+    if missing and args.subset == "predicted":
+        _warn(f"--subset predicted: scoring the {len(known) - len(missing)} questions with a prediction; "
+              f"{len(missing)} of the {len(known)} questions of --data file '{data_path}' are left out.")
+        return [k for k in known if k in preds]
+    if missing and args.strict:
+        raise EvaluateError(f"{len(missing)} of the {len(known)} questions of --data file '{data_path}' have no "
+                            f"prediction in '{pred_path}' (e.g. {', '.join(repr(k) for k in missing[:3])}) "
+                            "(--strict); predict them all, or pass --subset predicted to score only those predicted.")
+    return known
+
+
+def _warn(message: str) -> None:
+    print(f"genqa.evaluate: warning: {message}", file=sys.stderr)
 
 
 def _evaluate_squad(args: argparse.Namespace) -> dict[str, Any]:
@@ -127,11 +161,7 @@ def _evaluate_squad(args: argparse.Namespace) -> dict[str, Any]:
     if not is_squad_json(data):
         raise EvaluateError(f"--data file '{data_path}' is not official SQuAD JSON "
                             "({\"data\": [{\"paragraphs\": [...]}]}); for MCQ files use --task mcq.")
-    try:
-        examples = squad_examples(data, f"--data file '{data_path}'")
-    except (KeyError, TypeError, AttributeError) as err:
-        raise EvaluateError(f"--data file '{data_path}' is not well-formed SQuAD JSON ({type(err).__name__}: {err});"
-                            " every question needs `question` and `answers: [{\"text\": ...}]`.") from err
+    examples = squad_examples(data, f"--data file '{data_path}'")
     version = {"squad_v1": 1, "squad_v2": 2}.get(args.task) or squad_version(data)
     if examples and squad_version(data) == 1 and not any(golds for _, golds in examples):
         raise EvaluateError(f"--data file '{data_path}' has no gold answers (an unlabelled test split?); evaluate "
@@ -146,10 +176,9 @@ def _evaluate_squad(args: argparse.Namespace) -> dict[str, Any]:
             note = "matched to predictions keyed id#2, id#3, ... as genqa.generate writes them"
         else:
             note = "as in the official script, only the last occurrence of each id is scored"
-        print(f"genqa.evaluate: warning: --data file '{data_path}' repeats {n} question ids; {note}.",
-              file=sys.stderr)
-    _check_known_ids(list(preds), set(ids), pred_path, data_path)
-    return squad_scores(examples, preds, lang=args.lang, version=version)
+        _warn(f"--data file '{data_path}' repeats {n} question ids; {note}.")
+    keep = set(_ids_to_score(list(dict.fromkeys(ids)), preds, args, pred_path, data_path))
+    return squad_scores([ex for ex in examples if ex[0] in keep], preds, lang=args.lang, version=version)
 
 
 def _recipe_golds(recipe: str, data_path: Path) -> dict[str, str]:
@@ -166,6 +195,17 @@ def _recipe_golds(recipe: str, data_path: Path) -> dict[str, str]:
     return {r["id"]: qa.option_labels[r["label"]] for r in rows if r["label"] >= 0}
 
 
+def _option_labels(args: argparse.Namespace) -> list[str] | None:
+    """The MCQ option labels: `--labels`, else the recipe's `option_labels` (None when neither is given)."""
+    if args.labels:
+        return [x.strip() for x in args.labels.split(",") if x.strip()]
+    if args.recipe:
+        from genqa.recipe import parse_recipe
+
+        return list(parse_recipe([args.recipe, "--use_cpu", "true"])[0].option_labels)
+    return None
+
+
 def _evaluate_mcq(args: argparse.Namespace) -> dict[str, Any]:
     data_path = _existing(args.data, "--data", "a CSV/JSON/JSONL/XLSX file with id and gold answer columns")
     pred_path = _existing(args.predictions, "--predictions", "a CSV with id and answer columns")
@@ -177,16 +217,18 @@ def _evaluate_mcq(args: argparse.Namespace) -> dict[str, Any]:
         golds = _id_map(ids, _column(rows, args.gold_column, data_path, "--data", "--gold_column"), data_path,
                         "--data")
     preds = _load_answer_map(pred_path, args.id_column, args.answer_column)
-    _check_known_ids(list(preds), set(golds), pred_path, data_path)
-    metrics = mcq_accuracy([_cell(g) for g in golds.values()], [preds.get(k) for k in golds])
-    metrics["missing"] = sum(1 for k in golds if k not in preds)
-    labels = {normalize_choice(p) for p in preds.values() if normalize_choice(p) is not None}
-    odd = [g for g in golds.values() if normalize_choice(_cell(g)) not in labels | {None}]
-    if odd and len(labels) <= 10:
-        print(f"genqa.evaluate: warning: {len(odd)} gold answers are not option labels like the predictions "
-              f"(e.g. {_cell(odd[0])!r}); they are compared as text. If the gold column holds option texts or "
-              "numbers, score with genqa.generate on the labelled file (it maps them through the recipe).",
-              file=sys.stderr)
+    scored = _ids_to_score(list(golds), preds, args, pred_path, data_path)
+    labels = _option_labels(args)
+    metrics = mcq_accuracy([_cell(golds[k]) for k in scored], [preds.get(k) for k in scored], labels=labels)
+    metrics["missing"] = sum(1 for k in scored if k not in preds)
+    if metrics["missing"]:
+        _warn(f"{metrics['missing']} of {len(scored)} questions have no prediction; each is scored wrong.")
+    valid = {normalize_choice(lab) for lab in labels or []}
+    odd = [golds[k] for k in scored if normalize_choice(_cell(golds[k])) not in valid | {None}]
+    if labels and odd:
+        _warn(f"{len(odd)} gold answers are not option labels ({', '.join(labels)}) (e.g. {_cell(odd[0])!r}); they "
+              "are compared as text. If the gold column holds option texts or numbers, pass --recipe RECIPE: it "
+              "maps them to labels exactly as training does.")
     return metrics
 
 
@@ -196,7 +238,7 @@ def _evaluate_mcq_generation(args: argparse.Namespace) -> dict[str, Any]:
     rows = _records(pred_path, "--predictions")
     outputs = _column(rows, args.answer_column, pred_path, "--predictions", "--answer_column")
     question_prefix, answer_prefix = PREFIXES.get(args.lang, PREFIXES["en"])
-    labels = [x.strip() for x in args.labels.split(",") if x.strip()] if args.labels else list(DEFAULT_LABELS)
+    labels = _option_labels(args) or list(DEFAULT_LABELS)
     return mcq_generation_quality(
         [_cell(o) for o in outputs],
         labels=labels,
@@ -222,7 +264,13 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--question_prefix", help="mcq_generation: question prefix (default by --lang: Question: / "
                     "Câu hỏi:)")
     ap.add_argument("--answer_prefix", help="mcq_generation: answer-key prefix (default by --lang: Answer: / Đáp án:)")
-    ap.add_argument("--labels", help="mcq_generation: comma-separated option labels (default: A,B,C,D)")
+    ap.add_argument("--labels", help="mcq / mcq_generation: comma-separated option labels (default: the --recipe's "
+                    "option_labels; mcq_generation: A,B,C,D). mcq: predictions that are not a label count as invalid")
+    ap.add_argument("--subset", choices=("all", "predicted"), default="all",
+                    help="all: every question of --data (a missing prediction scores 0); predicted: only the "
+                    "questions with a prediction (e.g. from generate --limit N)")
+    ap.add_argument("--strict", action="store_true",
+                    help="refuse prediction ids not in --data and (with --subset all) questions without a prediction")
     ap.add_argument("--out", help="also write the metrics JSON to this file")
     return ap
 

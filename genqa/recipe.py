@@ -1,8 +1,12 @@
 """Recipe parsing: YAML file + command-line overrides → (QAArguments, SFTConfig, ModelConfig).
 
 Parsing is TRL's own `TrlParser`; this module only adds what users keep tripping on: the recipe path as a
-positional argument, and unknown or stale keys rejected *before* any model loads, with the file, the key and the
-closest valid key named.
+positional argument, unknown or stale keys rejected *before* any model loads (with the file, the key and the
+closest valid key named), and every value checked against its dataclass field. `TrlParser` hands YAML values to the
+dataclasses as they are (argparse converts only strings), so `max_steps: [1, 2]` or `lora_r: 8.5` would pass
+parsing and `--dry_run` and fail after the model has loaded; `check_value_types` compares each YAML value with the
+field's type annotation (and `choices`), and `check_ranges` refuses values no run can use (a batch size of 0, a
+negative learning rate, a LoRA dropout of 1.5). Command-line errors of argparse become a `RecipeError` too.
 """
 
 from __future__ import annotations
@@ -10,8 +14,11 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import enum
+import functools
 import os
 import sys
+import types
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -84,7 +91,114 @@ def load_recipe_file(path: str | os.PathLike) -> dict[str, Any]:
     for key in data:
         if key not in valid:
             raise RecipeError(_unknown_key_message(str(key), str(path), valid))
+    check_value_types(data, str(path))
     return data
+
+
+_BOOL_STRINGS = {"true", "false", "yes", "no", "1", "0", "y", "n", "t", "f"}
+
+
+@functools.lru_cache(maxsize=1)
+def _fields() -> dict[str, tuple[Any, dataclasses.Field]]:
+    """Every recipe key: (its resolved type annotation, its dataclass field)."""
+    out: dict[str, tuple[Any, dataclasses.Field]] = {}
+    for cls in RECIPE_DATACLASSES:
+        hints = typing.get_type_hints(cls)
+        out.update({f.name: (hints[f.name], f) for f in dataclasses.fields(cls) if f.init})
+    return out
+
+
+def _number_ok(value: Any, kind: type) -> bool:
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, str):  # argparse converts strings (`learning_rate: 1e-4` is a string in YAML 1.1)
+        try:
+            kind(value)
+        except ValueError:
+            return False
+        return True
+    return isinstance(value, int) if kind is int else isinstance(value, int | float)
+
+
+def _type_ok(value: Any, tp: Any) -> bool:
+    """Whether a YAML value can stand for a field annotated `tp` (a scalar is accepted for a list, as argparse does)."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        enums = [a for a in args if isinstance(a, type) and issubclass(a, enum.Enum)]
+        return any(_type_ok(value, a) for a in (enums + [type(None)] if enums and str in args else args))
+    if origin is typing.Literal:
+        return value in args
+    if origin is list:
+        return (isinstance(value, list) and all(_type_ok(v, args[0]) for v in value)) or _type_ok(value, args[0])
+    if tp is dict or origin is dict:
+        return isinstance(value, dict)
+    if tp is type(None):
+        return value is None
+    if tp is bool:
+        return isinstance(value, bool) or (isinstance(value, str) and value.lower() in _BOOL_STRINGS)
+    if tp in (int, float):
+        return _number_ok(value, tp)
+    if tp is str:
+        return isinstance(value, str)
+    if isinstance(tp, type) and issubclass(tp, enum.Enum):
+        return isinstance(value, tp) or value in {m.value for m in tp}
+    return True  # other classes (e.g. accelerate's ParallelismConfig): their dataclass checks them
+
+
+def _describe(tp: Any) -> str:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        enums = [a for a in args if isinstance(a, type) and issubclass(a, enum.Enum)]
+        return " or ".join(_describe(a) for a in (enums + [type(None)] if enums and str in args else args))
+    if origin is typing.Literal:
+        return "one of " + ", ".join(repr(a) for a in args)
+    if origin is list:
+        return f"a list of {_describe(args[0]).removeprefix('a ')}s"
+    if isinstance(tp, type) and issubclass(tp, enum.Enum):
+        return "one of " + ", ".join(str(m.value) for m in tp)
+    names = {int: "a whole number", float: "a number", str: "a string", bool: "true/false", dict: "a mapping",
+             type(None): "null"}
+    return names.get(tp) or names.get(origin) or getattr(tp, "__name__", str(tp))
+
+
+def check_value_types(data: dict[str, Any], where: str) -> None:
+    """Each recipe value against its field's type annotation and `choices`; the first mismatch is a `RecipeError`
+    naming the file, the key, the value and the type expected."""
+    fields = _fields()
+    for key, value in data.items():
+        if key not in fields:
+            continue
+        tp, field = fields[key]
+        choices = field.metadata.get("choices")
+        if not _type_ok(value, tp):
+            raise RecipeError(f"{where}: `{key}: {value!r}` is not {_describe(tp)}; fix the value of `{key}`.")
+        if choices and value is not None and str(value) not in {str(c) for c in choices}:
+            raise RecipeError(f"{where}: `{key}: {value!r}` is not one of {', '.join(map(str, choices))}.")
+
+
+#: (lowest, highest) value a run can use, inclusive (None: open); -1 is TrainingArguments' "unset" for max_steps
+RANGES: dict[str, tuple[float | None, float | None]] = {
+    "per_device_train_batch_size": (1, None), "per_device_eval_batch_size": (1, None),
+    "gradient_accumulation_steps": (1, None), "eval_accumulation_steps": (1, None), "max_steps": (-1, None),
+    "num_train_epochs": (0, None), "learning_rate": (0, None), "warmup_steps": (0, None), "weight_decay": (0, None),
+    "adam_beta1": (0, 1), "adam_beta2": (0, 1), "adam_epsilon": (0, None), "max_grad_norm": (0, None),
+    "label_smoothing_factor": (0, 1), "logging_steps": (1e-9, None), "save_steps": (1e-9, None),
+    "eval_steps": (1e-9, None), "save_total_limit": (0, None), "seed": (0, None), "data_seed": (0, None),
+    "dataloader_num_workers": (0, None), "dataset_num_proc": (1, None), "max_length": (1, None),
+    "lora_r": (1, None), "lora_alpha": (1e-9, None), "lora_dropout": (0, 1),
+}
+
+
+def check_ranges(objs: tuple[Any, ...], where: str) -> None:
+    """Numeric values of the parsed recipe (file and command line) within `RANGES`, else a `RecipeError`."""
+    for obj in objs:
+        for key, (low, high) in RANGES.items():
+            value = getattr(obj, key, None)
+            if isinstance(value, int | float) and not isinstance(value, bool) and (
+                    (low is not None and value < low) or (high is not None and value > high)):
+                bounds = [] if low is None else ["> 0" if 0 < low < 1e-6 else f">= {low:g}"]
+                bounds += [] if high is None else [f"<= {high:g}"]
+                raise RecipeError(f"{where}: `{key}: {value}` is out of range; it must be {' and '.join(bounds)}.")
 
 
 def _check_cli_keys(argv: list[str]) -> None:
@@ -112,10 +226,18 @@ def parse_recipe(argv: list[str] | None = None) -> tuple[QAArguments, SFTConfig,
     _check_cli_keys(argv)
     parser = TrlParser(RECIPE_DATACLASSES)
     where = recipe_path or "command line"
+
+    def argparse_error(message: str) -> typing.NoReturn:
+        raise RecipeError(f"{where}: {message}")
+
+    parser.error = argparse_error  # argparse would print the usage and exit; name the key like every other error
     try:
         qa, sft, model = parser.parse_args_and_config(args=argv)
+    except RecipeError:
+        raise
     except (ValueError, TypeError) as err:
         raise RecipeError(f"{where}: {err}") from err
+    check_ranges((qa, sft, model), where)
     return qa, sft, model, recipe_path
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import yaml
 
+from genqa.backbones.loading import check_model_name
 from genqa.backbones.tiny import is_tiny
 from genqa.config import QAArguments
 from genqa.data.sources import DataError, detect_format
@@ -36,6 +37,10 @@ def validate(qa: QAArguments, sft, model_args, recipe_path: str | None) -> list[
     problems = []
     if not model_args.model_name_or_path:
         problems.append(f"{where}: `model_name_or_path` is not set.")
+    try:
+        check_model_name(model_args.model_name_or_path)
+    except RecipeError as err:
+        problems.append(f"{where}: {err}")
     if not qa.dataset_path:
         problems.append(f"{where}: `dataset_path` is not set.")
     elif not Path(qa.dataset_path).exists() and qa.dataset_format not in ("hub",):

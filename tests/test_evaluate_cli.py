@@ -129,11 +129,59 @@ def test_error_missing_column(tmp_path, capsys):
     assert "'answer'" in err and "preds.csv" in err and "--answer_column" in err
 
 
-def test_error_unknown_qid(tmp_path, capsys):
+def test_extra_ids_ignored_with_a_warning_refused_under_strict(tmp_path, capsys):
+    """As the official scripts: ids not in the dev file are ignored (counted, named); --strict refuses them."""
     data = _write_squad(tmp_path / "dev.json")
-    preds = _write_csv(tmp_path / "preds.csv", ["id", "answer"], [["m0", "Marta"], ["zz9", "x"]])
+    preds = _write_csv(tmp_path / "preds.csv", ["id", "answer"],
+                       [["m0", "Marta Ruiz"], ["m1", "2004"], ["m2", ""], ["zz9", "x"], ["zz8", "y"]])
+    got = _run(["--data", str(data), "--predictions", str(preds)], capsys)
+    assert got["exact"] == 100.0 and got["total"] == 3
+    main(["--data", str(data), "--predictions", str(preds)])
+    err = capsys.readouterr().err
+    assert "2 of 5 ids" in err and "'zz9'" in err and "ignored" in err
+    err = _error(["--data", str(data), "--predictions", str(preds), "--strict"], capsys)
+    assert "'zz9'" in err and "preds.csv" in err and "dev.json" in err and "--strict" in err
+
+
+def test_no_id_in_common_is_refused(tmp_path, capsys):
+    data = _write_squad(tmp_path / "dev.json")
+    preds = _write_csv(tmp_path / "preds.csv", ["id", "answer"], [["zz9", "x"]])
     err = _error(["--data", str(data), "--predictions", str(preds)], capsys)
-    assert "'zz9'" in err and "preds.csv" in err and "dev.json" in err
+    assert "'zz9'" in err and "nothing to score" in err
+
+
+@pytest.mark.parametrize("v2", [False, True])
+def test_missing_predictions_score_zero_in_both_versions(tmp_path, capsys, v2):
+    data = _write_squad(tmp_path / "dev.json", v2=v2)
+    preds = _write_csv(tmp_path / "preds.csv", ["id", "answer"], [["m0", "Marta Ruiz"]])
+    assert main(["--data", str(data), "--predictions", str(preds)]) == 0
+    captured = capsys.readouterr()
+    got = json.loads(captured.out)
+    n = 3 if v2 else 2
+    assert got["exact" if v2 else "exact_match"] == 100.0 / n
+    assert f"{n - 1} of {n} questions have no prediction" in captured.err
+    if v2:  # the official v2.0 script would leave m1/m2 out and crash on the empty NoAns group
+        assert got["total"] == 3 and got["NoAns_total"] == 1 and got["NoAns_exact"] == 0.0
+    err = _error(["--data", str(data), "--predictions", str(preds), "--strict"], capsys)
+    assert "have no prediction" in err and "--subset predicted" in err
+
+
+def test_subset_predicted_scores_exactly_the_predicted_ids(tmp_path, capsys):
+    data = _write_squad(tmp_path / "dev.json")
+    preds = _write_csv(tmp_path / "preds.csv", ["id", "answer"], [["m0", "Marta Ruiz"], ["m2", ""]])
+    assert main(["--data", str(data), "--predictions", str(preds), "--subset", "predicted", "--strict"]) == 0
+    captured = capsys.readouterr()
+    got = json.loads(captured.out)
+    assert got["total"] == 2 and got["exact"] == 100.0 and got["HasAns_total"] == 1
+    assert "1 of the 3 questions" in captured.err and "left out" in captured.err
+
+
+@pytest.mark.parametrize("value", [True, 3, ["a"], {"t": "a"}])
+def test_non_string_prediction_names_the_id(tmp_path, capsys, value):
+    data = _write_squad(tmp_path / "dev.json")
+    (tmp_path / "p.json").write_text(json.dumps({"m0": "Marta", "m1": value}), encoding="utf-8")
+    err = _error(["--data", str(data), "--predictions", str(tmp_path / "p.json")], capsys)
+    assert "'m1'" in err and "not a string" in err and "p.json" in err
 
 
 def test_error_duplicate_prediction_id_and_squad_as_predictions(tmp_path, capsys):
@@ -190,6 +238,33 @@ def test_mcq_golds_mapped_through_a_recipe(tmp_path, capsys):
             "--id_column", "ID", "--answer_column", "Answer"]
     assert main([*args, "--recipe", str(root / "recipes/tiny/mcq.yaml")]) == 0
     assert json.loads(capsys.readouterr().out)["accuracy"] == 1.0
-    assert main([*args, "--gold_column", "正確答案"]) == 0
+    assert main([*args, "--gold_column", "正確答案", "--labels", "1,2,3,4"]) == 0
     captured = capsys.readouterr()
-    assert json.loads(captured.out)["accuracy"] < 1.0 and "not option labels" in captured.err
+    assert json.loads(captured.out)["accuracy"] < 1.0 and "2 gold answers are not option labels" in captured.err
+
+
+def test_mcq_label_set_comes_from_recipe_or_labels_not_predictions(tmp_path, capsys):
+    """Predictions that are all "C" used to make every other gold look like a non-label."""
+    golds = _write_csv(tmp_path / "dev.csv", ["id", "answer"], [["1", "A"], ["2", "B"], ["3", "C"], ["4", "D"]])
+    preds = _write_csv(tmp_path / "p.csv", ["id", "answer"], [["1", "C"], ["2", "C"], ["3", "C"], ["4", "Z"]])
+    args = ["--task", "mcq", "--data", str(golds), "--predictions", str(preds)]
+    assert main([*args, "--labels", "A,B,C,D"]) == 0
+    captured = capsys.readouterr()
+    got = json.loads(captured.out)
+    assert got["correct"] == 1 and got["invalid"] == 1  # "Z" is not a label
+    assert "not option labels" not in captured.err
+    assert main(args) == 0  # no label set given: nothing inferred, no warning
+    assert "not option labels" not in capsys.readouterr().err
+
+
+def test_mcq_extra_ids_and_subset(tmp_path, capsys):
+    golds = _write_csv(tmp_path / "dev.csv", ["id", "answer"], [["1", "A"], ["2", "B"], ["3", "C"]])
+    preds = _write_csv(tmp_path / "p.csv", ["id", "answer"], [["1", "A"], ["9", "B"]])
+    args = ["--task", "mcq", "--data", str(golds), "--predictions", str(preds)]
+    assert main(args) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["total"] == 3 and "'9'" in captured.err
+    assert main([*args, "--subset", "predicted"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    assert got == {"accuracy": 1.0, "correct": 1, "total": 1, "invalid": 0, "missing": 0}
+    assert "'9'" in _error([*args, "--strict"], capsys)

@@ -156,17 +156,32 @@ def test_missing_prediction_v1_counts_zero(capsys):
     examples = [("q1", ["Paris"]), ("q2", ["Rome"])]
     got = squad_scores(examples, {"q1": "paris"}, version=1)
     assert got == {"exact_match": 50.0, "f1": 50.0}
-    assert "Unanswered question q2 will receive score 0." in capsys.readouterr().err
+    assert "1 of 2 questions have no prediction (e.g. q2); each scores 0." in capsys.readouterr().err
 
 
-def test_missing_prediction_v2_is_skipped(capsys):
+def test_missing_prediction_v2_counts_zero(capsys):
+    """Unlike the official v2.0 script (which skips it, then crashes on an empty group), a missing prediction is 0."""
     examples = [("q1", ["Paris"]), ("q2", ["Rome"]), ("q3", [])]
     got = squad_scores(examples, {"q1": "paris", "q3": ""})
     captured = capsys.readouterr()
-    assert "Missing prediction for q2" in captured.err
+    assert "1 of 3 questions have no prediction (e.g. q2)" in captured.err
     assert captured.out == ""
-    assert got == {"exact": 100.0, "f1": 100.0, "total": 2, "HasAns_exact": 100.0, "HasAns_f1": 100.0,
-                   "HasAns_total": 1, "NoAns_exact": 100.0, "NoAns_f1": 100.0, "NoAns_total": 1}
+    assert got == {"exact": 100.0 * 2 / 3, "f1": 100.0 * 2 / 3, "total": 3, "HasAns_exact": 50.0,
+                   "HasAns_f1": 50.0, "HasAns_total": 2, "NoAns_exact": 100.0, "NoAns_f1": 100.0, "NoAns_total": 1}
+    assert squad_scores([("q1", [])], {})["NoAns_total"] == 1  # the official script divides by zero here
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_non_string_prediction_is_an_error_naming_the_id(version):
+    from genqa.errors import GenqaError
+
+    with pytest.raises(GenqaError, match="'q1'.*True"):
+        squad_scores([("q1", ["True"])], {"q1": True}, version=version)
+
+
+def test_mcq_accuracy_with_labels_counts_non_labels_invalid():
+    assert mcq_accuracy(["A", "B"], ["A", "Z"], labels=["A", "B"]) == {"accuracy": 0.5, "correct": 1, "total": 2,
+                                                                       "invalid": 1}
 
 
 def test_unanswerable_handling_v2():

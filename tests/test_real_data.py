@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from genqa.config import QAArguments
-from genqa.data.sources import grouped_split, load_source
+from genqa.data.sources import DataError, grouped_split, load_source
 from genqa.data.tasks import get_task
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -30,8 +30,10 @@ def test_c3(name, n):
 
 
 def test_kaggle_train_and_test_sheets():
-    train = _canonical("kaggle_zh_mcq/AI.xlsx", id_column="ID", **KAGGLE)
-    assert len(train) == 13550 and set(train["label"]) == {0, 1, 2, 3}
+    with pytest.raises(DataError, match=r"AI.xlsx row 1899 \(id 2463\): option 2 is empty"):
+        _canonical("kaggle_zh_mcq/AI.xlsx", id_column="ID", **KAGGLE)  # two options merged into one cell
+    train = _canonical("kaggle_zh_mcq/AI.xlsx", id_column="ID", on_bad_row="skip", **KAGGLE)
+    assert len(train) == 13549 and set(train["label"]) == {0, 1, 2, 3}
     test = _canonical("kaggle_zh_mcq/AI1000.xlsx", require_answer=False, id_column="題號", **KAGGLE)
     assert len(test) == 1000 and set(test["label"]) == {-1} and len(set(test["id"])) == 1000
 

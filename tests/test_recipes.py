@@ -109,3 +109,39 @@ def test_answer_not_in_context_names_row(tmp_path, capsys):
                  "--output_dir", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err
     assert qa["id"] in err and "does not occur in its context" in err
+
+
+@pytest.mark.parametrize("line, words", [
+    ("max_steps: [1, 2]", ["max_steps", "whole number"]),
+    ("lora_r: 8.5", ["lora_r", "whole number"]),
+    ("per_device_eval_batch_size: 0", ["per_device_eval_batch_size", ">= 1"]),
+    ("lora_dropout: 1.5", ["lora_dropout", "<= 1"]),
+    ("learning_rate: -0.1", ["learning_rate", ">= 0"]),
+    ("learning_rate: fast", ["learning_rate", "a number"]),
+    ("option_labels: [1, 2, 3, 4]", ["option_labels", "list of strings"]),
+    ("lr_scheduler_type: cosinee", ["lr_scheduler_type", "cosine_with_restarts"]),
+    ("bf16: maybe", ["bf16", "true/false"]),
+    ("max_train_samples: 0", ["max_train_samples", ">= 1"]),
+])
+def test_wrong_typed_or_out_of_range_values_fail_the_dry_run(tmp_path, capsys, line, words):
+    key = line.split(":")[0]
+    text = "".join(x for x in (ROOT / "recipes/tiny/mcq.yaml").read_text(encoding="utf-8").splitlines(True)
+                   if not x.startswith(f"{key}:"))
+    (tmp_path / "r.yaml").write_text(text + line + "\n", encoding="utf-8")
+    assert main([str(tmp_path / "r.yaml"), "--dry_run"]) == 2
+    err = capsys.readouterr().err
+    assert "r.yaml" in err and all(w in err for w in words), err
+
+
+def test_yaml_strings_that_argparse_converts_are_accepted(tmp_path):
+    text = (ROOT / "recipes/tiny/mcq.yaml").read_text(encoding="utf-8").replace("learning_rate: 0.002",
+                                                                               "learning_rate: 1e-4")
+    (tmp_path / "r.yaml").write_text(text, encoding="utf-8")
+    assert parse_recipe([str(tmp_path / "r.yaml")])[1].learning_rate == 1e-4
+
+
+def test_command_line_type_error_is_a_recipe_error():
+    with pytest.raises(RecipeError, match="max_steps.*invalid int value: 'abc'"):
+        parse_recipe(["recipes/tiny/mcq.yaml", "--max_steps", "abc"])
+    with pytest.raises(RecipeError, match="per_device_train_batch_size: -1"):
+        parse_recipe(["recipes/tiny/mcq.yaml", "--per_device_train_batch_size", "-1"])

@@ -95,3 +95,65 @@ def test_map_generated_answer_back_to_context():
 def test_extractive_no_answer_read_back():
     task = get_task(QAArguments(task="extractive", no_answer_text="unanswerable"))
     assert task.parse("Unanswerable.") == "" and task.parse(" 1902 ") == "1902"
+
+
+def test_nfd_context_with_nfc_answer_is_matched_in_nfc():
+    """A Vietnamese context in NFD and its answer in NFC: the answer is the context's own span, offset kept."""
+    ctx = unicodedata.normalize("NFD", "Sông Hồng chảy qua Hà Nội.")
+    answer = unicodedata.normalize("NFC", "Hà Nội")
+    ds = Dataset.from_list([{"context": ctx, "question": "Qua đâu?", "answers": answer}])
+    row = get_task(QAArguments(task="extractive")).to_canonical(ds, "vi")[0]
+    start = row["answer_starts"][0]
+    assert row["answers"][0] == ctx[start:start + len(row["answers"][0])]
+    assert unicodedata.normalize("NFC", row["answers"][0]) == answer
+    ds = Dataset.from_list([{"context": ctx, "question": "Q", "answers": "Hà Nam"}])
+    with pytest.raises(DataError, match="does not occur in its context"):
+        get_task(QAArguments(task="extractive")).to_canonical(ds, "vi")
+
+
+def test_extractive_answer_start_must_be_a_number():
+    ds = Dataset.from_list([{"context": "Sky is blue.", "question": "Color?", "answers": "blue", "s": "abc"}])
+    with pytest.raises(DataError, match=r"toy row 0 .*'abc'"):
+        get_task(QAArguments(task="extractive", answer_start_column="s")).to_canonical(ds, "toy")
+
+
+def _mcq_rows(task: str, options: list[str], question: str = "Q?"):
+    cols = ["a", "b", "c", "d"]
+    ds = Dataset.from_list([{"id": "r1", "context": "C.", "question": question, **dict(zip(cols, options, strict=True)),
+                             "answer": "A"}])
+    qa = QAArguments(task=task, id_column="id", options_columns=cols, answer_column="answer")
+    return get_task(qa).to_canonical(ds, "toy")
+
+
+def test_mcq_empty_option_refused_trailing_empty_dropped():
+    with pytest.raises(DataError, match=r"\(id r1\): option B is empty"):
+        _mcq_rows("mcq", ["red", " ", "green", "black"])
+    assert list(_mcq_rows("mcq", ["red", "blue", "green", ""])[0]["options"]) == ["red", "blue", "green"]
+
+
+@pytest.mark.parametrize("options, question, why", [
+    (["Paris", "paris", "Rome", "Oslo"], "Q?", "same up to case"),
+    (["Paris", "Rome.", "Rome", "Oslo"], "Q?", "same up to case"),
+    (["Paris", "Rome", "Kyiv", "Oslo"], "  ", "question is empty"),
+])
+def test_mcq_generation_rows_checked_like_the_parser(options, question, why):
+    with pytest.raises(DataError, match=why):
+        _mcq_rows("mcq_generation", options, question)
+
+
+def test_mcq_generation_written_targets_parse_back():
+    from genqa.data.mcq_format import parse_mcq
+
+    task = get_task(QAArguments(task="mcq_generation", id_column="id", options_columns=["a", "b", "c", "d"],
+                                answer_column="answer"))
+    row = _mcq_rows("mcq_generation", ["Paris", "Rome", "Kyiv", "Oslo"], "Which\ncity?")[0]
+    parsed = parse_mcq(task.target(row))
+    assert parsed.ok and parsed.question == "Which city?" and parsed.answer_label == "A"
+
+
+@pytest.mark.parametrize("fmt", ["{0} {context}", "{context", "{context.__class__}", "{context[0]}", "{context!r}",
+                                 "{labels}"])
+def test_prompt_format_only_documented_fields(fmt):
+    with pytest.raises(ValueError, match="prompt_format"):
+        QAArguments(prompt_format=fmt)
+    assert QAArguments(prompt_format="{instruction} {{literal}} {context} {question} {options}").prompt_format

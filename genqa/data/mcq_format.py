@@ -51,6 +51,26 @@ def _one_line(text: str) -> str:
     return " ".join(str(text).split())
 
 
+def layout_problems(question: str, options: Sequence[str], labels: Sequence[str] = DEFAULT_LABELS) -> list[str]:
+    """What keeps a question and its options from a layout `parse_mcq` reads back unchanged: an empty question, the
+    wrong number of options, an empty option, options equal up to case / spacing / a final period (the parser's
+    `DUPLICATE_OPTIONS`). Empty when `format_mcq` can write them. The training data check and the writer share it,
+    so that every target written is one the parser accepts."""
+    problems = []
+    if not _one_line(question):
+        problems.append("the question is empty")
+    if len(options) != len(labels):
+        problems.append(f"{len(options)} options for {len(labels)} labels {list(labels)}")
+    opts = [_one_line(o) for o in options]
+    empty = [lab for lab, o in zip(labels, opts, strict=False) if not o]
+    if empty:
+        problems.append(f"option {', '.join(empty)} is empty")
+    keys = [option_key(o) for o in opts if o]
+    if len(set(keys)) != len(keys):
+        problems.append("two options are the same up to case, spacing or a final period")
+    return problems
+
+
 def format_mcq(
     question: str,
     options: Sequence[str],
@@ -59,17 +79,16 @@ def format_mcq(
     question_prefix: str = DEFAULT_QUESTION_PREFIX,
     answer_prefix: str = DEFAULT_ANSWER_PREFIX,
 ) -> str:
-    """Write one MCQ in the fixed layout; options are put on one line each (inner whitespace collapsed)."""
+    """Write one MCQ in the fixed layout; the question and each option go on one line (inner whitespace collapsed).
+    Raises ValueError for what `layout_problems` reports or a key outside the labels."""
     labels = list(labels)
-    if len(options) != len(labels):
-        raise ValueError(f"format_mcq: got {len(options)} options for {len(labels)} labels {labels}.")
+    problems = layout_problems(question, options, labels)
+    if problems:
+        raise ValueError(f"format_mcq: {'; '.join(problems)}.")
     if not 0 <= answer_index < len(labels):
         raise ValueError(f"format_mcq: answer_index {answer_index} is outside 0..{len(labels) - 1}.")
-    opts = [_one_line(o) for o in options]
-    if any(not o for o in opts):
-        raise ValueError("format_mcq: an option is empty.")
-    lines = [f"{question_prefix} {str(question).strip()}"]
-    lines += [f"{label}. {opt}" for label, opt in zip(labels, opts, strict=True)]
+    lines = [f"{question_prefix} {_one_line(question)}"]
+    lines += [f"{label}. {_one_line(opt)}" for label, opt in zip(labels, options, strict=True)]
     lines.append(f"{answer_prefix} {labels[answer_index]}")
     return "\n".join(lines)
 
@@ -109,7 +128,7 @@ def label_alternation(labels: Sequence[str]) -> str:
     return "|".join(re.escape(label) for label in sorted(labels, key=len, reverse=True))
 
 
-def _norm_option(text: str) -> str:
+def option_key(text: str) -> str:
     """Comparison key for duplicate detection: NFC, casefolded, whitespace collapsed, trailing period dropped."""
     return _one_line(unicodedata.normalize("NFC", text)).casefold().rstrip(".").strip()
 
@@ -164,7 +183,7 @@ def _option_errors(options: list[tuple[str, list[str]]], labels: list[str]) -> t
         option_texts = [by_label[label] for label in labels]
     if any(not o for o in option_texts):
         errors.append(EMPTY_OPTION)
-    keys = [_norm_option(o) for o in option_texts if o]
+    keys = [option_key(o) for o in option_texts if o]
     if len(set(keys)) != len(keys):
         errors.append(DUPLICATE_OPTIONS)
     return by_label, option_texts, errors

@@ -2,6 +2,11 @@
 
 `load_source` decides the reader; `train_validation` picks (or makes, seeded and grouped by context) the
 validation split. Rows come back with the source's own columns; `genqa.data.tasks` maps them onto the task schema.
+
+JSON and JSON Lines files are parsed here before any reader sees them: the layout is detected from the parsed
+content (`genqa.data.layouts`), and a file datasets' JSON reader cannot take (one holding `null`, a bare value, a
+list of non-objects, invalid UTF-8 or invalid JSON on some line; on `null` that reader dies with a segmentation
+fault) is refused with a message naming the file and the line or element.
 """
 
 from __future__ import annotations
@@ -11,76 +16,72 @@ import json
 import os
 import random
 import re
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
 
-from genqa.errors import GenqaError
+from genqa.data.layouts import (
+    DataError,
+    c3_rows,
+    check_json_records,
+    first_type_conflict,
+    is_c3_json,
+    is_squad_json,
+    iter_squad_rows,
+    squad_examples,
+    squad_question_id,
+    squad_version,
+)
+
+__all__ = ["DataError", "detect_format", "is_c3_json", "is_squad_json", "iter_squad_rows", "load_source",
+           "read_records", "squad_examples", "squad_question_id", "squad_version"]
 
 SUFFIX_FORMATS = {".json": "json", ".jsonl": "jsonl", ".csv": "csv", ".parquet": "parquet", ".xlsx": "xlsx",
                   ".xls": "xlsx"}
 
 
-class DataError(GenqaError, ValueError):
-    """Data a user supplied that genqa cannot use; the message names the file, row or column and what to do."""
-
-
-def is_squad_json(data: Any) -> bool:
-    """True for the official SQuAD layout: `{"data": [{"paragraphs": [{"context", "qas"}]}]}`."""
-    return (isinstance(data, dict) and isinstance(data.get("data"), list)
-            and all(isinstance(a, dict) and "paragraphs" in a for a in data["data"][:5]))
-
-
-def squad_question_id(article: int, paragraph: int, question: int) -> str:
-    """Id given to a SQuAD-layout question that has none (UIT-ViQuAD 1.0): `article-paragraph-question`."""
-    return f"{article}-{paragraph}-{question}"
-
-
-def iter_squad_rows(data: dict[str, Any], source: str = "<squad>") -> Iterator[dict[str, Any]]:
-    """Flatten SQuAD v1.1 / v2.0 JSON into rows: id, title, context, question, answers, answer_starts, is_impossible."""
-    for a, article in enumerate(data["data"]):
-        for p, para in enumerate(article.get("paragraphs", [])):
-            if "context" not in para or "qas" not in para:
-                raise DataError(f"{source}: data[{a}].paragraphs[{p}] has no `context` or `qas`; not a SQuAD layout.")
-            for q, qa in enumerate(para["qas"]):
-                answers = qa.get("answers") or []
-                impossible = bool(qa.get("is_impossible", False)) or not answers
-                yield {
-                    "id": str(qa.get("id") or squad_question_id(a, p, q)),
-                    "title": str(article.get("title", "")),
-                    "context": para["context"],
-                    "question": qa["question"],
-                    "answers": [] if impossible else [x["text"] for x in answers],
-                    "answer_starts": [] if impossible else [int(x.get("answer_start", -1)) for x in answers],
-                    "is_impossible": impossible,
-                }
-
-
-def squad_examples(data: dict[str, Any], source: str = "<squad>") -> list[tuple[str, list[str]]]:
-    """`(qid, gold answer texts)` in file order; an empty list marks an unanswerable question."""
-    return [(row["id"], row["answers"]) for row in iter_squad_rows(data, source)]
-
-
-def squad_version(data: dict[str, Any]) -> int:
-    """2 when any question of the SQuAD JSON carries an `is_impossible` key (the v2.0 layout), else 1."""
-    return 2 if any("is_impossible" in qa for article in data["data"] for para in article.get("paragraphs", [])
-                    for qa in para.get("qas", [])) else 1
-
-
 def _read_json(path: str | os.PathLike) -> Any:
     """A JSON file's parsed content; the last file read is kept (detecting the layout of a .json file and then
-    loading it reads and parses it once). Callers must not modify the result."""
+    loading it reads and parses it once). Callers must not modify the result. Invalid UTF-8 or JSON raises a
+    `DataError` naming the file and the position (`json.JSONDecodeError` is kept as its cause)."""
     p = Path(path).resolve()
     stat = p.stat()
-    return _parse_json(str(p), stat.st_mtime_ns, stat.st_size)
+    try:
+        return _parse_json(str(p), stat.st_mtime_ns, stat.st_size)
+    except UnicodeDecodeError as err:
+        raise DataError(f"{path}: not UTF-8 text ({err}); save the file as UTF-8.") from err
+    except json.JSONDecodeError as err:
+        raise DataError(f"{path}: not valid JSON ({err}).") from err
 
 
 @functools.lru_cache(maxsize=1)
 def _parse_json(path: str, mtime_ns: int, size: int) -> Any:
     with open(path, encoding="utf-8") as fh:
         return json.load(fh)
+
+
+def _jsonl_records(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """The objects of a JSON Lines file; invalid UTF-8, invalid JSON or a line that is not an object (`null`)
+    raises a `DataError` naming the line."""
+    rows = []
+    with open(path, "rb") as fh:
+        for n, raw in enumerate(fh, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise DataError(f"{path}: line {n} is not UTF-8 text ({err}); save the file as UTF-8.") from err
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise DataError(f"{path}: line {n} is not valid JSON ({err}).") from err
+            if not isinstance(row, dict):
+                raise DataError(f"{path}: line {n} holds a JSON {'null' if row is None else type(row).__name__}, "
+                                "not a row object {\"column\": value}.")
+            rows.append(row)
+    return rows
 
 
 def load_squad_json(path: str | os.PathLike) -> Dataset:
@@ -94,34 +95,49 @@ def load_squad_json(path: str | os.PathLike) -> Dataset:
     return Dataset.from_list(rows)
 
 
-def is_c3_json(data: Any) -> bool:
-    """True for the C3 layout: `[[passage sentences], [{question, choice, answer}], doc_id]` documents."""
-    return (isinstance(data, list) and bool(data) and isinstance(data[0], list) and len(data[0]) == 3
-            and isinstance(data[0][0], list) and isinstance(data[0][1], list))
-
-
 def load_c3_json(path: str | os.PathLike) -> Dataset:
     """Read C3 (Chinese multiple-choice reading comprehension) into rows: id, context, question, choice, answer."""
     data = _read_json(path)
     if not is_c3_json(data):
         raise DataError(f"{path}: not a C3-layout JSON file (a list of [sentences, questions, id] documents).")
-    rows = [{"id": f"{doc_id}-{q}", "context": "\n".join(sentences), "question": item["question"],
-             "choice": list(item["choice"]), "answer": item.get("answer", "")}
-            for sentences, items, doc_id in data for q, item in enumerate(items)]
+    rows = c3_rows(data, str(path))
+    if not rows:
+        raise DataError(f"{path}: the C3 file holds no questions.")
     return Dataset.from_list(rows)
 
 
-def _json_layout(path: Path) -> str:
-    """`squad`, `c3` or `json` for a .json file."""
-    with open(path, encoding="utf-8") as fh:
-        head = fh.read(4096).lstrip()
-    if not (head.startswith("{") or head.startswith("[") and head[1:].lstrip().startswith("[")):
-        return "json"
+def json_rows(path: str | os.PathLike) -> list[dict[str, Any]] | dict[str, Any]:
+    """The parsed rows of a .json / .jsonl data file: a JSON list of objects (or one object), or JSON Lines of
+    objects; anything else raises a `DataError` naming the file and the line or element."""
     try:
         data = _read_json(path)
-    except json.JSONDecodeError:
-        return "json"
-    return "squad" if is_squad_json(data) else "c3" if is_c3_json(data) else "json"
+    except DataError as err:
+        if isinstance(err.__cause__, UnicodeDecodeError) or _several_values(err):
+            return _jsonl_records(path)  # JSON Lines (or bad bytes): checked line by line, naming the line
+        raise
+    check_json_records(data, str(path))
+    return data
+
+
+def _several_values(err: DataError) -> bool:
+    """True when JSON parsing stopped at a second value: the file is JSON Lines."""
+    return isinstance(err.__cause__, json.JSONDecodeError) and err.__cause__.msg == "Extra data"
+
+
+def _json_layout(path: Path) -> str:
+    """`squad`, `c3` or `json` (row objects, checked by `json_rows`) for a .json file."""
+    try:
+        data = _read_json(path)
+    except DataError as err:
+        if not (isinstance(err.__cause__, UnicodeDecodeError) or _several_values(err)):
+            raise
+        data = None
+    if is_squad_json(data):
+        return "squad"
+    if is_c3_json(data):
+        return "c3"
+    json_rows(path)
+    return "json"
 
 
 def detect_format(path: str) -> str:
@@ -175,29 +191,9 @@ def read_records(path: str | os.PathLike) -> list[dict[str, Any]]:
     if suffix not in (".json", ".jsonl"):
         raise DataError(f"{path}: unsupported file type {suffix!r}; use one of "
                         f"{', '.join(TABLE_SUFFIXES + ('.json', '.jsonl'))}.")
-    try:
-        text = p.read_text(encoding="utf-8")
-    except UnicodeDecodeError as err:
-        raise DataError(f"{path}: not UTF-8 text ({err}).") from err
-    if suffix == ".json":
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise DataError(f"{path}: not valid JSON ({err}).") from err
-        if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
-            raise DataError(f"{path}: must hold a JSON list of records (objects).")
-        return data
-    rows = []
-    for n, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise DataError(f"{path}: line {n} is not valid JSON ({err}).") from err
-        if not isinstance(row, dict):
-            raise DataError(f"{path}: line {n} is not a JSON object.")
-        rows.append(row)
+    rows = json_rows(p)
+    if not isinstance(rows, list):
+        raise DataError(f"{path}: must hold a JSON list of records (objects), or one object per line (JSONL).")
     return rows
 
 
@@ -211,9 +207,22 @@ def _load_hub(path: str, config: str | None):
 
 def _load_with_datasets(path: str, fmt: str):
     try:
-        return load_dataset("json" if fmt == "jsonl" else fmt, data_files=path, split="train")
+        return load_dataset(fmt, data_files=path, split="train")
     except Exception as err:  # noqa: BLE001 - the loaders raise many types; name the file either way
         raise DataError(f"{path}: could not read it as {fmt} ({type(err).__name__}: {err}).") from err
+
+
+def _load_json_rows(path: str, config: str | None = None):
+    """A .json / .jsonl file of row objects, checked by genqa (`json_rows`) and then read by datasets' JSON reader;
+    when that reader fails on values of mixed types, the message names the row and column."""
+    rows = json_rows(path)
+    try:
+        return load_dataset("json", data_files=path, split="train")
+    except Exception as err:  # noqa: BLE001 - the reader raises many types; name the file either way
+        where = first_type_conflict(rows, path) if isinstance(rows, list) else None
+        cause = err.__cause__ or err
+        raise DataError(f"{where or path + ': could not read it as JSON rows'} ({type(cause).__name__}: "
+                        f"{str(cause)[:300]}).") from err
 
 
 #: reader of each format (json, jsonl and parquet go through `datasets`' own loaders)
@@ -222,6 +231,8 @@ READERS = {
     "squad": lambda path, config: load_squad_json(path),
     "c3": lambda path, config: load_c3_json(path),
     "disk": lambda path, config: load_from_disk(path),
+    "json": _load_json_rows,
+    "jsonl": _load_json_rows,
     "xlsx": lambda path, config: Dataset.from_pandas(read_frame(path), preserve_index=False),
     "csv": lambda path, config: Dataset.from_pandas(read_frame(path), preserve_index=False),
 }

@@ -14,7 +14,7 @@ from typing import Any
 
 from datasets import Dataset, Features, Sequence, Value
 
-from genqa.config import QAArguments
+from genqa.config import QAArguments, prompt_format_problem
 from genqa.data.sources import DataError
 from genqa.messages import say
 
@@ -125,11 +125,10 @@ class Task:
     def user_content(self, ex: dict[str, Any]) -> str:
         """The user turn of the prompt."""
         fmt = self.args.prompt_format or self.default_prompt_format
-        try:
-            return fmt.format(**self.prompt_fields(ex)).strip()
-        except KeyError as err:
-            raise DataError(f"prompt_format uses the unknown field {err}; fields are {{instruction}} {{context}} "
-                            "{question} {options}.") from err
+        problem = prompt_format_problem(fmt)  # checked when the recipe is parsed too; never format an unchecked one
+        if problem:
+            raise DataError(f"prompt_format {fmt!r}: {problem}.")
+        return fmt.format(**self.prompt_fields(ex)).strip()
 
     def target(self, ex: dict[str, Any]) -> str:
         """The answer text the model is trained to produce."""

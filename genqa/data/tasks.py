@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from genqa.config import QAArguments
-from genqa.data.answers import map_to_context
-from genqa.data.mcq_format import format_mcq, label_alternation
+from genqa.data.answers import find_nfc, map_to_context
+from genqa.data.mcq_format import format_mcq, label_alternation, layout_problems
 from genqa.data.sources import DataError
 from genqa.data.task import CANONICAL_COLUMNS, CANONICAL_FEATURES, Task, _text
 
@@ -23,6 +23,50 @@ __all__ = ["CANONICAL_COLUMNS", "CANONICAL_FEATURES", "AbstractiveTask", "Extrac
 def _is_no_answer(text: str, no_answer_text: str) -> bool:
     norm = re.sub(r"[\W_]+", " ", text, flags=re.UNICODE).strip().lower()
     return norm == re.sub(r"[\W_]+", " ", no_answer_text, flags=re.UNICODE).strip().lower()
+
+
+def _starts(raw: Any, where: str) -> list[int]:
+    """Answer offsets as whole numbers; anything else (`"abc"`, 1.5, a dict) is a `DataError` naming the row."""
+    out = []
+    for value in raw if isinstance(raw, (list, tuple)) else [raw]:
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, int | str) or not str(value).strip().lstrip("-").isdigit():
+            raise DataError(f"{where}: answer start {value!r} is not a whole number (a character offset into the "
+                            "context).")
+        out.append(int(value))
+    return out
+
+
+def _answer_texts_and_starts(row: dict[str, Any], args: QAArguments, where: str) -> tuple[list[str], list[int]]:
+    """The gold answer texts of an extractive row (a string, a list, or a SQuAD `answers` dict) and their offsets."""
+    value = row[args.answer_column]
+    starts: list[int] = []
+    if isinstance(value, dict):  # HF squad `answers` = {"text": [...], "answer_start": [...]}
+        texts_value = value.get("text", [])
+        if not isinstance(texts_value, (list, tuple)):
+            raise DataError(f"{where}: `{args.answer_column}` is a dict whose `text` is not a list of answers.")
+        texts = [_text(t) for t in texts_value]
+        starts = _starts(value.get("answer_start", []), where)
+    elif isinstance(value, (list, tuple)):
+        texts = [_text(t) for t in value]
+    else:
+        texts = [_text(value)] if _text(value).strip() else []
+    if args.answer_start_column and row.get(args.answer_start_column) not in (None, ""):
+        starts = _starts(row[args.answer_start_column], where)
+    return [t for t in texts if t.strip()], starts
+
+
+def _locate(text: str, start: int, context: str, where: str) -> tuple[int, int]:
+    """(start, end) of answer `text` in `context`: at `start` when it is there, else the occurrence nearest to it;
+    compared in Unicode NFC when the raw strings differ (an NFD context, an NFC answer)."""
+    if 0 <= start and context[start:start + len(text)] == text:
+        return start, start + len(text)
+    found = [(m.start(), m.end()) for m in re.finditer(re.escape(text), context)] or find_nfc(text, context)
+    if not found:
+        raise DataError(f"{where}: answer {text!r} does not occur in its context. Fix the answer or the context, or "
+                        "drop the row from the source.")
+    return min(found, key=lambda span: abs(span[0] - start)) if start >= 0 else found[0]
 
 
 @dataclass
@@ -39,30 +83,13 @@ class ExtractiveTask(Task):
     def fill(self, ex, row, where, has_answer):
         if not has_answer:
             return
-        value = row[self.args.answer_column]
-        starts: list[int] = []
-        if isinstance(value, dict):  # HF squad `answers` = {"text": [...], "answer_start": [...]}
-            texts = [_text(t) for t in value.get("text", [])]
-            starts = [int(s) for s in value.get("answer_start", [])]
-        elif isinstance(value, (list, tuple)):
-            texts = [_text(t) for t in value]
-        else:
-            texts = [_text(value)] if _text(value).strip() else []
-        if self.args.answer_start_column and row.get(self.args.answer_start_column) not in (None, ""):
-            raw = row[self.args.answer_start_column]
-            starts = [int(s) for s in (raw if isinstance(raw, (list, tuple)) else [raw])]
-        texts = [t for t in texts if t.strip()]
-        fixed_starts = []
+        texts, starts = _answer_texts_and_starts(row, self.args, where)
+        fixed_texts, fixed_starts = [], []
         for i, text in enumerate(texts):
-            start = starts[i] if i < len(starts) else -1
-            if start < 0 or ex["context"][start:start + len(text)] != text:
-                found = [m.start() for m in re.finditer(re.escape(text), ex["context"])]
-                if not found:
-                    raise DataError(f"{where}: answer {text!r} does not occur in its context. Fix the answer or the "
-                                    "context, or drop the row from the source.")
-                start = min(found, key=lambda s: abs(s - start)) if start >= 0 else found[0]
-            fixed_starts.append(start)
-        ex["answers"], ex["answer_starts"] = texts, fixed_starts
+            span = _locate(text, starts[i] if i < len(starts) else -1, ex["context"], where)
+            fixed_texts.append(ex["context"][span[0]:span[1]])
+            fixed_starts.append(span[0])
+        ex["answers"], ex["answer_starts"] = fixed_texts, fixed_starts
 
     def target(self, ex):
         return ex["answers"][0] if ex["answers"] else self.args.no_answer_text
@@ -119,13 +146,23 @@ class AbstractiveTask(ExtractiveTask):
 
 
 def _options_from_row(args: QAArguments, row: dict[str, Any], where: str) -> list[str]:
+    """The options of an MCQ row. Empty cells at the end are dropped (a row with fewer options than columns); an empty
+    option before a filled one is a `DataError` naming it (it would train on an empty option)."""
     if args.options_column:
         value = row[args.options_column]
         if not isinstance(value, (list, tuple)):
             raise DataError(f"{where}: `{args.options_column}` must hold a list of options, got "
                             f"{type(value).__name__}.")
-        return [_text(o) for o in value]
-    return [_text(row[c]) for c in args.options_columns or []]
+        options = [_text(o) for o in value]
+    else:
+        options = [_text(row[c]) for c in args.options_columns or []]
+    while options and not options[-1].strip():
+        options.pop()
+    empty = [args.option_labels[i] if i < len(args.option_labels) else str(i + 1)
+             for i, o in enumerate(options) if not o.strip()]
+    if empty:
+        raise DataError(f"{where}: option {', '.join(empty)} is empty; fill it in or drop the row.")
+    return options
 
 
 def split_options(text: str, labels: list[str], where: str) -> tuple[str, list[str]]:
@@ -275,8 +312,13 @@ class MCQGenerationTask(MCQTask):
     def fill(self, ex, row, where, has_answer):
         if has_answer:
             super().fill(ex, row, where, has_answer)
-            if len(set(o.strip() for o in ex["options"])) != len(ex["options"]):
-                raise DataError(f"{where}: the options are not distinct; MCQ generation trains on distinct options.")
+            labels = list(self.args.option_labels)  # as `target` writes them
+            problems = layout_problems(ex["question"], ex["options"], labels)
+            if ex["label"] < 0:
+                problems.append("it has no answer key")
+            if problems:
+                raise DataError(f"{where}: {'; '.join(problems)}; MCQ generation trains on a question with "
+                                f"{len(labels)} distinct, non-empty options and a key (genqa.data.mcq_format).")
 
     def target(self, ex):
         return format_mcq(ex["question"], list(ex["options"]), ex["label"], labels=list(self.args.option_labels),

@@ -4,13 +4,14 @@ The SQuAD functions reproduce the official evaluation scripts (v1.1 `evaluate-v1
 `evaluate-v2.0.py` without a no-answer probability file) to the last bit: same normalisation, same per-question
 scores, same summation order and formula (`100.0 * sum / total`). Each version keeps its own quirks:
 
-- v1.1: a missing prediction counts 0 (and is reported on stderr); F1 of two empty answers is 0; gold answers are
-  used as given; reports `exact_match` and `f1`.
-- v2.0: a missing prediction is skipped (`Missing prediction for <qid>`, on stderr here so that stdout stays
-  clean) and left out of `total`; gold answers that normalise to "" are dropped, an unanswerable question's only
-  gold is ""; F1 of two empty answers is 1; reports `exact, f1, total` plus `HasAns_*` / `NoAns_*` when such
-  questions exist. Where the official script would crash (a HasAns/NoAns group whose questions all lack
-  predictions), the group is computed over the questions that have one, or left out when none has.
+- v1.1: F1 of two empty answers is 0; gold answers are used as given; reports `exact_match` and `f1`.
+- v2.0: gold answers that normalise to "" are dropped, an unanswerable question's only gold is ""; F1 of two empty
+  answers is 1; reports `exact, f1, total` plus `HasAns_*` / `NoAns_*` when such questions exist.
+
+A missing prediction scores 0 under both versions and is counted in `total` (one line on stderr says how many).
+That is what the official v1.1 script does; the official v2.0 script instead leaves such questions out of
+`exact`/`f1`/`total` and then crashes (ZeroDivisionError) when every question of its HasAns or NoAns group lacks a
+prediction. Scores of complete prediction sets are identical to both scripts.
 
 `lang` adds language-aware normalisation without changing the default (`"en"` = official):
 `"vi"` applies Unicode NFC first (composed and decomposed diacritics compare equal); `"zh"` applies NFC,
@@ -28,6 +29,7 @@ from collections.abc import Hashable, Iterable, Mapping, Sequence
 from typing import Any, Literal
 
 from genqa.data.mcq_format import FAILURE_CODES, parse_mcq
+from genqa.errors import GenqaError
 
 LANGS: tuple[str, ...] = ("en", "vi", "zh")
 _PUNCT = set(string.punctuation)
@@ -96,8 +98,19 @@ def f1_score(pred: str, gold: str, lang: str = "en", version: Literal[1, 2] = 2)
     return f1
 
 
-def _as_text(value: Any) -> str:
-    return "" if value is None else str(value)
+class ScoringError(GenqaError, ValueError):
+    """A prediction that cannot be scored (not a string); the message names its id."""
+
+
+def _as_text(value: Any, qid: Hashable = None) -> str:
+    """A prediction as text: None is the empty answer; anything but a string (`true`, `3`, a list) is refused
+    rather than scored as its Python spelling ("True")."""
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise ScoringError(f"the prediction for id {qid!r} is {value!r} (a {type(value).__name__}); a prediction "
+                           "must be a string (write it in quotes).")
+    return value
 
 
 def _eval_dict(exact: Mapping[Hashable, int], f1: Mapping[Hashable, float],
@@ -114,9 +127,18 @@ def _eval_dict(exact: Mapping[Hashable, int], f1: Mapping[Hashable, float],
             "f1": 100.0 * sum(f1[k] for k in qid_list) / total, "total": total}
 
 
-def _squad_v2_scores(examples: Iterable[tuple[Hashable, Sequence[str]]], predictions: Mapping[Hashable, Any],
+def _missing(examples: list[tuple[Hashable, Sequence[str]]], predictions: Mapping[Hashable, Any]) -> int:
+    """How many questions lack a prediction (each scores 0); said once on stderr."""
+    missing = [qid for qid, _ in examples if qid not in predictions]
+    if missing:
+        shown = ", ".join(str(q) for q in missing[:3])
+        print(f"{len(missing)} of {len(examples)} questions have no prediction (e.g. {shown}); each scores 0.",
+              file=sys.stderr)
+    return len(missing)
+
+
+def _squad_v2_scores(examples: list[tuple[Hashable, Sequence[str]]], predictions: Mapping[Hashable, Any],
                      lang: str) -> dict[str, Any]:
-    examples = list(examples)
     qid_to_has_ans = {}
     for qid, golds in examples:
         qid_to_has_ans[qid] = bool(golds)
@@ -130,30 +152,28 @@ def _squad_v2_scores(examples: Iterable[tuple[Hashable, Sequence[str]]], predict
             # For unanswerable questions, only correct answer is empty string
             gold_answers = [""]
         if qid not in predictions:
-            print(f"Missing prediction for {qid}", file=sys.stderr)
+            exact_scores[qid], f1_scores[qid] = 0, 0  # the official v2.0 script skips it (module docstring)
             continue
-        a_pred = _as_text(predictions[qid])
+        a_pred = _as_text(predictions[qid], qid)
         exact_scores[qid] = max(exact_match_score(a_pred, a, lang) for a in gold_answers)
         f1_scores[qid] = max(f1_score(a_pred, a, lang, version=2) for a in gold_answers)
     out = _eval_dict(exact_scores, f1_scores)
     for prefix, qids in (("HasAns", has_ans_qids), ("NoAns", no_ans_qids)):
-        scored = [k for k in qids if k in exact_scores]
-        if scored:
-            for key, value in _eval_dict(exact_scores, f1_scores, scored).items():
+        if qids:
+            for key, value in _eval_dict(exact_scores, f1_scores, qids).items():
                 out[f"{prefix}_{key}"] = value
     return out
 
 
-def _squad_v1_scores(examples: Iterable[tuple[Hashable, Sequence[str]]], predictions: Mapping[Hashable, Any],
+def _squad_v1_scores(examples: list[tuple[Hashable, Sequence[str]]], predictions: Mapping[Hashable, Any],
                      lang: str) -> dict[str, float]:
     f1 = exact_match = total = 0
     for qid, golds in examples:
         total += 1
         if qid not in predictions:
-            print(f"Unanswered question {qid} will receive score 0.", file=sys.stderr)
-            continue
+            continue  # scores 0, as in the official v1.1 script
         ground_truths = list(golds) or [""]
-        prediction = _as_text(predictions[qid])
+        prediction = _as_text(predictions[qid], qid)
         exact_match += max(exact_match_score(prediction, gt, lang) for gt in ground_truths)
         f1 += max(f1_score(prediction, gt, lang, version=1) for gt in ground_truths)
     if total == 0:
@@ -168,14 +188,16 @@ def squad_scores(examples: Iterable[tuple[Hashable, Sequence[str]]], predictions
     """SQuAD EM/F1 over `(qid, gold_texts)` pairs in dataset order; an empty gold list means unanswerable.
 
     `version=2` returns the official v2.0 dict (`exact, f1, total, HasAns_*, NoAns_*`), `version=1` the v1.1 one
-    (`exact_match, f1`); see the module docstring for how each treats missing predictions.
+    (`exact_match, f1`). A question without a prediction scores 0 under both versions (module docstring).
     """
     _check_lang(lang)
+    if version not in (1, 2):
+        raise ValueError(f"Unknown SQuAD version {version!r}; use 1 or 2.")
+    examples = list(examples)
+    _missing(examples, predictions)
     if version == 2:
         return _squad_v2_scores(examples, predictions, lang)
-    if version == 1:
-        return _squad_v1_scores(examples, predictions, lang)
-    raise ValueError(f"Unknown SQuAD version {version!r}; use 1 or 2.")
+    return _squad_v1_scores(examples, predictions, lang)
 
 
 _CHOICE_LEAD = re.compile(r"^\(?([A-Z])\s*[.):：]")
@@ -197,14 +219,16 @@ def normalize_choice(value: Any) -> str | None:
     return " ".join(bare.split()).casefold()
 
 
-def mcq_accuracy(golds: Sequence[Any], preds: Sequence[Any]) -> dict[str, Any]:
-    """Accuracy (a fraction) of MCQ answers; `invalid` counts predictions that are None or blank (scored wrong)."""
+def mcq_accuracy(golds: Sequence[Any], preds: Sequence[Any], labels: Sequence[str] | None = None) -> dict[str, Any]:
+    """Accuracy (a fraction) of MCQ answers; `invalid` counts predictions that are None or blank (scored wrong), and,
+    when the option `labels` are given, predictions that are not one of them."""
     if len(golds) != len(preds):
         raise ValueError(f"mcq_accuracy: {len(golds)} gold answers but {len(preds)} predictions.")
+    valid = None if labels is None else {normalize_choice(lab) for lab in labels}
     correct = invalid = 0
     for gold, pred in zip(golds, preds, strict=True):
         p = normalize_choice(pred)
-        if p is None:
+        if p is None or (valid is not None and p not in valid):
             invalid += 1
         elif p == normalize_choice(gold):
             correct += 1
@@ -216,8 +240,8 @@ def mcq_generation_quality(outputs: Sequence[Any], **parse_kwargs: Any) -> dict[
     """Share of generated texts that follow the MCQ layout; `failures` counts outputs per failure code."""
     failures: collections.Counter[str] = collections.Counter()
     valid = 0
-    for text in outputs:
-        parsed = parse_mcq(_as_text(text), **parse_kwargs)
+    for i, text in enumerate(outputs):
+        parsed = parse_mcq(_as_text(text, f"#{i}"), **parse_kwargs)
         if parsed.ok:
             valid += 1
         failures.update(set(parsed.errors))
