@@ -93,6 +93,7 @@ class OutputLock:
         self.what = what  # e.g. "output_dir runs/x", for messages
         self.token = secrets.token_hex(8)
         self.held = False
+        self.made_folder = False  # the folder was created for the lock: removed again if nothing else was written
 
     def _record(self) -> dict[str, Any]:
         return {"pid": os.getpid(), "host": socket.gethostname(), "start": _start_time(os.getpid()),
@@ -133,7 +134,9 @@ class OutputLock:
 
     def acquire(self) -> None:
         """Take the lock or raise `LockError` saying who holds it; a stale lock is reported and taken over."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if not self.path.parent.exists():
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.made_folder = True
         for _ in range(5):
             if self._create():
                 self.held = True
@@ -158,13 +161,17 @@ class OutputLock:
                 f"choose another output; if that process is gone, delete {self.path}.")
 
     def release(self) -> None:
-        """Remove the lock file if this object holds it (idempotent)."""
+        """Remove the lock file if this object holds it (idempotent), and the folder made for it if it is empty
+        (a command refused before writing anything leaves no empty output folder behind)."""
         if not self.held:
             return
         self.held = False
         with contextlib.suppress(OSError):
             if (_read(self.path) or {}).get("token") == self.token:
                 self.path.unlink()
+        if self.made_folder:
+            with contextlib.suppress(OSError):
+                self.path.parent.rmdir()
         atexit.unregister(self.release)
 
 
