@@ -196,6 +196,7 @@ def test_lock_refuses_a_second_holder_and_takes_over_stale_locks(tmp_path, capsy
 
 def test_second_training_into_one_output_dir_is_refused(tmp_path, capsys):
     out = tmp_path / "run"
+    out.mkdir()
     with output_lock(out / LOCK_FILE, "another training", main_only=False):
         assert _train(out, "--max_steps", "2", "--save_strategy", "no") == 2
     err = capsys.readouterr().err
