@@ -142,11 +142,11 @@ def fingerprint(args: argparse.Namespace, qa, sft, model_args) -> dict[str, Any]
     prompt = {k: v for k, v in sorted(asdict(qa).items()) if k not in NOT_IN_PREDICTIONS}
     base = resolve_model_path(args.base)
     return {
+        **prompt, "max_length": sft.max_length,  # the recipe's `template` is its name: its text is `template_text`
         "base_weights": files_digest(base, WEIGHT_FILES),
         "adapter_weights": files_digest(args.adapter, WEIGHT_FILES),
         "tokenizer": files_digest(resolve_model_path(args.adapter or args.base), TOKENIZER_FILES),
-        "template": hashlib.sha256((template or "").encode()).hexdigest()[:16],
-        **prompt, "max_length": sft.max_length,
+        "template_text": hashlib.sha256((template or "").encode()).hexdigest()[:16],
         "settings": backbone.prediction_settings([args.adapter, args.base], qa, sft, passed),
         "mcq_mode": args.mcq_mode, "max_new_tokens": args.max_new_tokens or get_task(qa).max_new_tokens,
         "num_beams": args.num_beams, "do_sample": args.do_sample, "dtype": args.dtype or model_args.dtype,

@@ -250,9 +250,23 @@ def test_training_only_keys_do_not_block_a_resume(ckpt_run, tmp_path, capsys):
     assert _generate(ckpt_run, out, "--learning_rate", "1e-4", "--lora_r", "4", "--max_steps", "9") == 0
     assert "resuming: 4 of" in capsys.readouterr().out
     assert _generate(ckpt_run, out, "--template", "alpaca") == 2
-    assert "changed: template)" in capsys.readouterr().err
+    assert "changed: template, template_text)" in capsys.readouterr().err
     assert _generate(ckpt_run, out, "--instruction", "Answer.") == 2
     assert "changed: instruction)" in capsys.readouterr().err
+
+
+def test_an_edited_template_file_is_another_prompt(ckpt_run, tmp_path, capsys):
+    template = tmp_path / "mine.jinja"
+    template.write_text(Path("templates/llama2.jinja").read_text(encoding="utf-8"), encoding="utf-8")
+    out = tmp_path / "s.csv"
+    assert _generate(ckpt_run, out, "--limit", "2", "--template", str(template)) == 0
+    template.write_text(template.read_text(encoding="utf-8").replace("[INST]", "[INSTRUCTION]"), encoding="utf-8")
+    from genqa.data.templates import _read
+
+    _read.cache_clear()  # template files are cached per process; a new `python -m genqa.generate` reads it anew
+    capsys.readouterr()
+    assert _generate(ckpt_run, out, "--template", str(template)) == 2  # same --template value, other text
+    assert "changed: template_text)" in capsys.readouterr().err
 
 
 def test_second_generate_on_one_out_is_refused(ckpt_run, tmp_path, capsys):
