@@ -2,8 +2,9 @@
 
 The recipe (task, template, columns, submission format) comes from the run folder (`--adapter RUN_DIR`), the merged
 folder (`--base merged/`), or `--recipe`; extra `--key value` arguments override recipe keys (e.g. the test sheet's
-`--id_column 題號`). Predictions are appended to `OUT.predictions.jsonl` as they are made, so a rerun after a kill
-continues where it stopped. The CSV (or, for `OUT.json`, a SQuAD `{id: answer}` map) is written atomically, and
+`--id_column 題號`). Predictions are appended to `OUT.predictions.jsonl` batch by batch, so a rerun after a kill
+continues where it stopped (with the same model and settings only: `fingerprint`); one process writes an `--out` at a
+time (`OUT.lock`). The CSV (or, for `OUT.json`, a SQuAD `{id: answer}` map) is written atomically, and
 metrics are printed when the test data carries gold answers.
 """
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import sys
 from collections import Counter
 from pathlib import Path
@@ -19,6 +21,7 @@ from typing import Any
 
 from genqa.errors import report_errors
 from genqa.files import write_atomic
+from genqa.locks import output_lock
 from genqa.scoring.metrics import LANGS
 from genqa.submission import PredictionStore, SubmissionError, write_json_predictions, write_submission
 
@@ -74,22 +77,86 @@ def resolve_recipe(args: argparse.Namespace, overrides: list[str]):
                       "merged folder does); pass --recipe RECIPE.yaml.")
 
 
-def fingerprint(args: argparse.Namespace, qa, sft, model_args) -> dict[str, Any]:
-    """What makes a set of predictions: model, data file, recipe and decoding settings (not --limit/--batch_size)."""
+#: recipe keys that cannot change a prediction: the training data and split, training-time evaluation, metrics and
+#: the CSV's column names (the CSV is written anew from the predictions on every run). Every other genqa key (columns,
+#: task, prompt, template, backbone, span search) shapes the prompts or the answers read back, so it is fingerprinted.
+NOT_IN_PREDICTIONS = {
+    "dataset_path", "dataset_config", "train_split", "eval_split", "validation_size", "split_seed",
+    "max_train_samples", "max_eval_samples", "generation_eval_samples", "generation_eval_max_new_tokens",
+    "metric_lang", "submission_id_column", "submission_answer_column", "dry_run",
+}
+#: files whose content is the model: merged / full model folders, run folders (adapter), their configs
+WEIGHT_FILES = ("model*.safetensors", "pytorch_model*.bin", "adapter_model.safetensors", "adapter_model.bin",
+                "config.json", "adapter_config.json")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+                   "tokenizer.model", "spiece.model", "sentencepiece.bpe.model", "vocab.json", "merges.txt",
+                   "vocab.txt", "chat_template.jinja", "chat_template.json")
+_MIB = 1 << 20
+
+
+def file_digest(path: Path) -> str:
+    """Size, mtime and a SHA-256 of the first and last MiB of a file: cheap on multi-GB weights (two reads), and any
+    rewrite (a retrained adapter, a new merge) changes the mtime even when the size stays."""
     import hashlib
 
-    from genqa.recipe import resolved_recipe
+    stat = path.stat()
+    digest = hashlib.sha256(f"{stat.st_size}:{stat.st_mtime_ns}:".encode())
+    with open(path, "rb") as fh:
+        digest.update(fh.read(_MIB))
+        if stat.st_size > 2 * _MIB:
+            fh.seek(-_MIB, os.SEEK_END)
+        digest.update(fh.read(_MIB))
+    return digest.hexdigest()[:16]
+
+
+def files_digest(folder: str | None, patterns: tuple[str, ...]) -> str | None:
+    """One digest over the files of `folder` matching `patterns` (a hub id or a missing folder: its name)."""
+    import hashlib
+
+    if not folder:
+        return None
+    path = Path(folder)
+    if path.is_file():
+        return file_digest(path)
+    files = sorted({f for pattern in patterns for f in path.glob(pattern) if f.is_file()}) if path.is_dir() else []
+    if not files:
+        return f"name:{folder}"
+    return hashlib.sha256("".join(f"{f.name}={file_digest(f)};" for f in files).encode()).hexdigest()[:16]
+
+
+def fingerprint(args: argparse.Namespace, qa, sft, model_args) -> dict[str, Any]:
+    """What shapes a set of predictions, so that a rerun resumes only onto predictions it would have made itself:
+    the weights' content (`file_digest` of the model and adapter files, not their paths), the tokenizer files and
+    the template prompts are built with, the prompt-building recipe keys (all genqa keys but `NOT_IN_PREDICTIONS`,
+    and `max_length`), the backbone's prediction settings, decoding and precision, and the test data file.
+    Training-only keys (`learning_rate`, LoRA rank ...) and `--batch_size` / `--limit` are not in it."""
+    import hashlib
+    from dataclasses import asdict
+
+    from genqa.backbones import get_backbone
+    from genqa.backbones.loading import detect_backbone, resolve_model_path
+    from genqa.data.tasks import get_task
 
     data = Path(args.data)
-    recipe = resolved_recipe(qa, sft, model_args)
-    for key in ("output_dir", "logging_dir", "run_name", "dry_run"):
-        recipe.pop(key, None)
-    digest = hashlib.sha256(json.dumps(recipe, sort_keys=True, default=str).encode()).hexdigest()[:16]
-    return {"base": args.base, "adapter": args.adapter, "data": str(data.resolve()) if data.exists() else args.data,
-            "data_bytes": data.stat().st_size if data.is_file() else None,
-            "data_mtime": int(data.stat().st_mtime) if data.exists() else None, "split": args.split,
-            "mcq_mode": args.mcq_mode, "max_new_tokens": args.max_new_tokens, "num_beams": args.num_beams,
-            "do_sample": args.do_sample, "dtype": args.dtype, "autocast": args.autocast, "recipe": digest}
+    backbone = get_backbone(detect_backbone(args.base, qa.backbone))
+    passed = {a[2:].split("=", 1)[0] for a in args.overrides if a.startswith("--")}
+    _, template = _tokenizer_and_template(args, qa, args.template_overridden)
+    prompt = {k: v for k, v in sorted(asdict(qa).items()) if k not in NOT_IN_PREDICTIONS}
+    base = resolve_model_path(args.base)
+    return {
+        **prompt, "max_length": sft.max_length,  # the recipe's `template` is its name: its text is `template_text`
+        "base_weights": files_digest(base, WEIGHT_FILES),
+        "adapter_weights": files_digest(args.adapter, WEIGHT_FILES),
+        "tokenizer": files_digest(resolve_model_path(args.adapter or args.base), TOKENIZER_FILES),
+        "template_text": hashlib.sha256((template or "").encode()).hexdigest()[:16],
+        "settings": backbone.prediction_settings([args.adapter, args.base], qa, sft, passed),
+        "mcq_mode": args.mcq_mode, "max_new_tokens": args.max_new_tokens or get_task(qa).max_new_tokens,
+        "num_beams": args.num_beams, "do_sample": args.do_sample, "dtype": args.dtype or model_args.dtype,
+        "autocast": args.autocast,
+        "data": str(data.resolve()) if data.exists() else args.data, "split": args.split,
+        "data_bytes": data.stat().st_size if data.is_file() else None,
+        "data_mtime": int(data.stat().st_mtime) if data.exists() else None,
+    }
 
 
 def load_model_for(backbone, base: str, adapter: str | None, dtype):
@@ -159,7 +226,8 @@ def predict(args: argparse.Namespace, qa, sft, model_args, rows: list[dict[str, 
 
 
 def run(args: argparse.Namespace, overrides: list[str]) -> int:
-    """Predict, write the submission (or SQuAD JSON) and, when the data carries answers, the metrics."""
+    """Predict, write the submission (or SQuAD JSON) and, when the data carries answers, the metrics; one process per
+    `--out` at a time (`OUT.lock`)."""
     from genqa.data.rows import load_rows
     from genqa.data.tasks import get_task
 
@@ -172,8 +240,17 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
                               "--id_column to a column with unique ids (or write --out X.json for evaluation).")
     args.overrides = overrides
     args.template_overridden = any(a.split("=", 1)[0] == "--template" for a in overrides)
-    store = PredictionStore(out.with_name(out.name + ".predictions.jsonl"), fingerprint(args, qa, sft, model_args))
-    predict(args, qa, sft, model_args, rows, store)
+    with output_lock(out.with_name(out.name + ".lock"), f"--out {out}", main_only=False):
+        store = PredictionStore(out.with_name(out.name + ".predictions.jsonl"),
+                                fingerprint(args, qa, sft, model_args))
+        predict(args, qa, sft, model_args, rows, store)
+        write_outputs(args, qa, task, rows, store, out)
+    return 0
+
+
+def write_outputs(args: argparse.Namespace, qa, task, rows: list[dict[str, Any]], store: PredictionStore,
+                  out: Path) -> None:
+    """The submission CSV (or SQuAD JSON) from the stored predictions, and the metrics when the rows have golds."""
     ids = [r["id"] for r in rows]
     answers = {i: store.records[i]["answer"] for i in ids if i in store.records}
     how = dict(Counter(store.records[i]["how"] for i in ids if i in store.records))
@@ -193,7 +270,6 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
         metrics["predictions"] = how
         write_atomic(out.with_name(out.name + ".metrics.json"), json.dumps(metrics, indent=2, ensure_ascii=False))
         print(json.dumps(metrics, indent=2, ensure_ascii=False))
-    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -4,16 +4,36 @@ A run folder holds the adapter (or full model), the tokenizer with its chat temp
 checkpoints, and genqa's own files: the fully resolved recipe (`genqa_recipe.yaml`), the tokenization report
 (`genqa_data_report.json`) and the validation rows in canonical form (`genqa_validation.jsonl`), which merge checks
 and evaluation reuse.
+
+Resume and finish (why genqa checks what Trainer does not):
+
+- Trainer's `get_last_checkpoint` takes the highest `checkpoint-N` without looking inside, and Trainer writes a
+  checkpoint in place, file by file: a process killed while saving leaves a folder that every rerun picked and failed
+  on. genqa resumes from the newest *complete* checkpoint (`checkpoint_problem`: `trainer_state.json`, which Trainer
+  writes last, parses; the weights open with their full length; optimizer state is there) and sets incomplete ones
+  aside, naming them. Validating instead of making Trainer's saves atomic keeps Trainer's own save code (DeepSpeed,
+  FSDP, PEFT, sharded models) untouched; the one assumption, that `trainer_state.json` comes last, is what
+  `Trainer._save_checkpoint` does and what `tests/test_kill.py` exercises with kills during saves.
+- A run is *finished* when `FINISHED_FILE` is there: written after every final file, and removed before any
+  training that would rewrite them. Rerunning a finished run with a `max_steps` (or `num_train_epochs`) it has
+  reached reports it and changes nothing (`finished_run_message`). Raising `max_steps` continues from the last
+  checkpoint. When the checkpoint resumed from already reached `max_steps` (a kill after the last checkpoint but
+  before the final files were written), nothing is trained: Trainer would otherwise run one more step whenever
+  `max_steps` is not a multiple of the steps per epoch; the final files are written from that checkpoint.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
+import zipfile
 from pathlib import Path
 from typing import Any
 
 from datasets import Dataset
+from transformers import TrainerCallback
 from trl import ModelConfig, SFTConfig
 
 from genqa.config import QAArguments
@@ -40,38 +60,186 @@ EVAL_METRICS_FILE = "genqa_eval_metrics.json"
 EVAL_PREDICTIONS_FILE = "genqa_eval_predictions.json"
 #: files a merged folder carries over from its run: validation rows for checks, span-search settings
 CARRIED_FILES = (VALIDATION_FILE, SETTINGS_FILE)
+#: written last when a run has saved all its final files (global_step, epoch, max_steps, num_train_epochs)
+FINISHED_FILE = "genqa_finished.json"
+#: held while a training writes the run folder (`genqa.locks`)
+LOCK_FILE = "genqa.lock"
+TRAINER_STATE_FILE = "trainer_state.json"
 
 
-def prepare_output_dir(sft: SFTConfig) -> str | bool | None:
-    """Create the output folder; return the checkpoint to resume from (explicit, or the last one found).
+def weights_problem(folder: Path) -> str | None:
+    """Why the model weights in `folder` (a checkpoint or a run folder) cannot be loaded; None when they can.
+
+    safetensors files are opened (`safe_open` checks the header and that the file covers every tensor, so a file cut
+    short is caught without reading the weights); `.bin` files are zip archives whose directory sits at the end."""
+    from safetensors import SafetensorError, safe_open
+
+    files = [folder / n for n in ("adapter_model.safetensors", "model.safetensors") if (folder / n).is_file()]
+    for index_name in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
+        index = folder / index_name
+        if index.is_file():
+            try:
+                shards = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
+            except (OSError, ValueError, KeyError, TypeError, AttributeError):
+                return f"{index_name} is unreadable"
+            files += [folder / s for s in shards]
+    files += [folder / n for n in ("adapter_model.bin", "pytorch_model.bin") if (folder / n).is_file()]
+    if not files and not any(folder.glob("pytorch_model_fsdp_*")):
+        return "no model weights"
+    for path in files:
+        if not path.is_file():
+            return f"{path.name} is missing"
+        if path.suffix == ".safetensors":
+            try:
+                with safe_open(str(path), framework="pt"):
+                    pass
+            except (SafetensorError, OSError) as err:
+                return f"{path.name} is unreadable ({err})"
+        elif not zipfile.is_zipfile(path):
+            return f"{path.name} is cut short"
+    return None
+
+
+def _has_optimizer_state(folder: Path) -> bool:
+    """Optimizer state as Trainer (optimizer.pt), FSDP (optimizer.bin, optimizer_0/) or DeepSpeed (`latest` naming
+    its global_step folder) saves it."""
+    if any((folder / name).exists() for name in ("optimizer.pt", "optimizer.bin", "optimizer_0")):
+        return True
+    latest = folder / "latest"
+    try:
+        return latest.is_file() and (folder / latest.read_text(encoding="utf-8").strip()).is_dir()
+    except OSError:
+        return False
+
+
+def checkpoint_problem(folder: Path) -> str | None:
+    """Why checkpoint `folder` cannot be resumed from; None when it is complete.
+
+    Trainer writes `trainer_state.json` last, after the weights, optimizer, scheduler and RNG states, and not
+    atomically: a save cut short leaves it missing or not parseable. The weights and optimizer state are checked too,
+    since a checkpoint being deleted (`save_total_limit` rotation) can lose them first."""
+    try:
+        state = json.loads((folder / TRAINER_STATE_FILE).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return f"no {TRAINER_STATE_FILE}: its save was interrupted"
+    except (OSError, ValueError):
+        return f"{TRAINER_STATE_FILE} is cut short: its save was interrupted"
+    if not isinstance(state, dict) or not isinstance(state.get("global_step"), int):
+        return f"{TRAINER_STATE_FILE} has no global_step"
+    if not _has_optimizer_state(folder):
+        return "no optimizer state"
+    return weights_problem(folder)
+
+
+def find_checkpoints(out: Path) -> tuple[Path | None, list[tuple[Path, str]]]:
+    """The newest complete `checkpoint-N` folder in run folder `out` (None if none), and every incomplete one with
+    what is wrong with it, newest first."""
+    from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+    pattern = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)$")
+    found = sorted(((int(m.group(1)), p) for p in out.iterdir() if (m := pattern.match(p.name)) and p.is_dir()),
+                   reverse=True)
+    newest, incomplete = None, []
+    for _, path in found:
+        problem = checkpoint_problem(path)
+        if problem:
+            incomplete.append((path, problem))
+        elif newest is None:
+            newest = path
+    return newest, incomplete
+
+
+def set_aside(incomplete: list[tuple[Path, str]]) -> None:
+    """Rename incomplete checkpoints to `incomplete-checkpoint-N` (main process only) and say so.
+
+    They are moved rather than left in place because Trainer's `save_total_limit` rotation counts every
+    `checkpoint-*` folder and keeps the one it sorts last: a stale `checkpoint-99` would survive while the complete
+    checkpoints written after it are deleted. They are not deleted: what a user finds odd can still be looked at."""
+    for path, problem in incomplete:
+        target = path.with_name(f"incomplete-{path.name}")
+        if is_main_process():
+            k = 2
+            while target.exists():
+                target, k = path.with_name(f"incomplete-{path.name}-{k}"), k + 1
+            with contextlib.suppress(FileNotFoundError):
+                os.rename(path, target)
+        say(f"[genqa] skipping {path} ({problem}); moved to {target.name} (delete it when you like)")
+
+
+def read_finished(out: Path) -> dict[str, Any] | None:
+    """What `FINISHED_FILE` says about a finished run in `out` (global_step, epoch, max_steps, num_train_epochs), or
+    None when `out` holds no finished run (no marker, or the final weights are missing or cut short)."""
+    try:
+        done = json.loads((out / FINISHED_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(done, dict) or not isinstance(done.get("global_step"), int) or weights_problem(out):
+        return None
+    return done
+
+
+def _reached(done: dict[str, Any], sft: SFTConfig) -> bool:
+    """True when a run that ended at `done` needs no more training for this command's max_steps / epochs."""
+    if sft.max_steps > 0:
+        return done["global_step"] >= sft.max_steps
+    return float(done.get("epoch") or 0) >= float(sft.num_train_epochs) - 1e-9
+
+
+def _never(wanted: Any) -> bool:
+    return isinstance(wanted, str) and wanted.lower() in ("false", "no", "never")
+
+
+def finished_run_message(qa: QAArguments, sft: SFTConfig, model_args: ModelConfig) -> str | None:
+    """The report for a rerun of a finished run (then there is nothing to do and nothing may change); None when
+    `output_dir` holds no finished run, or this command asks for more steps or epochs than it trained.
+
+    A run is finished when `FINISHED_FILE` (written after every final file) is there and its step count reaches
+    this command's `max_steps` (or its epoch count `num_train_epochs`). A different recipe is refused as on resume."""
+    out = Path(sft.output_dir)
+    done = read_finished(out) if out.is_dir() else None
+    if done is None or _never(sft.resume_from_checkpoint) or not _reached(done, sft):
+        return None
+    check_resumed_recipe(str(out), resolved_recipe(qa, sft, model_args))
+    asked = f"max_steps {sft.max_steps}" if sft.max_steps > 0 else f"num_train_epochs {sft.num_train_epochs:g}"
+    return (f"[genqa] {out} holds a finished run (step {done['global_step']}, epoch {float(done.get('epoch') or 0):g};"
+            f" this command asks for {asked}): nothing to train, nothing changed. To train it further raise "
+            "max_steps / num_train_epochs (it resumes from its last checkpoint), or choose another output_dir.")
+
+
+def prepare_output_dir(sft: SFTConfig) -> str | None:
+    """Create the output folder; return the checkpoint to resume from (explicit, or the newest complete one).
 
     A folder holding a finished model or checkpoints is never trained over from scratch: genqa resumes, or refuses.
+    Incomplete checkpoints (a save cut short) are never resumed from: they are named and set aside.
     """
-    from transformers.trainer_utils import get_last_checkpoint
-
     out = Path(sft.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     wanted = sft.resume_from_checkpoint
-    last = get_last_checkpoint(str(out))
-    finished = any(out.glob("adapter_model.safetensors")) or any(out.glob("model*.safetensors"))
-    if isinstance(wanted, str) and wanted.lower() in ("false", "no", "never"):
-        if finished or last:
+    last, incomplete = find_checkpoints(out)
+    trained = any(out.glob("adapter_model.safetensors")) or any(out.glob("model*.safetensors"))
+    if _never(wanted):
+        if trained or last or incomplete:
             raise RecipeError(f"output_dir {out} already holds a trained model or checkpoints; starting over "
                               "(`resume_from_checkpoint: never`) would overwrite them. Choose another output_dir or "
                               "remove that folder.")
         return None
     if isinstance(wanted, str) and wanted.lower() not in ("true", "auto", "latest", "last"):
-        if not Path(wanted).is_dir():
-            raise RecipeError(f"resume_from_checkpoint: {wanted} is not a checkpoint folder.")
+        problem = checkpoint_problem(Path(wanted)) if Path(wanted).is_dir() else "not a checkpoint folder"
+        if problem:
+            raise RecipeError(f"resume_from_checkpoint: {wanted} cannot be resumed from ({problem}).")
         say(f"[genqa] resuming from {wanted}")
         return wanted
+    set_aside(incomplete)
     if last is not None:
-        say(f"[genqa] resuming from the last checkpoint in {out}: {last} "
-            "(use another output_dir to start over)")
-        return last
-    if finished:
-        raise RecipeError(f"output_dir {out} already holds a trained model and no checkpoint to resume from; "
-                          "choose another output_dir or remove it (genqa does not overwrite a finished run).")
+        say(f"[genqa] resuming from the last checkpoint in {out}: {last} (the newest complete one; use another "
+            "output_dir to start over)")
+        return str(last)
+    if trained:
+        done = read_finished(out)
+        what = f"a run finished at step {done['global_step']}" if done else "a trained model"
+        raise RecipeError(f"output_dir {out} already holds {what} and no checkpoint to resume from (trained with "
+                          "save_strategy: no?), so it cannot be trained further; choose another output_dir or remove "
+                          "it (genqa does not overwrite a finished run).")
     if wanted:
         say(f"[genqa] no checkpoint in {out} yet: starting from scratch")
     return None
@@ -162,15 +330,44 @@ def check_fsdp(trainer) -> None:
                           "machine use accelerate_configs/ddp.yaml, or a DeepSpeed config with DS_ACCELERATOR=cpu.")
 
 
+class NothingToTrain(Exception):
+    """Raised by `StopIfTrained` to leave `Trainer.train` before its first step."""
+
+
+class StopIfTrained(TrainerCallback):
+    """Stops `Trainer.train` at its start when the checkpoint it resumed from already reached `max_steps`.
+
+    Trainer has no way to say "nothing left to train": resumed at step 40 of 40 with 3 steps per epoch it runs epoch
+    13 from its second batch, training step 41 before it checks `max_steps`. At `on_train_begin` the checkpoint's
+    weights, optimizer and state are loaded, so the final files can be written from it instead."""
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if state.max_steps > 0 and state.global_step >= state.max_steps:
+            raise NothingToTrain(f"step {state.global_step}, max_steps {state.max_steps}")
+
+
 def train_and_finish(trainer, resume: str | bool | None, tokenizer, qa: QAArguments, sft: SFTConfig,
                      model_args: ModelConfig, reports: list, validation: Dataset | None) -> str:
     """Train (resuming from `resume`, as `start_run` returned it) after checking accelerate kept its promise of FSDP,
-    then save everything with `finish_run`; returns the run folder. Every trainer (causal, seq2seq, extractive) ends
-    here."""
+    then save everything with `finish_run` and mark the run finished; returns the run folder. Every trainer (causal,
+    seq2seq, extractive) ends here."""
     check_fsdp(trainer)
+    if is_main_process():  # the final files are about to change: the run is not finished until they are all written
+        (Path(sft.output_dir) / FINISHED_FILE).unlink(missing_ok=True)
     attach_run_card(trainer, qa, sft, model_args, reports)
-    trainer.train(resume_from_checkpoint=resume)
-    return finish_run(trainer, tokenizer, qa, sft, model_args, reports, validation)
+    trainer.add_callback(StopIfTrained())
+    try:
+        trainer.train(resume_from_checkpoint=resume)
+    except NothingToTrain as reached:
+        say(f"[genqa] {resume} already reached the end of training ({reached}): nothing to train; writing the run's "
+            "final files from it")
+    folder = finish_run(trainer, tokenizer, qa, sft, model_args, reports, validation)
+    if trainer.is_world_process_zero():
+        state = trainer.state
+        write_atomic(Path(folder) / FINISHED_FILE, json.dumps({
+            "global_step": state.global_step, "epoch": state.epoch, "max_steps": state.max_steps,
+            "num_train_epochs": state.num_train_epochs}))
+    return folder
 
 
 def finish_run(trainer, tokenizer, qa: QAArguments, sft: SFTConfig, model_args: ModelConfig, reports: list,

@@ -118,9 +118,17 @@ def run(argv: list[str]) -> int:
             "not a useful model.")
     from genqa.backbones import get_backbone
     from genqa.backbones.loading import detect_backbone
+    from genqa.locks import output_lock
+    from genqa.run_dir import LOCK_FILE, finished_run_message
 
-    backbone = get_backbone(detect_backbone(model_args.model_name_or_path, qa.backbone, model_args.trust_remote_code))
-    out = backbone.train(qa, sft, model_args, recipe_path)
+    with output_lock(Path(sft.output_dir) / LOCK_FILE, f"output_dir {sft.output_dir}"):  # one writer per run folder
+        finished = finished_run_message(qa, sft, model_args)
+        if finished:
+            say(finished)
+            return 0
+        backbone = get_backbone(detect_backbone(model_args.model_name_or_path, qa.backbone,
+                                                model_args.trust_remote_code))
+        out = backbone.train(qa, sft, model_args, recipe_path)
     say(f"[genqa] run folder: {out}")
     end_process_group(wait_for_all=True)
     return 0

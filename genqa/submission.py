@@ -1,7 +1,8 @@
 """Predictions on disk: a resumable per-example store, and the Kaggle CSV / SQuAD JSON written from it.
 
-`PredictionStore` appends one JSON line per example as soon as it is predicted (flushed and fsynced), keyed by id,
-so a killed run continues where it stopped with no duplicates and nothing lost. `write_submission` writes the final
+`PredictionStore` appends one JSON line per example, a batch of lines at a time as soon as the batch is predicted
+(flushed and fsynced), keyed by id, so a killed run loses at most the batch in progress and continues where it
+stopped with no duplicates. `write_submission` writes the final
 CSV atomically: every test id exactly once, in input order, with the id/answer columns the recipe names; it refuses
 missing or invalid answers unless told how to fill them.
 """
@@ -36,29 +37,49 @@ class PredictionStore:
 
     def __init__(self, path: str | os.PathLike, fingerprint: dict[str, Any] | None = None) -> None:
         self.path = Path(path)
-        self.fingerprint = fingerprint
+        # compared with the saved one as JSON reads it back (tuples become lists)
+        self.fingerprint = None if fingerprint is None else json.loads(json.dumps(fingerprint, default=str))
         self.records: dict[str, dict[str, Any]] = {}
         if not self.path.exists():
             return
+        saved = self._read()
+        wanted = self.fingerprint
+        if wanted is not None and saved is None and self.records:
+            raise SubmissionError(f"{self.path} holds predictions with no record of what made them; resuming could "
+                                  "mix them with this run's. Delete it or choose another --out.")
+        if wanted is not None and saved is not None and saved != wanted:
+            changed = sorted(k for k in set(saved) | set(wanted) if saved.get(k) != wanted.get(k))
+            raise SubmissionError(f"{self.path} holds predictions made with other settings (changed: "
+                                  f"{', '.join(changed)}); resuming would mix them. Delete it or choose another --out.")
+        self.fingerprint = saved if wanted is None else wanted
+        self._rewrite()  # drop a torn last line so appends stay valid JSONL
+
+    def _read(self) -> dict[str, Any] | None:
+        """Load the records; return the saved fingerprint. A torn last line (a kill mid-write) is dropped; any other
+        line that is not a JSON object with an `id` is refused, naming the line."""
         lines = self.path.read_text(encoding="utf-8").splitlines()
         saved = None
-        for n, line in enumerate(lines):
+        for n, line in enumerate(lines, start=1):
             try:
                 rec = json.loads(line)
             except json.JSONDecodeError:
-                if n == len(lines) - 1:  # a line cut short by a kill: predict that example again
+                if n == len(lines):  # a line cut short by a kill: predict that example again
                     continue
-                raise SubmissionError(f"{self.path}: line {n + 1} is not JSON; remove it or the file.") from None
+                raise SubmissionError(f"{self.path}: line {n} is not JSON; remove it or the file.") from None
+            if not isinstance(rec, dict):
+                raise SubmissionError(f"{self.path}: line {n} is not a JSON object (a prediction record is "
+                                      '{"id": ..., "answer": ...}); remove it or the file.')
             if FINGERPRINT_KEY in rec:
                 saved = rec[FINGERPRINT_KEY]
+                if not isinstance(saved, dict):
+                    raise SubmissionError(f"{self.path}: line {n}: {FINGERPRINT_KEY} is not a JSON object; remove "
+                                          "the file.")
+            elif "id" not in rec:
+                raise SubmissionError(f"{self.path}: line {n} has no \"id\"; every prediction record needs one. "
+                                      "Remove that line or the file.")
             else:
                 self.records[str(rec["id"])] = rec
-        if fingerprint is not None and saved is not None and saved != fingerprint:
-            changed = sorted(k for k in set(saved) | set(fingerprint) if saved.get(k) != fingerprint.get(k))
-            raise SubmissionError(f"{self.path} holds predictions made with other settings (changed: "
-                                  f"{', '.join(changed)}); resuming would mix them. Delete it or choose another --out.")
-        self.fingerprint = saved if fingerprint is None else fingerprint
-        self._rewrite()  # drop a torn last line so appends stay valid JSONL
+        return saved
 
     def _rewrite(self) -> None:
         header = [{FINGERPRINT_KEY: self.fingerprint}] if self.fingerprint is not None else []

@@ -67,9 +67,14 @@ def test_resume_continues_from_checkpoint(tmp_path, capsys):
 def test_finished_run_is_not_overwritten(tmp_path, capsys):
     out = tmp_path / "done"
     _train("recipes/tiny/abstractive.yaml", out, "--max_steps", "2", "--save_strategy", "no")
+    weights = (out / "adapter_model.safetensors").read_bytes()
     assert main(["recipes/tiny/abstractive.yaml", "--output_dir", str(out), "--max_steps", "2",
-                 "--save_strategy", "no"]) == 2
-    assert "already holds a trained model" in capsys.readouterr().err
+                 "--save_strategy", "no"]) == 0  # the same command again: reported, nothing changed
+    assert "holds a finished run" in capsys.readouterr().out
+    assert (out / "adapter_model.safetensors").read_bytes() == weights
+    assert main(["recipes/tiny/abstractive.yaml", "--output_dir", str(out), "--max_steps", "3",
+                 "--save_strategy", "no"]) == 2  # more steps, but no checkpoint to continue from
+    assert "already holds a run finished at step 2" in capsys.readouterr().err
 
 
 def _lora_grads(model, batch) -> dict[str, torch.Tensor]:
