@@ -64,6 +64,23 @@ def log_line(message: str) -> None:
         fh.write(message.rstrip("\n") + "\n")
 
 
+_LOGGERS = ("py.warnings", "transformers", "trl", "peft", "accelerate", "datasets")
+
+
+def begin_run_log() -> None:
+    """Forget the log file of an earlier run in this process (a second training, a test session): lines said from
+    now on are held for the next `open_run_log`, not appended to the previous run's log."""
+    global _log_path
+    _log_path = None
+    _pending.clear()
+    for name in _LOGGERS:
+        logger = logging.getLogger(name)
+        for handler in [h for h in logger.handlers if isinstance(h, logging.FileHandler)
+                        and Path(h.baseFilename).name == LOG_FILE]:
+            logger.removeHandler(handler)
+            handler.close()
+
+
 def open_run_log(run_dir: str | os.PathLike) -> Path:
     """Start writing genqa's lines (and library warnings) to `RUN/genqa.log`; earlier lines are written first."""
     global _log_path
@@ -78,7 +95,7 @@ def open_run_log(run_dir: str | os.PathLike) -> Path:
     handler = logging.FileHandler(path, encoding="utf-8")
     handler.setLevel(logging.WARNING)
     handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
-    for name in ("py.warnings", "transformers", "trl", "peft", "accelerate", "datasets"):
+    for name in _LOGGERS:
         logger = logging.getLogger(name)
         if not any(isinstance(h, logging.FileHandler) and h.baseFilename == handler.baseFilename
                    for h in logger.handlers):

@@ -20,7 +20,7 @@ from genqa.data.sources import DataError, detect_format
 from genqa.data.tasks import get_task
 from genqa.data.templates import TemplateError, load_template
 from genqa.errors import report_errors
-from genqa.messages import quiet_known_noise, say
+from genqa.messages import begin_run_log, quiet_known_noise, say
 from genqa.recipe import RecipeError, non_default_items, parse_recipe
 
 
@@ -104,6 +104,7 @@ def print_resolved(qa, sft, model_args, recipe_path: str | None) -> None:
 
 def run(argv: list[str]) -> int:
     """Parse, validate and train (or only print, with `--dry_run`)."""
+    begin_run_log()
     qa, sft, model_args, recipe_path = parse_recipe(argv)
     model_args.trust_remote_code = bool(getattr(sft, "trust_remote_code", False))
     problems = validate(qa, sft, model_args, recipe_path)
