@@ -20,7 +20,7 @@ from genqa.data.tasks import get_task
 from genqa.data.templates import TemplateError, load_template
 from genqa.errors import report_errors
 from genqa.messages import say
-from genqa.recipe import RecipeError, non_default_items, parse_recipe
+from genqa.recipe import RecipeError, load_recipe_file, non_default_items, parse_recipe
 
 
 def torch_cuda_available() -> bool:
@@ -74,6 +74,29 @@ def print_resolved(qa, sft, model_args, recipe_path: str | None) -> None:
     print(yaml.safe_dump(doc, sort_keys=False, allow_unicode=True))
 
 
+def requested_bf16(sft, argv: list[str], recipe_path: str | None) -> bool | None:
+    """The recipe's own `bf16` (file or command line), or None when it does not set it (TRL would default to True)."""
+    on_cli = any(a == "--bf16" or a.startswith("--bf16=") for a in argv)
+    if on_cli or (recipe_path and "bf16" in load_recipe_file(recipe_path)):
+        return bool(sft.bf16)
+    return None
+
+
+def apply_precision(sft, argv: list[str], recipe_path: str | None) -> None:
+    """Decide bf16 for this machine (`genqa.hardware`: measured on a CPU) and say what was chosen and why."""
+    from genqa.hardware import fit_threads, precision_for
+
+    say(f"[genqa] {fit_threads()}")
+    if sft.fp16:
+        return
+    choice = precision_for(requested_bf16(sft, argv, recipe_path), use_cpu=bool(sft.use_cpu))
+    sft.bf16 = choice.bf16
+    sft.mixed_precision = "bf16" if choice.bf16 else "no"
+    say(f"[genqa] precision: {'bf16 autocast' if choice.bf16 else 'fp32'} -- {choice.reason}")
+    if choice.warning:
+        print(f"[genqa] warning: {choice.warning}", file=sys.stderr)
+
+
 def run(argv: list[str]) -> int:
     """Parse, validate and train (or only print, with `--dry_run`)."""
     qa, sft, model_args, recipe_path = parse_recipe(argv)
@@ -81,6 +104,7 @@ def run(argv: list[str]) -> int:
     problems = validate(qa, sft, model_args, recipe_path)
     if problems:
         raise RecipeError("\n".join(problems))
+    apply_precision(sft, argv, recipe_path)
     if qa.dry_run:
         print_resolved(qa, sft, model_args, recipe_path)
         print(f"[genqa] recipe {recipe_path or '(command line)'} is valid.")
