@@ -74,27 +74,35 @@ def print_resolved(qa, sft, model_args, recipe_path: str | None) -> None:
     print(yaml.safe_dump(doc, sort_keys=False, allow_unicode=True))
 
 
-def requested_bf16(sft, argv: list[str], recipe_path: str | None) -> bool | None:
-    """The recipe's own `bf16` (file or command line), or None when it does not set it (TRL would default to True)."""
-    on_cli = any(a == "--bf16" or a.startswith("--bf16=") for a in argv)
-    if on_cli or (recipe_path and "bf16" in load_recipe_file(recipe_path)):
-        return bool(sft.bf16)
-    return None
+def explicit_keys(argv: list[str], recipe_path: str | None) -> set[str]:
+    """Keys the user set (recipe file or command line), as opposed to library defaults."""
+    keys = {a[2:].split("=", 1)[0].replace("-", "_") for a in argv if a.startswith("--")}
+    return keys | (set(load_recipe_file(recipe_path)) if recipe_path else set())
 
 
-def apply_precision(sft, argv: list[str], recipe_path: str | None) -> None:
+def apply_precision(sft, explicit: set[str]) -> None:
     """Decide bf16 for this machine (`genqa.hardware`: measured on a CPU) and say what was chosen and why."""
     from genqa.hardware import fit_threads, precision_for
 
     say(f"[genqa] {fit_threads()}")
     if sft.fp16:
         return
-    choice = precision_for(requested_bf16(sft, argv, recipe_path), use_cpu=bool(sft.use_cpu))
+    choice = precision_for(bool(sft.bf16) if "bf16" in explicit else None, use_cpu=bool(sft.use_cpu))
     sft.bf16 = choice.bf16
     sft.mixed_precision = "bf16" if choice.bf16 else "no"
     say(f"[genqa] precision: {'bf16 autocast' if choice.bf16 else 'fp32'} -- {choice.reason}")
     if choice.warning:
         print(f"[genqa] warning: {choice.warning}", file=sys.stderr)
+
+
+def apply_speed_defaults(sft, explicit: set[str]) -> None:
+    """Training defaults genqa sets where the recipe does not: precision (above), and batches of similar lengths
+    (`train_sampling_strategy: group_by_length`), so a batch pads to a length near its rows' own rather than to the
+    longest of a random draw. Exact: only the order rows are drawn in changes. `benchmarks/train_speed.py` measures
+    both against plain TRL."""
+    apply_precision(sft, explicit)
+    if "train_sampling_strategy" not in explicit and not sft.packing and not sft.padding_free:
+        sft.train_sampling_strategy = "group_by_length"
 
 
 def run(argv: list[str]) -> int:
@@ -104,7 +112,7 @@ def run(argv: list[str]) -> int:
     problems = validate(qa, sft, model_args, recipe_path)
     if problems:
         raise RecipeError("\n".join(problems))
-    apply_precision(sft, argv, recipe_path)
+    apply_speed_defaults(sft, explicit_keys(argv, recipe_path))
     if qa.dry_run:
         print_resolved(qa, sft, model_args, recipe_path)
         print(f"[genqa] recipe {recipe_path or '(command line)'} is valid.")

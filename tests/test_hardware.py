@@ -65,10 +65,10 @@ def test_probe_is_cached_per_machine_and_refreshable(fake_probe, tmp_path):
 
 def _sft_run_precision(argv: list[str]):
     from genqa.recipe import parse_recipe
-    from genqa.sft import apply_precision
+    from genqa.sft import apply_speed_defaults, explicit_keys
 
     _, sft, _, recipe_path = parse_recipe(argv)
-    apply_precision(sft, argv, recipe_path)
+    apply_speed_defaults(sft, explicit_keys(argv, recipe_path))
     return sft
 
 
@@ -127,3 +127,11 @@ def test_env_report_names_versions_flags_and_the_choice(fake_probe, capsys):
     assert hardware.main([]) == 0
     text = capsys.readouterr().out
     assert "avx512_bf16" in text and "precision genqa uses" in text and "fp32" in text
+
+
+def test_batches_are_grouped_by_length_unless_the_recipe_chooses(fake_probe, tmp_path):
+    fake_probe(0.004, 0.001)
+    assert _sft_run_precision(["recipes/tiny/mcq.yaml"]).train_sampling_strategy == "group_by_length"
+    chosen = _sft_run_precision(["recipes/tiny/mcq.yaml", "--train_sampling_strategy", "random"])
+    assert chosen.train_sampling_strategy == "random"
+    assert _sft_run_precision(["recipes/tiny/mcq.yaml", "--padding_free", "true"]).train_sampling_strategy == "random"
