@@ -21,6 +21,7 @@ where per-step latency dominates (a GPU), batching and skipping decoding pay off
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import time
 from pathlib import Path
@@ -149,7 +150,7 @@ def main() -> None:
     print(f"MCQ notebook loop : {len(rows) / t_loop:8.1f} ex/s ({t_loop:.2f} s), {new_tokens / len(rows):.1f} new "
           f"tokens per answer, {unparseable} unparseable answers; "
           f"where greedy's first token is a label, label scoring agrees on {agree}/{len(starts)}")
-    ratio = t_loop / t_score
+    ratio = score_ratio = t_loop / t_score
     print(f"  ratio label scoring / notebook loop: {ratio:.1f}x (target >= 20x: {'met' if ratio >= 20 else 'NOT met'})")
 
     # 2. batched vs one-by-one free generation (same greedy settings)
@@ -163,6 +164,13 @@ def main() -> None:
     ratio = t_single / t_batched
     print(f"  ratio batched / one-by-one: {ratio:.1f}x (target >= 5x: {'met' if ratio >= 5 else 'NOT met'}); "
           f"identical outputs {same}/{len(rows)}")
+    print(json.dumps({"benchmark": "generation_speed", "model": args.model, "device": str(device), "dtype": args.dtype,
+                      "rows": len(rows), "prompt_tokens": round(mean_len, 1),
+                      "label_scoring_ex_s": round(len(rows) / t_score, 1),
+                      "notebook_loop_ex_s": round(len(rows) / t_loop, 1), "ratio_label_scoring": round(score_ratio, 2),
+                      "batched_ex_s": round(len(rows) / t_batched, 1),
+                      "one_by_one_ex_s": round(len(rows) / t_single, 1),
+                      "ratio_batched": round(ratio, 2), "identical": same}))
 
 
 if __name__ == "__main__":

@@ -101,7 +101,7 @@ def run_side(side: str, args) -> dict:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    argv = recipe_argv(args) + (["--activation_checkpointing", "true"] if side == "genqa" else [])
+    argv = recipe_argv(args) + (["--activation_checkpointing", args.genqa_checkpointing] if side == "genqa" else [])
     qa, sft, model_args, _ = parse_recipe(argv)
     tok = load_tokenizer(model_args)
     template = load_template(qa.template, tok)
@@ -132,6 +132,13 @@ def run_side(side: str, args) -> dict:
         if args.genqa_bf16 != "auto":
             sft.bf16 = args.genqa_bf16 == "true"
         apply_speed_defaults(sft, set() if args.genqa_bf16 == "auto" else {"bf16"})
+        without = set(args.genqa_without.split(",")) - {""}
+        if "grouping" in without:
+            sft.train_sampling_strategy = "random"
+        if "compact_head" not in without:
+            from genqa.backbones.causal_lm import score_trained_positions_only
+
+            score_trained_positions_only()
         train_ds = encoded
     model.generation_config.pad_token_id = tok.pad_token_id
     trainer = SFTTrainer(model=model, args=sft, train_dataset=train_ds, processing_class=tok,
@@ -184,10 +191,13 @@ def record(side, real, padded, seconds, model_args, model, precision, extra=None
     linear = sum(m.weight.numel() for name, m in model.named_modules()
                  if isinstance(m, torch.nn.Linear) and "lora_" not in name)
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2
+    gpu = torch.cuda.max_memory_allocated() / 1024 ** 3 if torch.cuda.is_available() else None
     return {"side": side, "model": model_args.model_name_or_path, "precision": precision,
             "real_tokens": real, "padded_tokens": padded, "seconds": round(seconds, 2),
             "real_tokens_per_s": round(real / seconds, 1), "padding_share": round(1 - real / max(padded, 1), 3),
-            "peak_rss_gb": round(rss, 2), "achieved_gflops": round(4 * linear * real / seconds / 1e9, 2),
+            "peak_rss_gb": round(rss, 2),
+            "peak_gpu_gb": None if gpu is None else round(gpu, 2),
+            "achieved_gflops": round(4 * linear * real / seconds / 1e9, 2),
             **(extra or {})}
 
 
@@ -204,6 +214,10 @@ def main() -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=0, help="torch intra-op threads; 0: genqa's fit to the cores.")
     p.add_argument("--genqa_bf16", choices=("auto", "true", "false"), default="auto")
+    p.add_argument("--genqa_checkpointing", choices=("true", "false"), default="true",
+                   help="Activation checkpointing on the genqa side (TRL's default: true).")
+    p.add_argument("--genqa_without", default="", help="Levers left out on the genqa side (to measure each one): "
+                   "comma-separated among grouping, compact_head.")
     p.add_argument("--side", help=argparse.SUPPRESS)
     args = p.parse_args()
     args.rows = args.rows or 4 * (args.steps + 1) * args.batch_size

@@ -22,6 +22,7 @@ from genqa.data.tasks import get_task
 from genqa.data.templates import load_template
 from genqa.errors import report_errors
 from genqa.files import write_atomic
+from genqa.hardware import resolve_autocast
 from genqa.recipe import RecipeError, parse_recipe
 from genqa.run_dir import RECIPE_FILE, load_run
 from genqa.scoring.metrics import LANGS
@@ -47,9 +48,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num_beams", type=int, default=1)
     p.add_argument("--do_sample", action="store_true", help="Sample instead of greedy decoding.")
     p.add_argument("--dtype", default=None, help="float32 / bfloat16 / float16 (default: the recipe's dtype).")
-    p.add_argument("--autocast", choices=("none", "bf16"), default="none",
+    p.add_argument("--autocast", choices=("none", "bf16", "auto"), default="none",
                    help="Run the forward passes under bf16 autocast (weights stay as loaded): 2-4x faster on CPUs "
-                   "with AVX512-BF16 / AMX and on GPUs, at a small cost in agreement with fp32.")
+                   "with AVX512-BF16 / AMX and on GPUs, about 50x slower on CPUs without bf16 instructions (AVX2). "
+                   "`auto`: bf16 only where genqa measured it faster on this machine (`genqa env`).")
     p.add_argument("--fill_missing", help="Answer written for ids without a valid prediction (otherwise refused).")
     p.add_argument("--lang", choices=LANGS, help="Metric normalisation language (default: the "
                    "recipe's metric_lang).")
@@ -164,6 +166,7 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
         raise SubmissionError(f"{args.data}: {renamed} repeated ids; a submission needs one row per id. Set "
                               "--id_column to a column with unique ids (or write --out X.json for evaluation).")
     args.overrides = overrides
+    args.autocast = resolve_autocast(args.autocast)  # what runs is recorded: `auto` resolved, per machine
     args.template_overridden = any(a.split("=", 1)[0] == "--template" for a in overrides)
     store = PredictionStore(out.with_name(out.name + ".predictions.jsonl"), fingerprint(args, qa, sft, model_args))
     predict(args, qa, sft, model_args, rows, store)

@@ -161,8 +161,12 @@ class Precision:
     bf16_speedup: float | None = None
 
 
+RECIPE_FIX = ("Remove `bf16` from the recipe (genqa then picks the faster precision per machine) or set "
+              "`bf16: false`.")
+
+
 def decide_precision(requested: bool | None, device: str, bf16_speedup: float | None = None,
-                     gpu_bf16: bool = False) -> Precision:
+                     gpu_bf16: bool = False, fix: str = RECIPE_FIX) -> Precision:
     """bf16 or not, from what the recipe asked (`None`: it did not say) and what was measured.
 
     GPU: bf16 where the GPU supports it, unless the recipe says otherwise. CPU: bf16 only where the probe measured
@@ -184,19 +188,31 @@ def decide_precision(requested: bool | None, device: str, bf16_speedup: float | 
                          bf16_speedup=bf16_speedup)
     warning = None
     if requested and bf16_speedup is not None and bf16_speedup < 1:
-        warning = (f"the recipe asks for `bf16: true`, but {measured}: this run will be about "
-                   f"{1 / bf16_speedup:.0f}x slower than in fp32. Remove `bf16` from the recipe (genqa then picks "
-                   "the faster precision per machine) or set `bf16: false`.")
+        warning = (f"bf16 is asked for, but {measured}: this run will be about {1 / bf16_speedup:.0f}x slower "
+                   f"than in fp32. {fix}")
     return Precision(requested, f"the recipe sets bf16: {str(requested).lower()} ({measured})", warning, bf16_speedup)
 
 
-def precision_for(requested: bool | None, use_cpu: bool = False) -> Precision:
+def precision_for(requested: bool | None, use_cpu: bool = False, fix: str = RECIPE_FIX) -> Precision:
     """`decide_precision` on this machine: the GPU when one is used, else the (cached) CPU probe."""
     import torch
 
     if torch.cuda.is_available() and not use_cpu:
-        return decide_precision(requested, "cuda", gpu_bf16=torch.cuda.is_bf16_supported())
-    return decide_precision(requested, "cpu", probe()["bf16_speedup"])
+        return decide_precision(requested, "cuda", gpu_bf16=torch.cuda.is_bf16_supported(), fix=fix)
+    return decide_precision(requested, "cpu", probe()["bf16_speedup"], fix=fix)
+
+
+def resolve_autocast(asked: str) -> str:
+    """`genqa.generate --autocast`: `auto` becomes `bf16` or `none` by `precision_for`; says what was chosen, and
+    warns where an explicit `bf16` is slower than fp32 on this CPU. Returns `bf16` or `none`."""
+    if asked == "none":
+        return "none"
+    choice = precision_for(None if asked == "auto" else True, fix="Use `--autocast auto` (or `none`).")
+    if asked == "auto":
+        print(f"[genqa] autocast: {'bf16' if choice.bf16 else 'none'} -- {choice.reason}", file=sys.stderr)
+    if choice.warning:
+        print(f"[genqa] warning: {choice.warning}", file=sys.stderr)
+    return "bf16" if choice.bf16 else "none"
 
 
 # ---- the report ----------------------------------------------------------------------------------------------------

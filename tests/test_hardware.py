@@ -26,7 +26,7 @@ def test_cpu_without_a_recipe_choice_follows_the_measurement():
 def test_an_explicit_bf16_on_a_slow_cpu_is_kept_and_warned_about_with_the_ratio():
     choice = decide_precision(True, "cpu", bf16_speedup=0.02)
     assert choice.bf16  # the user asked: kept
-    assert "0.02x" in choice.warning and "50x slower" in choice.warning and "bf16: false" in choice.warning
+    assert "0.02x" in choice.warning and "50x slower" in choice.warning and "`bf16: false`" in choice.warning
     assert decide_precision(True, "cpu", bf16_speedup=4.0).warning is None
     off = decide_precision(False, "cpu", bf16_speedup=4.0)
     assert not off.bf16 and off.warning is None
@@ -135,3 +135,15 @@ def test_batches_are_grouped_by_length_unless_the_recipe_chooses(fake_probe, tmp
     chosen = _sft_run_precision(["recipes/tiny/mcq.yaml", "--train_sampling_strategy", "random"])
     assert chosen.train_sampling_strategy == "random"
     assert _sft_run_precision(["recipes/tiny/mcq.yaml", "--padding_free", "true"]).train_sampling_strategy == "random"
+
+
+def test_generate_autocast_auto_follows_the_measurement_and_bf16_is_warned_about(fake_probe, capsys):
+    fake_probe(0.001, 0.05)
+    assert hardware.resolve_autocast("auto") == "none"
+    assert hardware.resolve_autocast("bf16") == "bf16"  # asked for: kept
+    err = capsys.readouterr().err
+    assert "autocast: none" in err and "warning" in err and "--autocast auto" in err
+    assert hardware.resolve_autocast("none") == "none"
+    fake_probe(0.004, 0.001)
+    hardware.probe(refresh=True)
+    assert hardware.resolve_autocast("auto") == "bf16"
