@@ -35,7 +35,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 ROOT = Path(__file__).resolve().parents[1]
 SQUAD = ROOT.parent / "shared" / "data" / "squad" / "dev-v1.1.json"
-SIDES = ("padded", "trl", "genqa")
+SIDES = ("padded", "trl", "genqa")  # also `genqa-nockpt`: genqa's defaults without activation checkpointing
 sys.path.insert(0, str(ROOT))  # this checkout's genqa, also in the per-side processes
 
 
@@ -101,19 +101,22 @@ def run_side(side: str, args) -> dict:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    argv = recipe_argv(args) + (["--activation_checkpointing", args.genqa_checkpointing] if side == "genqa" else [])
+    checkpointing = "false" if side == "genqa-nockpt" else args.genqa_checkpointing
+    argv = recipe_argv(args) + (["--activation_checkpointing", checkpointing] if side.startswith("genqa") else [])
     qa, sft, model_args, _ = parse_recipe(argv)
     tok = load_tokenizer(model_args)
     template = load_template(qa.template, tok)
     task = get_task(qa)
     rows, _, _ = load_canonical_splits(qa, task)
     encoder = PromptEncoder(task, tok, template, sft.max_length)
+    t = time.perf_counter()
     encoded, _ = encoder.encode_dataset(rows)
+    encode_rate = round(len(rows) / (time.perf_counter() - t), 1)
     from genqa.backbones.causal_lm import load_model
 
     model = load_model(model_args).to(args.device)
     if side == "padded":
-        return padded_loop(model, tok, encoded, model_args, args)
+        return padded_loop(model, tok, encoded, model_args, args) | {"encode_rows_per_s": encode_rate}
     from datasets import Dataset
     from transformers import TrainerCallback
     from trl import SFTConfig, SFTTrainer
@@ -154,7 +157,8 @@ def run_side(side: str, args) -> dict:
     (r0, p0), (r1, p1) = counter.marks[0], counter.marks[-1]
     return record(side, r1 - r0, p1 - p0, counter.times[-1] - counter.times[0], model_args, model,
                   "bf16" if sft.bf16 else "fp32", extra={"sampling": sft.train_sampling_strategy,
-                                                         "checkpointing": bool(sft.activation_checkpointing)})
+                                                         "checkpointing": bool(sft.activation_checkpointing),
+                                                         "encode_rows_per_s": encode_rate})
 
 
 def padded_loop(model, tok, encoded, model_args, args) -> dict:
@@ -244,6 +248,10 @@ def main() -> None:
                "max_length": args.max_length, "rounds": args.rounds}
     if "genqa" in best:
         g = best["genqa"]
+        if "genqa-nockpt" in best:
+            n = best["genqa-nockpt"]
+            summary["nockpt_speed_vs_genqa"] = round(n["real_tokens_per_s"] / g["real_tokens_per_s"], 2)
+            summary["nockpt_rss_vs_genqa"] = round(n["peak_rss_gb"] / g["peak_rss_gb"], 3)
         for other, key in (("padded", "ratio_vs_padded"), ("trl", "ratio_vs_trl")):
             if other in best:
                 summary[key] = round(g["real_tokens_per_s"] / best[other]["real_tokens_per_s"], 2)
