@@ -23,12 +23,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
 import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's genqa
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -95,7 +97,7 @@ def main() -> None:
     model = model.to(device=device, dtype=DTYPES[args.dtype]).eval()
     # prompted exactly as the model was trained: a genqa run's own recipe and template, else the tiny MCQ recipe's
     is_run = (Path(path) / RECIPE_FILE).is_file()
-    qa, sft, _ = load_run(path) if is_run else parse_recipe(["recipes/tiny/mcq.yaml"])[:3]
+    qa, sft, _ = load_run(path) if is_run else parse_recipe(["recipes/tiny/mcq.yaml", "--on_bad_row", "skip"])[:3]
     template = tok.chat_template if is_run and tok.chat_template else load_template(qa.template, tok)
     task = get_task(qa)
     source = load_source(args.data)
