@@ -80,14 +80,16 @@ def explicit_keys(argv: list[str], recipe_path: str | None) -> set[str]:
     return keys | (set(load_recipe_file(recipe_path)) if recipe_path else set())
 
 
-def apply_precision(sft, explicit: set[str]) -> None:
-    """Decide bf16 for this machine (`genqa.hardware`: measured on a CPU) and say what was chosen and why."""
+def apply_precision(sft, explicit: set[str], saved: dict | None = None) -> None:
+    """Decide bf16 for this machine (`genqa.hardware`: measured on a CPU) and say what was chosen and why; a resumed
+    run keeps the precision it started with (`saved`: its recipe) unless the command line says otherwise."""
     from genqa.hardware import fit_threads, precision_for
 
     say(f"[genqa] {fit_threads()}")
     if sft.fp16:
         return
-    choice = precision_for(bool(sft.bf16) if "bf16" in explicit else None, use_cpu=bool(sft.use_cpu))
+    requested = bool(sft.bf16) if "bf16" in explicit else (saved or {}).get("bf16")
+    choice = precision_for(requested, use_cpu=bool(sft.use_cpu))
     sft.bf16 = choice.bf16
     sft.mixed_precision = "bf16" if choice.bf16 else "no"
     say(f"[genqa] precision: {'bf16 autocast' if choice.bf16 else 'fp32'} -- {choice.reason}")
@@ -95,14 +97,23 @@ def apply_precision(sft, explicit: set[str]) -> None:
         print(f"[genqa] warning: {choice.warning}", file=sys.stderr)
 
 
+def saved_recipe(output_dir: str | None) -> dict:
+    """The resolved recipe of a run already in `output_dir` (empty when there is none)."""
+    from genqa.run_dir import RECIPE_FILE
+
+    path = Path(output_dir or "") / RECIPE_FILE
+    return (yaml.safe_load(path.read_text(encoding="utf-8")) or {}) if output_dir and path.is_file() else {}
+
+
 def apply_speed_defaults(sft, explicit: set[str]) -> None:
     """Training defaults genqa sets where the recipe does not: precision (above), and batches of similar lengths
     (`train_sampling_strategy: group_by_length`), so a batch pads to a length near its rows' own rather than to the
-    longest of a random draw. Exact: only the order rows are drawn in changes. `benchmarks/train_speed.py` measures
-    both against plain TRL."""
-    apply_precision(sft, explicit)
+    longest of a random draw. Exact: only the order rows are drawn in changes. A resumed run keeps what it started
+    with. `benchmarks/train_speed.py` measures both against plain TRL."""
+    saved = saved_recipe(sft.output_dir)
+    apply_precision(sft, explicit, saved)
     if "train_sampling_strategy" not in explicit and not sft.packing and not sft.padding_free:
-        sft.train_sampling_strategy = "group_by_length"
+        sft.train_sampling_strategy = saved.get("train_sampling_strategy", "group_by_length")
 
 
 def run(argv: list[str]) -> int:

@@ -147,3 +147,19 @@ def test_generate_autocast_auto_follows_the_measurement_and_bf16_is_warned_about
     fake_probe(0.004, 0.001)
     hardware.probe(refresh=True)
     assert hardware.resolve_autocast("auto") == "bf16"
+
+
+def test_a_resumed_run_keeps_the_precision_and_sampler_it_started_with(fake_probe, tmp_path):
+    import yaml
+
+    from genqa.run_dir import RECIPE_FILE
+
+    fake_probe(0.004, 0.001)  # bf16 faster now
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / RECIPE_FILE).write_text(yaml.safe_dump({"bf16": False, "train_sampling_strategy": "random"}))
+    argv = [_recipe_without_bf16(tmp_path), "--output_dir", str(out), "--use_cpu", "true"]
+    sft = _sft_run_precision(argv)
+    assert sft.bf16 is False and sft.train_sampling_strategy == "random"
+    sft = _sft_run_precision([*argv, "--bf16", "true"])
+    assert sft.bf16 is True
