@@ -35,6 +35,7 @@ FLAGS_THAT_MATTER = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "am
 #: bf16 is used where its matmuls are at least this much faster than fp32 (below it, autocast's casts eat the gain)
 MIN_BF16_SPEEDUP = 1.25
 PROBE_SIZE = 384  # square matmul side: 0.11 GFLOP, ~0.15 s even where bf16 is emulated at ~1 GFLOP/s
+PROBE_VERSION = 2  # part of the cache key: a changed probe measures again
 PROBE_SECONDS = 0.15  # both dtypes, alternating, after one warm-up call each
 LIBRARIES = ("torch", "transformers", "trl", "peft", "accelerate", "datasets", "tokenizers", "bitsandbytes",
              "deepspeed")
@@ -117,12 +118,12 @@ def _best_seconds(n: int = PROBE_SIZE, budget: float = PROBE_SECONDS) -> tuple[f
 
 
 def probe_key() -> str:
-    """What a probe result depends on: CPU model and flags, torch version, thread count."""
+    """What a probe result depends on: the probe's version, CPU model and flags, torch version, thread count."""
     import torch
 
     cpu = cpu_info()
-    text = json.dumps([cpu["model"], sorted(f for f, on in cpu["flags"].items() if on), torch.__version__,
-                       torch.get_num_threads()])
+    text = json.dumps([PROBE_VERSION, cpu["model"], sorted(f for f, on in cpu["flags"].items() if on),
+                       torch.__version__, torch.get_num_threads()])
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
