@@ -21,13 +21,16 @@ where per-step latency dominates (a GPU), batching and skipping decoding pay off
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import sys
 import time
 from pathlib import Path
 
 import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's genqa
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -94,7 +97,7 @@ def main() -> None:
     model = model.to(device=device, dtype=DTYPES[args.dtype]).eval()
     # prompted exactly as the model was trained: a genqa run's own recipe and template, else the tiny MCQ recipe's
     is_run = (Path(path) / RECIPE_FILE).is_file()
-    qa, sft, _ = load_run(path) if is_run else parse_recipe(["recipes/tiny/mcq.yaml"])[:3]
+    qa, sft, _ = load_run(path) if is_run else parse_recipe(["recipes/tiny/mcq.yaml", "--on_bad_row", "skip"])[:3]
     template = tok.chat_template if is_run and tok.chat_template else load_template(qa.template, tok)
     qa.on_bad_row = "skip"  # the real Kaggle sheet has one row with an empty option (ID 2463); skipped, counted
     task = get_task(qa)
@@ -150,7 +153,7 @@ def main() -> None:
     print(f"MCQ notebook loop : {len(rows) / t_loop:8.1f} ex/s ({t_loop:.2f} s), {new_tokens / len(rows):.1f} new "
           f"tokens per answer, {unparseable} unparseable answers; "
           f"where greedy's first token is a label, label scoring agrees on {agree}/{len(starts)}")
-    ratio = t_loop / t_score
+    ratio = score_ratio = t_loop / t_score
     print(f"  ratio label scoring / notebook loop: {ratio:.1f}x (target >= 20x: {'met' if ratio >= 20 else 'NOT met'})")
 
     # 2. batched vs one-by-one free generation (same greedy settings)
@@ -164,6 +167,13 @@ def main() -> None:
     ratio = t_single / t_batched
     print(f"  ratio batched / one-by-one: {ratio:.1f}x (target >= 5x: {'met' if ratio >= 5 else 'NOT met'}); "
           f"identical outputs {same}/{len(rows)}")
+    print(json.dumps({"benchmark": "generation_speed", "model": args.model, "device": str(device), "dtype": args.dtype,
+                      "rows": len(rows), "prompt_tokens": round(mean_len, 1),
+                      "label_scoring_ex_s": round(len(rows) / t_score, 1),
+                      "notebook_loop_ex_s": round(len(rows) / t_loop, 1), "ratio_label_scoring": round(score_ratio, 2),
+                      "batched_ex_s": round(len(rows) / t_batched, 1),
+                      "one_by_one_ex_s": round(len(rows) / t_single, 1),
+                      "ratio_batched": round(ratio, 2), "identical": same}))
 
 
 if __name__ == "__main__":

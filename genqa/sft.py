@@ -21,7 +21,7 @@ from genqa.data.tasks import get_task
 from genqa.data.templates import TemplateError, load_template
 from genqa.errors import report_errors
 from genqa.messages import begin_run_log, quiet_known_noise, say
-from genqa.recipe import RecipeError, non_default_items, parse_recipe
+from genqa.recipe import RecipeError, load_recipe_file, non_default_items, parse_recipe
 
 
 def torch_cuda_available() -> bool:
@@ -102,6 +102,48 @@ def print_resolved(qa, sft, model_args, recipe_path: str | None) -> None:
     print(yaml.safe_dump(doc, sort_keys=False, allow_unicode=True))
 
 
+def explicit_keys(argv: list[str], recipe_path: str | None) -> set[str]:
+    """Keys the user set (recipe file or command line), as opposed to library defaults."""
+    keys = {a[2:].split("=", 1)[0].replace("-", "_") for a in argv if a.startswith("--")}
+    return keys | (set(load_recipe_file(recipe_path)) if recipe_path else set())
+
+
+def apply_precision(sft, explicit: set[str], saved: dict | None = None) -> None:
+    """Decide bf16 for this machine (`genqa.hardware`: measured on a CPU) and say what was chosen and why; a resumed
+    run keeps the precision it started with (`saved`: its recipe) unless the command line says otherwise."""
+    from genqa.hardware import fit_threads, precision_for
+
+    say(f"[genqa] {fit_threads()}")
+    if sft.fp16:
+        return
+    requested = bool(sft.bf16) if "bf16" in explicit else (saved or {}).get("bf16")
+    choice = precision_for(requested, use_cpu=bool(sft.use_cpu))
+    sft.bf16 = choice.bf16
+    sft.mixed_precision = "bf16" if choice.bf16 else "no"
+    say(f"[genqa] precision: {'bf16 autocast' if choice.bf16 else 'fp32'} -- {choice.reason}")
+    if choice.warning:
+        print(f"[genqa] warning: {choice.warning}", file=sys.stderr)
+
+
+def saved_recipe(output_dir: str | None) -> dict:
+    """The resolved recipe of a run already in `output_dir` (empty when there is none)."""
+    from genqa.run_dir import RECIPE_FILE
+
+    path = Path(output_dir or "") / RECIPE_FILE
+    return (yaml.safe_load(path.read_text(encoding="utf-8")) or {}) if output_dir and path.is_file() else {}
+
+
+def apply_speed_defaults(sft, explicit: set[str]) -> None:
+    """Training defaults genqa sets where the recipe does not: precision (above), and batches of similar lengths
+    (`train_sampling_strategy: group_by_length`), so a batch pads to a length near its rows' own rather than to the
+    longest of a random draw. Exact: only the order rows are drawn in changes. A resumed run keeps what it started
+    with. `benchmarks/train_speed.py` measures both against plain TRL."""
+    saved = saved_recipe(sft.output_dir)
+    apply_precision(sft, explicit, saved)
+    if "train_sampling_strategy" not in explicit and not sft.packing and not sft.padding_free:
+        sft.train_sampling_strategy = saved.get("train_sampling_strategy", "group_by_length")
+
+
 def run(argv: list[str]) -> int:
     """Parse, validate and train (or only print, with `--dry_run`)."""
     begin_run_log()
@@ -110,6 +152,7 @@ def run(argv: list[str]) -> int:
     problems = validate(qa, sft, model_args, recipe_path)
     if problems:
         raise RecipeError("\n".join(problems))
+    apply_speed_defaults(sft, explicit_keys(argv, recipe_path))
     if qa.dry_run:
         print_resolved(qa, sft, model_args, recipe_path)
         print(f"[genqa] recipe {recipe_path or '(command line)'} is valid.")

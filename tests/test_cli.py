@@ -75,8 +75,8 @@ def test_env_names_torch_and_transformers_versions():
 
     proc = subprocess.run([sys.executable, "-m", "genqa", "env"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
-    assert f"torch: {torch.__version__}" in proc.stdout
-    assert f"transformers: {transformers.__version__}" in proc.stdout
+    assert f"torch {torch.__version__}" in proc.stdout
+    assert f"transformers {transformers.__version__}" in proc.stdout
 
 
 def test_report_to_unknown_or_missing_tracker_is_refused_in_dry_run(capsys):

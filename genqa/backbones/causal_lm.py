@@ -35,6 +35,30 @@ def load_model(model_args: ModelConfig):
     return load(model_args, AutoModelForCausalLM)
 
 
+def score_trained_positions_only() -> None:
+    """Make TRL's fused LM head project only the positions that carry a label on the CPU too.
+
+    TRL 1.16's `add_fused_lm_head` computes per-token log-probabilities in vocabulary tiles without materializing the
+    logits; on Triton devices it projects only the positions whose label is not -100, elsewhere every position (so
+    that compilers such as Neuron's see one tile shape). On a CPU, shapes cost nothing, and with response-only loss
+    most positions are prompt: projecting them onto a 49k vocabulary is pure waste (time, and a positions x 32k fp32
+    tile per chunk). TRL has no option for it, so genqa widens TRL's own device test (`_use_triton`, read at every
+    forward) to the CPU; the kernels themselves keep their own test and run their plain-torch path. Exact: the same
+    log-probabilities at the labelled positions, zeros elsewhere, as before.
+    """
+    import trl.trainer.utils as trl_utils
+    from trl.kernels.chunked_logprob import _use_triton
+
+    if getattr(trl_utils._use_triton, "genqa_cpu_compact", False):
+        return
+
+    def compact(device) -> bool:
+        return device.type == "cpu" or _use_triton(device)
+
+    compact.genqa_cpu_compact = True  # type: ignore[attr-defined]
+    trl_utils._use_triton = compact
+
+
 def train(qa: QAArguments, sft: SFTConfig, model_args: ModelConfig, recipe_path: str | None) -> str:
     """Fine-tune a causal LM with TRL's SFTTrainer on the recipe's task; returns the run folder."""
     import torch
@@ -57,6 +81,7 @@ def train(qa: QAArguments, sft: SFTConfig, model_args: ModelConfig, recipe_path:
     model = load_model(model_args)
     if model.generation_config.pad_token_id is None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
+    score_trained_positions_only()
     trainer = SFTTrainer(model=model, args=sft, train_dataset=train_ds, eval_dataset=eval_ds,
                          processing_class=tokenizer, peft_config=lora_config(model_args, "CAUSAL_LM"))
     if qa.generation_eval_samples and eval_rows is not None:
