@@ -22,7 +22,7 @@ from genqa.data.encoding import PromptEncoder
 
 
 def stop_token_ids(encoder: PromptEncoder) -> list[int]:
-    """EOS plus the template's end-of-turn token, when that is a single token."""
+    """EOS plus the template's end-of-turn token, when that is a single token (else `stop_strings` stops on it)."""
     tok = encoder.tokenizer
     ids = [tok.eos_token_id] if tok.eos_token_id is not None else []
     if len(encoder.end_ids) == 1 and encoder.end_ids[0] not in ids:
@@ -98,11 +98,13 @@ def generate_texts(model, encoder: PromptEncoder, rows: list[dict[str, Any]], ba
     device, pad_id = model_device(model), _pad_id(tok)
     # generate() does not expand a given cache for beams, so the shared prefix is used with one beam only
     shared = SharedPrefix(model, prompts if num_beams == 1 and prefix_cache else [])
+    # an end-of-turn text that is several tokens for this tokenizer (no single stop id): stop on the text itself
+    stop_text = {"stop_strings": [end_text], "tokenizer": tok} if len(encoder.end_ids) > 1 else {}
 
     def generate_batch(batch: list[int]) -> list[str]:
         inputs = to_device(shared.inputs([prompts[i] for i in batch], tok), device)
         out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=do_sample, num_beams=num_beams,
-                             eos_token_id=stops, pad_token_id=pad_id)
+                             eos_token_id=stops, pad_token_id=pad_id, **stop_text)
         texts = []
         for seq in out[:, inputs["input_ids"].shape[1]:].tolist():
             text = tok.decode(seq, skip_special_tokens=False)
