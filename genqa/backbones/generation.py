@@ -86,11 +86,18 @@ def _pad_id(tok) -> int:
 def generate_texts(model, encoder: PromptEncoder, rows: list[dict[str, Any]], batch_size: int = 16,
                    max_new_tokens: int = 64, num_beams: int = 1, do_sample: bool = False,
                    on_batch: OnBatch | None = None, progress: bool = True,
-                   prefix_cache: bool = True) -> list[str]:
+                   prefix_cache: bool = True, span_of_context: bool = False,
+                   no_answer_text: str | None = None) -> list[str]:
     """Greedy (or beam / sampled) generation for `rows`, batched and length-sorted; outputs in row order.
 
-    With `prefix_cache` the tokens all prompts share are run once (see `SharedPrefix`).
+    With `prefix_cache` the tokens all prompts share are run once (see `SharedPrefix`). With `span_of_context` every
+    answer is a span of its row's context or `no_answer_text` (`genqa.backbones.span_constraint`; no no-answer text:
+    spans only).
     """
+    from transformers import LogitsProcessorList
+
+    from genqa.backbones.span_constraint import ContextSpanProcessor
+
     tok = encoder.tokenizer
     prompts = encode_prompts(encoder, rows, max_new_tokens)
     stops = stop_token_ids(encoder)
@@ -103,8 +110,13 @@ def generate_texts(model, encoder: PromptEncoder, rows: list[dict[str, Any]], ba
 
     def generate_batch(batch: list[int]) -> list[str]:
         inputs = to_device(shared.inputs([prompts[i] for i in batch], tok), device)
+        extra = dict(stop_text)
+        if span_of_context:
+            extra["logits_processor"] = LogitsProcessorList([ContextSpanProcessor(
+                tok, [rows[i]["context"] for i in batch], inputs["input_ids"].shape[1], stops,
+                no_answer_text, top_k=1 if num_beams == 1 and not do_sample else 8, beams=num_beams)])
         out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=do_sample, num_beams=num_beams,
-                             eos_token_id=stops, pad_token_id=pad_id, **stop_text)
+                             eos_token_id=stops, pad_token_id=pad_id, **extra)
         texts = []
         for seq in out[:, inputs["input_ids"].shape[1]:].tolist():
             text = tok.decode(seq, skip_special_tokens=False)
