@@ -1,4 +1,4 @@
-"""Span-constrained decoding and no-answer calibration on the tiny offline Llama (untrained: it would write anything)."""
+"""Span-constrained decoding and no-answer calibration on the tiny offline Llama (untrained: it writes anything)."""
 
 from __future__ import annotations
 
