@@ -87,12 +87,13 @@ def generate_texts(model, encoder: PromptEncoder, rows: list[dict[str, Any]], ba
                    max_new_tokens: int = 64, num_beams: int = 1, do_sample: bool = False,
                    on_batch: OnBatch | None = None, progress: bool = True,
                    prefix_cache: bool = True, span_of_context: bool = False,
-                   no_answer_text: str | None = None) -> list[str]:
+                   no_answer_text: str | None = None, stopped: dict[int, bool] | None = None) -> list[str]:
     """Greedy (or beam / sampled) generation for `rows`, batched and length-sorted; outputs in row order.
 
     With `prefix_cache` the tokens all prompts share are run once (see `SharedPrefix`). With `span_of_context` every
     answer is a span of its row's context or `no_answer_text` (`genqa.backbones.span_constraint`; no no-answer text:
-    spans only).
+    spans only). `stopped`, when given, gets for every row index whether its answer ended at EOS / end-of-turn
+    (False: cut at `max_new_tokens`).
     """
     from transformers import LogitsProcessorList
 
@@ -118,8 +119,10 @@ def generate_texts(model, encoder: PromptEncoder, rows: list[dict[str, Any]], ba
         out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=do_sample, num_beams=num_beams,
                              eos_token_id=stops, pad_token_id=pad_id, **extra)
         texts = []
-        for seq in out[:, inputs["input_ids"].shape[1]:].tolist():
+        for i, seq in zip(batch, out[:, inputs["input_ids"].shape[1]:].tolist(), strict=True):
             text = tok.decode(seq, skip_special_tokens=False)
+            if stopped is not None:
+                stopped[i] = any(s in stops for s in seq) or bool(end_text and end_text in text)
             for stop in (end_text, tok.eos_token, tok.pad_token):
                 if stop:
                     text = text.split(stop, 1)[0]

@@ -76,6 +76,16 @@ class ContextSpanProcessor(LogitsProcessor):
         self.contexts = [c.encode("utf-8") for c in contexts]
         self.prompt_length, self.end_ids, self.top_k = prompt_length, list(end_ids), top_k
         self.no_answer = no_answer_text.encode("utf-8") if no_answer_text else b""
+        self._candidates: dict[int, torch.Tensor] = {}
+
+    def candidates(self, ctx: int) -> torch.Tensor:
+        """Ids of every token that can appear in context `ctx`'s answers at all (its bytes occur in the context or
+        in the no-answer text) and the end tokens, computed once per context: each step then ranks only these."""
+        if ctx not in self._candidates:
+            texts = (self.contexts[ctx], self.no_answer)
+            ids = [i for i, p in enumerate(self.pieces) if p and any(p in t for t in texts)]
+            self._candidates[ctx] = torch.tensor(sorted(set(ids) | set(self.end_ids)), dtype=torch.long)
+        return self._candidates[ctx]
 
     def _allowed(self, row: int, written: bytes, token: int) -> bool:
         if token in self.end_ids:
@@ -94,12 +104,13 @@ class ContextSpanProcessor(LogitsProcessor):
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         out = torch.full_like(scores, float("-inf"))
-        order = torch.argsort(scores, dim=-1, descending=True)
         for row in range(scores.shape[0]):
             ctx = row // self.beams
             written = self._written(input_ids[row, self.prompt_length:].tolist())
+            cand = self.candidates(ctx).to(scores.device)
+            order = cand[torch.argsort(scores[row, cand], descending=True)]
             keep: list[int] = []
-            for token in order[row].tolist():  # best first: stop once top_k allowed tokens are found
+            for token in order.tolist():  # best first: stop once top_k allowed tokens are found
                 if self._allowed(ctx, written, token):
                     keep.append(token)
                     if len(keep) >= self.top_k:
