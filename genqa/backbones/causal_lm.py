@@ -9,11 +9,12 @@ recipe → canonical rows → `PromptEncoder` (template, response-only labels, c
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Any
 
 from trl import ModelConfig, SFTConfig
 
-from genqa.backbones import PredictOptions, no_prediction_settings
+from genqa.backbones import PredictOptions
 from genqa.backbones.batching import OnBatch
 from genqa.config import QAArguments
 from genqa.data.encoding import PromptEncoder, encode_splits
@@ -84,6 +85,10 @@ def train(qa: QAArguments, sft: SFTConfig, model_args: ModelConfig, recipe_path:
     score_trained_positions_only()
     trainer = SFTTrainer(model=model, args=sft, train_dataset=train_ds, eval_dataset=eval_ds,
                          processing_class=tokenizer, peft_config=lora_config(model_args, "CAUSAL_LM"))
+    if qa.max_train_minutes:
+        from genqa.backbones.budget import TimeBudget
+
+        trainer.add_callback(TimeBudget(qa.max_train_minutes))
     if qa.generation_eval_samples and eval_rows is not None:
         from genqa.backbones.generation_eval import GenerationEvalCallback
 
@@ -94,7 +99,9 @@ def train(qa: QAArguments, sft: SFTConfig, model_args: ModelConfig, recipe_path:
     return train_and_finish(trainer, resume, tokenizer, qa, sft, model_args, reports, eval_rows)
 
 
-prediction_settings = no_prediction_settings
+def prediction_settings(folders: list[str | None], qa: QAArguments, sft, passed: set[str]) -> dict[str, Any]:
+    """Generative extractive QA: span-constrained decoding and the no-answer threshold, from the recipe."""
+    return {"constrain_to_context": qa.constrain_to_context, "no_answer_threshold": qa.no_answer_threshold}
 
 
 def predict(model, tokenizer, template: str, task: Task, rows: list[dict[str, Any]], options: PredictOptions,
@@ -108,8 +115,32 @@ def predict(model, tokenizer, template: str, task: Task, rows: list[dict[str, An
         sink = (lambda done: on_batch(done, "label_score")) if on_batch else None
         return score_labels(model, encoder, rows, task.labels_for, options.batch_size, sink, options.progress)
     sink = (lambda done: on_batch(done, "generate")) if on_batch else None
-    return generate_texts(model, encoder, rows, options.batch_size, options.max_new_tokens, options.num_beams,
-                          options.do_sample, sink, options.progress)
+    if task.name != "extractive":
+        return generate_texts(model, encoder, rows, options.batch_size, options.max_new_tokens, options.num_beams,
+                              options.do_sample, sink, options.progress)
+    return predict_spans(model, encoder, task, rows, options, sink)
+
+
+def predict_spans(model, encoder: PromptEncoder, task: Task, rows: list[dict[str, Any]], options: PredictOptions,
+                  sink: Callable | None) -> list[str]:
+    """Generative extractive QA: spans of the context under `constrain_to_context`; with `no_answer_threshold`, the
+    best span against the no-answer text (`genqa.backbones.no_answer`), all rows reported at the end."""
+    from genqa.backbones.generation import generate_texts
+    from genqa.backbones.no_answer import apply_threshold, null_score_diffs
+
+    constrain = bool(options.settings.get("constrain_to_context", False))
+    threshold = options.settings.get("no_answer_threshold")
+    null_text = task.args.no_answer_text
+    texts = generate_texts(model, encoder, rows, options.batch_size, options.max_new_tokens, options.num_beams,
+                           options.do_sample, sink if threshold is None else None, options.progress,
+                           span_of_context=constrain, no_answer_text=None if threshold is not None else null_text)
+    if threshold is None:
+        return texts
+    diffs = null_score_diffs(model, encoder, rows, texts, null_text, options.batch_size, options.max_new_tokens)
+    texts = apply_threshold(texts, diffs, threshold)
+    if sink:
+        sink(list(enumerate(texts)))
+    return texts
 
 
 def check_batch(task: Task, tokenizer, template: str, sft: SFTConfig, rows: list[dict[str, Any]]) -> dict:

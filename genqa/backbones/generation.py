@@ -22,7 +22,7 @@ from genqa.data.encoding import PromptEncoder
 
 
 def stop_token_ids(encoder: PromptEncoder) -> list[int]:
-    """EOS plus the template's end-of-turn token, when that is a single token."""
+    """EOS plus the template's end-of-turn token, when that is a single token (else `stop_strings` stops on it)."""
     tok = encoder.tokenizer
     ids = [tok.eos_token_id] if tok.eos_token_id is not None else []
     if len(encoder.end_ids) == 1 and encoder.end_ids[0] not in ids:
@@ -86,11 +86,19 @@ def _pad_id(tok) -> int:
 def generate_texts(model, encoder: PromptEncoder, rows: list[dict[str, Any]], batch_size: int = 16,
                    max_new_tokens: int = 64, num_beams: int = 1, do_sample: bool = False,
                    on_batch: OnBatch | None = None, progress: bool = True,
-                   prefix_cache: bool = True) -> list[str]:
+                   prefix_cache: bool = True, span_of_context: bool = False,
+                   no_answer_text: str | None = None, stopped: dict[int, bool] | None = None) -> list[str]:
     """Greedy (or beam / sampled) generation for `rows`, batched and length-sorted; outputs in row order.
 
-    With `prefix_cache` the tokens all prompts share are run once (see `SharedPrefix`).
+    With `prefix_cache` the tokens all prompts share are run once (see `SharedPrefix`). With `span_of_context` every
+    answer is a span of its row's context or `no_answer_text` (`genqa.backbones.span_constraint`; no no-answer text:
+    spans only). `stopped`, when given, gets for every row index whether its answer ended at EOS / end-of-turn
+    (False: cut at `max_new_tokens`).
     """
+    from transformers import LogitsProcessorList
+
+    from genqa.backbones.span_constraint import ContextSpanProcessor
+
     tok = encoder.tokenizer
     prompts = encode_prompts(encoder, rows, max_new_tokens)
     stops = stop_token_ids(encoder)
@@ -98,14 +106,23 @@ def generate_texts(model, encoder: PromptEncoder, rows: list[dict[str, Any]], ba
     device, pad_id = model_device(model), _pad_id(tok)
     # generate() does not expand a given cache for beams, so the shared prefix is used with one beam only
     shared = SharedPrefix(model, prompts if num_beams == 1 and prefix_cache else [])
+    # an end-of-turn text that is several tokens for this tokenizer (no single stop id): stop on the text itself
+    stop_text = {"stop_strings": [end_text], "tokenizer": tok} if len(encoder.end_ids) > 1 else {}
 
     def generate_batch(batch: list[int]) -> list[str]:
         inputs = to_device(shared.inputs([prompts[i] for i in batch], tok), device)
+        extra = dict(stop_text)
+        if span_of_context:
+            extra["logits_processor"] = LogitsProcessorList([ContextSpanProcessor(
+                tok, [rows[i]["context"] for i in batch], inputs["input_ids"].shape[1], stops,
+                no_answer_text, top_k=1 if num_beams == 1 and not do_sample else 8, beams=num_beams)])
         out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=do_sample, num_beams=num_beams,
-                             eos_token_id=stops, pad_token_id=pad_id)
+                             eos_token_id=stops, pad_token_id=pad_id, **extra)
         texts = []
-        for seq in out[:, inputs["input_ids"].shape[1]:].tolist():
+        for i, seq in zip(batch, out[:, inputs["input_ids"].shape[1]:].tolist(), strict=True):
             text = tok.decode(seq, skip_special_tokens=False)
+            if stopped is not None:
+                stopped[i] = any(s in stops for s in seq) or bool(end_text and end_text in text)
             for stop in (end_text, tok.eos_token, tok.pad_token):
                 if stop:
                     text = text.split(stop, 1)[0]

@@ -1,7 +1,11 @@
 """Tokenization with response-only labels, context-first truncation and the pre-training sanity report.
 
 `PromptEncoder` turns a canonical row into `input_ids` + `labels` (prompt masked with -100; the answer and the
-template's end-of-turn token trained). When a row is too long, the *context* is cut (keeping the answer's span for
+template's end-of-turn token trained). Whitespace a template writes *after* its end-of-turn token (SmolLM2's and
+Qwen's ChatML write `<|im_end|>\n`) is not part of the trained sequence: generation stops at the end-of-turn token, so
+that text is never generated, and the training row ends where the answer turn ends.
+
+When a row is too long, the *context* is cut (keeping the answer's span for
 extractive rows), never the instruction, question, options or answer. Rows that still do not fit are dropped and
 counted, never trained on silently. Generation uses the same encoder for its prompts, so a model is prompted exactly
 as it was trained.
@@ -65,6 +69,24 @@ class PromptEncoder:
         self.end_text = end_of_turn(tokenizer, template)
         stripped = self.end_text.strip()
         self.end_ids = tokenizer(stripped, add_special_tokens=False)["input_ids"] if stripped else []
+        # what the template writes after the end-of-turn token (a newline): cut from every training row
+        self.after_end = self.end_text[len(self.end_text.rstrip()):] if stripped else ""
+
+    def completion_ids(self, completion: str) -> list[int]:
+        """Ids of a rendered completion, without the whitespace the template writes after its end-of-turn token."""
+        if self.after_end and completion.endswith(self.end_text):
+            completion = completion[:len(completion) - len(self.after_end)]
+        return self.token_ids(completion, is_prompt=False)
+
+    def ends_with_end_token(self, trained: list[int]) -> bool:
+        """Whether the trained tokens of a row end with the end-of-turn text (compared as text: a multi-token end text
+        may merge with the answer's last characters into other tokens)."""
+        if not self.end_ids:
+            return True
+        if trained[-len(self.end_ids):] == self.end_ids:
+            return True
+        tail = self.tokenizer.decode(trained[-(len(self.end_ids) + 2):], skip_special_tokens=False)
+        return tail.rstrip().endswith(self.end_text.strip())
 
     # ---- prompt --------------------------------------------------------------------------------------------------
     def prompt_text(self, ex: dict[str, Any]) -> str:
@@ -123,7 +145,7 @@ class PromptEncoder:
         """Training ids and labels for one canonical row, with its status (ok / context_truncated / dropped)."""
         status = OK
         prompt, completion = split_prompt_completion(self.tokenizer, self.template, self.task.messages(ex))
-        p_ids, c_ids = self.token_ids(prompt, True), self.token_ids(completion, False)
+        p_ids, c_ids = self.token_ids(prompt, True), self.completion_ids(completion)
         if self.max_length is not None and len(p_ids) + len(c_ids) > self.max_length:
             status = TOO_LONG
             if ex["context"]:
@@ -156,8 +178,7 @@ class PromptEncoder:
         n = len(self.end_ids)
         for ids, labels in zip(kept["input_ids"], kept["labels"], strict=True):
             report.max_tokens = max(report.max_tokens, len(ids))
-            trained = [t for t in labels if t != -100]
-            if n and trained[-n:] != self.end_ids:
+            if not self.ends_with_end_token([t for t in labels if t != -100]):
                 report.rows_missing_end_token += 1
             if bos is not None and len(ids) > 1 and ids[0] == ids[1] == bos:
                 report.rows_with_double_bos += 1

@@ -23,7 +23,7 @@ def load_canonical_splits(qa: QAArguments, task: Task) -> tuple[Dataset, Dataset
     """Load the recipe's data source, pick/make the validation split, map both onto the task schema."""
     data = load_source(qa.dataset_path, qa.dataset_format, qa.dataset_config)
     train, val, note = train_validation(data, qa.train_split, qa.eval_split, qa.validation_size, qa.split_seed,
-                                        qa.context_column, source=qa.dataset_path)
+                                        split_group_column(qa, data), source=qa.dataset_path)
     if qa.max_train_samples:
         train = train.select(range(min(qa.max_train_samples, len(train))))
     if val is not None and qa.max_eval_samples:
@@ -32,6 +32,23 @@ def load_canonical_splits(qa: QAArguments, task: Task) -> tuple[Dataset, Dataset
     if val is not None:
         val = task.to_canonical(val, f"{qa.dataset_path} [validation]")
     return train, val, note
+
+
+ARTICLE_COLUMN = "title"  # the article a SQuAD-layout row comes from (genqa.data.sources.iter_squad_rows)
+
+
+def split_group_column(qa: QAArguments, data) -> str | None:
+    """The column the seeded validation split groups by (`split_by`): the context, the article, or none."""
+    if qa.split_by == "row":
+        return None
+    if qa.split_by == "context":
+        return qa.context_column
+    split = data[qa.train_split] if qa.train_split in data else next(iter(data.values()))
+    if ARTICLE_COLUMN not in split.column_names:
+        raise DataError(f"{qa.dataset_path}: split_by: article needs a SQuAD-layout source (articles with a "
+                        f"`{ARTICLE_COLUMN}`); this source has columns {', '.join(split.column_names)}. Use "
+                        "split_by: context.")
+    return ARTICLE_COLUMN
 
 
 def load_rows(task: Task, data: str, split: str | None = None, require_answer: bool = False,

@@ -210,7 +210,7 @@ class MCQTask(Task):
         for i, lab in enumerate(labels[:len(options)]):
             if cleaned.lower() == lab.lower():
                 return i
-        if cleaned.isdigit() and 1 <= int(cleaned) <= len(options):
+        if cleaned.isascii() and cleaned.isdigit() and 1 <= int(cleaned) <= len(options):  # not "④"
             return int(cleaned) - 1
         if text in options:
             return options.index(text)

@@ -1,0 +1,204 @@
+"""Zero-shot vs fine-tuned quality of a real pretrained causal LM (SmolLM2-135M-Instruct) on held-out real data.
+
+    python benchmarks/real_model_quality.py --task squad --minutes 8
+
+Trains `recipes/cpu/<task>.yaml` through `genqa.sft` for `--minutes` of training steps (`max_train_minutes`) on the
+recipe's training articles, and scores the base model and the fine-tuned one (adapter merged in memory) on the same
+held-out rows: the recipe's validation split, which `split_by: article` (SQuAD layout) or `split_by: context` keeps
+disjoint from training. Metrics come from `genqa.scoring` directly. Prints one JSON line: `task`, `zero_shot`,
+`fine_tuned` (dicts of metrics), `train_minutes`, `tokens_per_s`, `not_in_context` (answers that are not spans of
+their context, per setting), the load average and more.
+
+Extractive tasks are scored three ways: free generation (`free`), span-constrained decoding (`constrained`, the
+default of `task: extractive`) and, for SQuAD 2.0-style data, no-answer calibration (`calibrated`: best span vs the
+no-answer text with the threshold picked on `--calib_rows` rows of training articles that were not trained on).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+TASKS = ("squad", "viquad", "mcq_zh", "vi_exam", "mcq_gen")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--task", choices=TASKS, required=True)
+    p.add_argument("--minutes", type=float, default=8.0, help="Training time budget (max_train_minutes).")
+    p.add_argument("--eval_rows", type=int, default=200, help="Held-out rows scored (the validation split's first).")
+    p.add_argument("--calib_rows", type=int, default=100, help="Rows picking the no-answer threshold (SQuAD 2.0).")
+    p.add_argument("--batch_size", type=int, default=16)
+    p.add_argument("--no_bf16", action="store_true", help="Score in fp32 (default: the model cast to bf16).")
+    p.add_argument("--max_new_tokens", type=int, default=32, help="Answer budget of extractive / abstractive rows.")
+    p.add_argument("--out_dir", default=None, help="Run folder (default runs/bench/<task>; must not exist).")
+    p.add_argument("--skip_zero_shot", action="store_true")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (on a CPU shared with other jobs, one thread "
+                   "was 7x faster per decoding step than two here: oversubscription).")
+    return p.parse_args(argv)
+
+
+def _rows(args, qa, task):
+    import dataclasses
+
+    from genqa.data.rows import load_canonical_splits
+
+    # all training rows (the run trains on the first max_train_samples of them)
+    train, val, _ = load_canonical_splits(dataclasses.replace(qa, max_train_samples=None), task)
+    if val is None:
+        raise SystemExit("the recipe has no validation split to hold out")
+    held = val.select(range(min(args.eval_rows, len(val)))).to_list()
+    calib = []
+    if task.name == "extractive" and any(not r["answers"] for r in held):
+        # the last training rows come from the last training articles; max_train_samples keeps them out of training
+        used = min(qa.max_train_samples or len(train), len(train))
+        if used + args.calib_rows > len(train):
+            raise SystemExit(f"no untrained rows left for calibration: lower max_train_samples below {used}")
+        calib = train.select(range(len(train) - args.calib_rows, len(train))).to_list()
+    return held, calib
+
+
+def _not_in_context(rows, answers) -> int:
+    return sum(1 for r in rows if answers[r["id"]] and answers[r["id"]] not in r["context"])
+
+
+def _score(task, rows, raw: list[str], how: str, lang: str) -> tuple[dict[str, Any], int]:
+    from genqa.scoring.task_metrics import task_metrics
+
+    answers = {r["id"]: task.read_answer(r, t, how)[0] for r, t in zip(rows, raw, strict=True)}
+    metrics = {k: round(v, 2) if isinstance(v, float) else v for k, v in task_metrics(task, rows, answers, lang).items()
+               if not isinstance(v, (dict, list))}
+    return metrics, _not_in_context(rows, answers) if task.name == "extractive" else 0
+
+
+def _extractive(model, encoder, task, rows, calib, args, lang) -> tuple[dict, dict, dict]:
+    """Free / constrained / calibrated scores, answers outside their context, stop share."""
+    from genqa.backbones.generation import generate_texts
+    from genqa.backbones.no_answer import apply_threshold, best_threshold, null_score_diffs
+    from genqa.scoring.metrics import f1_score
+
+    null, n_new = task.args.no_answer_text, args.max_new_tokens
+    kw = dict(batch_size=args.batch_size, max_new_tokens=n_new, progress=False)
+    stopped: dict[int, bool] = {}
+    out, outside = {}, {}
+    free = generate_texts(model, encoder, rows, stopped=stopped, **kw)
+    out["free"], outside["free"] = _score(task, rows, free, "generate", lang)
+    cons = generate_texts(model, encoder, rows, span_of_context=True, no_answer_text=null, **kw)
+    out["constrained"], outside["constrained"] = _score(task, rows, cons, "generate", lang)
+    extra = {"stopped_share": round(sum(stopped.values()) / max(1, len(stopped)), 3)}
+    if calib:
+        spans_c = generate_texts(model, encoder, calib, span_of_context=True, **kw)
+        diffs_c = null_score_diffs(model, encoder, calib, spans_c, null, args.batch_size, n_new)
+        f1s = [max((f1_score(s, g, lang) for g in r["answers"]), default=0.0) for s, r in zip(spans_c, calib,
+                                                                                            strict=True)]
+        thr, calib_f1 = best_threshold(diffs_c, f1s, [bool(r["answers"]) for r in calib])
+        spans = generate_texts(model, encoder, rows, span_of_context=True, **kw)
+        diffs = null_score_diffs(model, encoder, rows, spans, null, args.batch_size, n_new)
+        out["calibrated"], outside["calibrated"] = _score(task, rows, apply_threshold(spans, diffs, thr), "generate",
+                                                          lang)
+        out["threshold_0"], _ = _score(task, rows, apply_threshold(spans, diffs, 0.0), "generate", lang)
+        extra.update(no_answer_threshold=round(thr, 3), calibration_f1=round(calib_f1, 2), calibration_rows=len(calib))
+    return out, outside, extra
+
+
+def evaluate(model, tokenizer, template, task, rows, calib, args, lang) -> tuple[dict, dict, dict]:
+    """Metrics of `model` on the held-out rows (and the not-in-context counts, stop share)."""
+    import torch
+
+    from genqa.backbones.generation import generate_texts, score_labels
+    from genqa.data.encoding import PromptEncoder
+
+    encoder = PromptEncoder(task, tokenizer, template, args.max_length)
+    if not args.no_bf16:  # bf16 weights: decoding steps are small matmuls, where autocast would recast every weight
+        model = model.to(torch.bfloat16)
+    with torch.no_grad():
+        if task.name == "extractive":
+            return _extractive(model, encoder, task, rows, calib, args, lang)
+        if task.scores_labels:
+            raw = score_labels(model, encoder, rows, task.labels_for, args.batch_size, progress=False)
+            metrics, _ = _score(task, rows, raw, "label_score", lang)
+            metrics["predicted_labels"] = dict(sorted(__import__("collections").Counter(raw).items()))
+            return {"label_scoring": metrics}, {}, {}
+        stopped: dict[int, bool] = {}
+        raw = generate_texts(model, encoder, rows, args.batch_size, max(task.max_new_tokens, args.max_new_tokens),
+                             progress=False,
+                             stopped=stopped)
+        metrics, _ = _score(task, rows, raw, "generate", lang)
+        return {"generate": metrics}, {}, {"stopped_share": round(sum(stopped.values()) / max(1, len(stopped)), 3)}
+
+
+def train(recipe: str, out_dir: str, minutes: float) -> tuple[float, float]:
+    """`genqa.sft` on the recipe under a time budget; returns (training minutes, trained tokens/s)."""
+    from genqa.sft import main as sft_main
+
+    rc = sft_main([recipe, "--output_dir", out_dir, "--max_train_minutes", str(minutes)])
+    if rc:
+        raise SystemExit(f"genqa.sft failed ({rc})")
+    state = json.loads((Path(out_dir) / "trainer_state.json").read_text())
+    runtime = next(h["train_runtime"] for h in reversed(state["log_history"]) if "train_runtime" in h)
+    tokens = max((h.get("num_tokens", 0) for h in state["log_history"]), default=0)
+    return runtime / 60.0, tokens / runtime if runtime else 0.0
+
+
+def main(argv: list[str] | None = None) -> None:
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from genqa.backbones.loading import resolve_model_path
+    from genqa.data.tasks import get_task
+    from genqa.data.templates import load_template
+    from genqa.recipe import parse_recipe
+
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    os.chdir(ROOT)
+    recipe = f"recipes/cpu/{args.task}.yaml"
+    qa, sft, model_args, _ = parse_recipe([recipe, "--use_cpu", "true"])
+    args.max_length = sft.max_length
+    task = get_task(qa)
+    rows, calib = _rows(args, qa, task)
+    base = resolve_model_path(model_args.model_name_or_path)
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    tokenizer.padding_side = "left"
+    template = load_template(qa.template, tokenizer)
+    result: dict[str, Any] = {"task": args.task, "recipe": recipe, "held_out_rows": len(rows), "minutes": args.minutes,
+                              "threads": torch.get_num_threads(), "bf16_eval": not args.no_bf16}
+    t0 = time.time()
+    if not args.skip_zero_shot:
+        model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32).eval()
+        # no-answer calibration is measured on the fine-tuned model (before / after calibration)
+        result["zero_shot"], zs_out, zs_extra = evaluate(model, tokenizer, template, task, rows, [], args,
+                                                         qa.metric_lang)
+        result["zero_shot_extra"], result["not_in_context_zero_shot"] = zs_extra, zs_out
+        del model
+        print(json.dumps({"zero_shot": result["zero_shot"]}), flush=True)
+    result["zero_shot_eval_s"] = round(time.time() - t0, 1)
+    out_dir = args.out_dir or f"runs/bench/{args.task}"
+    load_before = os.getloadavg()[0]
+    result["train_minutes"], result["tokens_per_s"] = (round(x, 2) for x in train(recipe, out_dir, args.minutes))
+    result["load_avg_1min"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
+    state = json.loads((Path(out_dir) / "trainer_state.json").read_text())
+    losses = [h["loss"] for h in state["log_history"] if "loss" in h]
+    result["steps"], result["loss_first_last"] = state["global_step"], [losses[0], losses[-1]] if losses else None
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    model = PeftModel.from_pretrained(model, out_dir).merge_and_unload().eval()
+    t0 = time.time()
+    result["fine_tuned"], result["not_in_context"], result["fine_tuned_extra"] = evaluate(
+        model, tokenizer, template, task, rows, calib, args, qa.metric_lang)
+    result["fine_tuned_eval_s"] = round(time.time() - t0, 1)
+    print(json.dumps(result, ensure_ascii=False))
+
+
+if __name__ == "__main__":
+    main()
