@@ -79,4 +79,4 @@ def test_wheel_install_runs_every_command_outside_the_repo(venv, tmp_path):
     _run(venv, work, "genqa", "predict", "--base", "tiny:llama", "--adapter", "run", "--data",
          str(data / "zh_mcq_test.xlsx"), "--id_column", "題號", "--out", "submission.csv")
     assert (work / "submission.csv").read_text(encoding="utf-8").startswith("ID,Answer")
-    assert "torch:" in _run(venv, work, "genqa", "env").stdout
+    assert "torch " in _run(venv, work, "genqa", "env").stdout

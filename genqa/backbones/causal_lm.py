@@ -66,6 +66,7 @@ def train(qa: QAArguments, sft: SFTConfig, model_args: ModelConfig, recipe_path:
     from trl import SFTTrainer
 
     from genqa.backbones.loading import load_tokenizer, lora_config
+    from genqa.backbones.sampling import resumable_length_grouping
 
     tokenizer = load_tokenizer(model_args)
     template = load_template(qa.template, tokenizer)
@@ -83,7 +84,7 @@ def train(qa: QAArguments, sft: SFTConfig, model_args: ModelConfig, recipe_path:
     if model.generation_config.pad_token_id is None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
     score_trained_positions_only()
-    trainer = SFTTrainer(model=model, args=sft, train_dataset=train_ds, eval_dataset=eval_ds,
+    trainer = resumable_length_grouping(SFTTrainer)(model=model, args=sft, train_dataset=train_ds, eval_dataset=eval_ds,
                          processing_class=tokenizer, peft_config=lora_config(model_args, "CAUSAL_LM"))
     if qa.max_train_minutes:
         from genqa.backbones.budget import TimeBudget

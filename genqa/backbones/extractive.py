@@ -214,6 +214,7 @@ def train(qa: QAArguments, sft: SFTConfig, model_args: ModelConfig, recipe_path:
     from transformers import Trainer, default_data_collator
 
     from genqa.backbones.loading import activation_checkpointing, load_tokenizer
+    from genqa.backbones.sampling import resumable_length_grouping
 
     where = recipe_path or "command line"
     settings = extractive_settings(qa, sft.max_length or 384)
@@ -244,7 +245,7 @@ def train(qa: QAArguments, sft: SFTConfig, model_args: ModelConfig, recipe_path:
         model.config.use_cache = False
     if sft.label_names is None:
         sft.label_names = list(LABEL_NAMES)
-    trainer = Trainer(model=model, args=sft, train_dataset=train_ds, eval_dataset=eval_ds,
+    trainer = resumable_length_grouping(Trainer)(model=model, args=sft, train_dataset=train_ds, eval_dataset=eval_ds,
                       data_collator=default_data_collator, processing_class=tokenizer)
     train_and_finish(trainer, resume, tokenizer, qa, sft, model_args, reports, eval_rows)
     settings_doc = {**settings, "version_2_with_negative": version_2}

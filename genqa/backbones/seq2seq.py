@@ -194,6 +194,7 @@ def train(qa: QAArguments, sft: SFTConfig, model_args: ModelConfig, recipe_path:
     from transformers import DataCollatorForSeq2Seq, Seq2SeqTrainer
 
     from genqa.backbones.loading import attach_lora, load_tokenizer
+    from genqa.backbones.sampling import resumable_length_grouping
 
     where = recipe_path or "command line"
     _check_recipe(qa, sft, model_args, where)
@@ -217,8 +218,9 @@ def train(qa: QAArguments, sft: SFTConfig, model_args: ModelConfig, recipe_path:
         model.print_trainable_parameters()
     collator = DataCollatorForSeq2Seq(tokenizer, model=model, label_pad_token_id=-100,
                                       pad_to_multiple_of=getattr(sft, "pad_to_multiple_of", None))
-    trainer = Seq2SeqTrainer(model=model, args=args, data_collator=collator, train_dataset=train_ds,
-                             eval_dataset=eval_ds, processing_class=tokenizer)
+    trainer = resumable_length_grouping(Seq2SeqTrainer)(model=model, args=args, data_collator=collator,
+                                                        train_dataset=train_ds, eval_dataset=eval_ds,
+                                                        processing_class=tokenizer)
     return train_and_finish(trainer, resume, tokenizer, qa, sft, model_args, reports, eval_rows)
 
 
