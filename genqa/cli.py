@@ -39,16 +39,16 @@ COMMANDS: dict[str, tuple[str, str]] = {
 #: QAArguments fields by help group, in the order `genqa train --help` shows them
 KEY_GROUPS: dict[str, tuple[str, ...]] = {
     "data": ("dataset_path", "dataset_format", "dataset_config", "train_split", "eval_split", "validation_size",
-             "split_seed", "max_train_samples", "max_eval_samples", "on_bad_row"),
+             "split_by", "split_seed", "max_train_samples", "max_eval_samples", "on_bad_row"),
     "columns": ("id_column", "context_column", "question_column", "answer_column", "answer_start_column",
                 "options_columns", "options_column", "options_in_question"),
     "task": ("task", "instruction", "prompt_format", "no_answer_text", "option_labels", "mcq_question_prefix",
              "mcq_answer_prefix", "generation_eval_samples", "generation_eval_max_new_tokens", "metric_lang"),
     "template": ("template", "system_prompt"),
     "backbone": ("backbone", "doc_stride", "max_answer_length", "n_best_size", "null_score_diff_threshold",
-                 "max_target_length"),
+                 "max_target_length", "constrain_to_context", "no_answer_threshold"),
     "submission": ("submission_id_column", "submission_answer_column"),
-    "run": ("dry_run",),
+    "run": ("dry_run", "max_train_minutes"),
 }
 
 TRAINING_KEYS_NOTE = """\

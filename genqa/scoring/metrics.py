@@ -63,9 +63,9 @@ def normalize_answer(s: str, lang: str = "en") -> str:
     if lang == "en":
         return _normalize_official(s)
     s = unicodedata.normalize("NFC", s)
-    if lang == "vi":
-        return _normalize_official(s)
-    return "".join(ch for ch in s.lower() if not ch.isspace() and not _is_zh_punct(ch))
+    if lang == "vi":  # NFC again: dropping punctuation can leave a combining mark next to a letter
+        return unicodedata.normalize("NFC", _normalize_official(s))
+    return unicodedata.normalize("NFC", "".join(ch for ch in s.lower() if not ch.isspace() and not _is_zh_punct(ch)))
 
 
 def get_tokens(s: str, lang: str = "en") -> list[str]:
