@@ -48,7 +48,7 @@ KEY_GROUPS: dict[str, tuple[str, ...]] = {
     "backbone": ("backbone", "doc_stride", "max_answer_length", "n_best_size", "null_score_diff_threshold",
                  "max_target_length", "constrain_to_context", "no_answer_threshold"),
     "submission": ("submission_id_column", "submission_answer_column"),
-    "run": ("dry_run", "max_train_minutes"),
+    "run": ("dry_run", "max_train_minutes", "early_stopping_patience"),
 }
 
 TRAINING_KEYS_NOTE = """\

@@ -181,6 +181,13 @@ class QAArguments:
         metadata={"help": "Stop training after this many minutes of training steps (saved as a finished run): a "
                   "time budget for CPU runs. Unset: max_steps / num_train_epochs alone."},
     )
+    early_stopping_patience: int | None = field(
+        default=None,
+        metadata={"help": "Stop training when `metric_for_best_model` (e.g. eval_loss, or eval_gen_f1 / "
+                  "eval_gen_accuracy with generation_eval_samples) has not improved for this many evaluations "
+                  "(transformers' EarlyStoppingCallback; needs load_best_model_at_end and an eval_strategy). The run "
+                  "is saved as finished, with the best checkpoint's weights."},
+    )
 
     # ---- seq2seq (backbone: seq2seq) ---------------------------------------------------------------------------
     max_target_length: int = field(default=32, metadata={"help": "Longest target (answer) in tokens for seq2seq."})

@@ -45,6 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Merge into the 4-bit quantized base instead (lossy: LoRA deltas get quantized). Only if you "
                    "know you want it.")
     p.add_argument("--overwrite", action="store_true", help="Replace an existing --out folder.")
+    p.add_argument("--push_to_hub", metavar="REPO", help="After the checked merge, upload the merged folder (weights, "
+                   "tokenizer, recipe, model card) to this Hub model repo (created if missing; needs a login).")
+    p.add_argument("--private", action="store_true", help="With --push_to_hub: create the repo private.")
     return p
 
 
@@ -171,12 +174,30 @@ def save_merged(model, tokenizer, run: Path, out: Path, args, qa, sft, model_arg
     print(f"[genqa] merged model saved to {out}")
 
 
+def push_to_hub(folder: Path, repo: str, private: bool = False) -> str:
+    """Upload a merged folder to a Hub model repo with huggingface_hub's own `create_repo` + `upload_folder`;
+    returns the commit URL. A failure (offline, no login, no rights) is a user error: the merged folder stays."""
+    from huggingface_hub import create_repo, upload_folder
+
+    try:
+        create_repo(repo, repo_type="model", private=private, exist_ok=True)
+        url = upload_folder(repo_id=repo, folder_path=str(folder), repo_type="model",
+                            commit_message="genqa merge: merged model, tokenizer, recipe and model card")
+    except Exception as err:  # noqa: BLE001 - hub errors come in many types; the message is what matters
+        raise MergeError(f"--push_to_hub {repo}: the upload failed ({type(err).__name__}: {err}). The merged model is "
+                         f"saved in {folder}; upload it later with `huggingface-cli upload {repo} {folder}`.") from err
+    print(f"[genqa] pushed {folder} to {repo}")
+    return str(url)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `python -m genqa.merge`."""
     args = build_parser().parse_args(argv)
 
     def run() -> int:
         merge(args)
+        if args.push_to_hub:
+            push_to_hub(Path(args.out), args.push_to_hub, args.private)
         return 0
 
     return report_errors("genqa.merge", run)

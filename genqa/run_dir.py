@@ -50,6 +50,7 @@ from genqa.run_card import (  # noqa: F401  (the files genqa writes for people: 
 )
 from genqa.run_card import attach as attach_run_card
 from genqa.run_card import finish as finish_run_card
+from genqa.stopping import stopping_callbacks
 
 RECIPE_FILE = "genqa_recipe.yaml"
 REPORT_FILE = "genqa_data_report.json"
@@ -179,10 +180,14 @@ def read_finished(out: Path) -> dict[str, Any] | None:
 
 
 def _reached(done: dict[str, Any], sft: SFTConfig) -> bool:
-    """True when a run that ended at `done` needs no more training for this command's max_steps / epochs."""
+    """True when a run that ended at `done` needs no more training for this command's max_steps / epochs. A run that
+    stopped early on purpose (time budget, early stopping) is finished for the limits it was started with."""
+    early = bool(done.get("stopped_early"))
     if sft.max_steps > 0:
-        return done["global_step"] >= sft.max_steps
-    return float(done.get("epoch") or 0) >= float(sft.num_train_epochs) - 1e-9
+        return done["global_step"] >= sft.max_steps or (early and sft.max_steps <= int(done.get("max_steps") or 0))
+    epochs = float(sft.num_train_epochs)
+    return (float(done.get("epoch") or 0) >= epochs - 1e-9
+            or (early and epochs <= float(done.get("num_train_epochs") or 0) + 1e-9))
 
 
 def _never(wanted: Any) -> bool:
@@ -356,6 +361,8 @@ def train_and_finish(trainer, resume: str | bool | None, tokenizer, qa: QAArgume
         (Path(sft.output_dir) / FINISHED_FILE).unlink(missing_ok=True)
     attach_run_card(trainer, qa, sft, model_args, reports)
     trainer.add_callback(StopIfTrained())
+    for callback in stopping_callbacks(qa):  # max_train_minutes, early_stopping_patience
+        trainer.add_callback(callback)
     try:
         trainer.train(resume_from_checkpoint=resume)
     except NothingToTrain as reached:
@@ -366,7 +373,7 @@ def train_and_finish(trainer, resume: str | bool | None, tokenizer, qa: QAArgume
         state = trainer.state
         write_atomic(Path(folder) / FINISHED_FILE, json.dumps({
             "global_step": state.global_step, "epoch": state.epoch, "max_steps": state.max_steps,
-            "num_train_epochs": state.num_train_epochs}))
+            "num_train_epochs": state.num_train_epochs, "stopped_early": state.global_step < state.max_steps}))
     return folder
 
 

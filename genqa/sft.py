@@ -22,6 +22,7 @@ from genqa.data.templates import TemplateError, load_template
 from genqa.errors import report_errors
 from genqa.messages import begin_run_log, quiet_known_noise, say
 from genqa.recipe import RecipeError, load_recipe_file, non_default_items, parse_recipe
+from genqa.stopping import early_stopping_problems
 
 
 def torch_cuda_available() -> bool:
@@ -66,6 +67,7 @@ def validate(qa: QAArguments, sft, model_args, recipe_path: str | None) -> list[
     if (model_args.load_in_4bit or model_args.load_in_8bit) and not model_args.use_peft:
         problems.append(f"{where}: a quantized model cannot be trained in full; set `use_peft: true` (QLoRA).")
     problems += [f"{where}: {p}" for p in report_to_problems(sft.report_to)]
+    problems += [f"{where}: {p}" for p in early_stopping_problems(qa, sft)]
     return problems
 
 

@@ -18,7 +18,7 @@ STAGES = {
     "genqa.recipe": 1,
     "genqa.data": 2,
     "genqa.scoring": 3,
-    "genqa.run_dir": 4, "genqa.run_card": 4, "genqa.submission": 4,
+    "genqa.run_dir": 4, "genqa.run_card": 4, "genqa.submission": 4, "genqa.stopping": 4,
     "genqa.backbones": 5,
 }
 COMMANDS = 6  # sft, merge, generate, evaluate and any other top-level module

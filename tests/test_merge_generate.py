@@ -49,6 +49,26 @@ def test_lora_merge_matches_adapter(mcq_run, tmp_path):
     assert merge_main(["--adapter", str(mcq_run), "--out", str(tmp_path / "m")]) == 2  # never overwrites silently
 
 
+def test_merge_push_to_hub_uploads_the_checked_folder(mcq_run, tmp_path, monkeypatch, capsys):
+    import huggingface_hub
+
+    calls = []
+    monkeypatch.setattr(huggingface_hub, "create_repo", lambda repo, **kw: calls.append(("create", repo, kw)))
+    monkeypatch.setattr(huggingface_hub, "upload_folder", lambda **kw: calls.append(("upload", kw)) or "url")
+    out = tmp_path / "m"
+    assert merge_main(["--adapter", str(mcq_run), "--out", str(out), "--push_to_hub", "me/tiny", "--private"]) == 0
+    assert calls[0] == ("create", "me/tiny", {"repo_type": "model", "private": True, "exist_ok": True})
+    assert calls[1][1]["repo_id"] == "me/tiny" and calls[1][1]["folder_path"] == str(out)
+
+    def offline(*args, **kwargs):
+        raise OSError("no network")
+
+    monkeypatch.setattr(huggingface_hub, "create_repo", offline)
+    assert merge_main(["--adapter", str(mcq_run), "--out", str(tmp_path / "m2"), "--push_to_hub", "me/tiny"]) == 2
+    err = capsys.readouterr().err
+    assert "upload failed" in err and "huggingface-cli upload me/tiny" in err and (tmp_path / "m2").is_dir()
+
+
 def test_qlora_merge_is_exact_and_4bit_merge_is_worse(qlora_run, tmp_path):
     assert merge_main(["--adapter", str(qlora_run), "--out", str(tmp_path / "full")]) == 0
     good = _report(tmp_path / "full")

@@ -86,10 +86,6 @@ def train(qa: QAArguments, sft: SFTConfig, model_args: ModelConfig, recipe_path:
     score_trained_positions_only()
     trainer = resumable_length_grouping(SFTTrainer)(model=model, args=sft, train_dataset=train_ds, eval_dataset=eval_ds,
                          processing_class=tokenizer, peft_config=lora_config(model_args, "CAUSAL_LM"))
-    if qa.max_train_minutes:
-        from genqa.backbones.budget import TimeBudget
-
-        trainer.add_callback(TimeBudget(qa.max_train_minutes))
     if qa.generation_eval_samples and eval_rows is not None:
         from genqa.backbones.generation_eval import GenerationEvalCallback
 

@@ -1,0 +1,36 @@
+"""Training that stops before max_steps on purpose (early stopping, a time budget) is a finished run."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from genqa.sft import main
+
+pytestmark = pytest.mark.slow
+
+
+def test_early_stopping_on_a_task_metric_ends_a_finished_run(tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = ["recipes/tiny/mcq.yaml", "--output_dir", str(out), "--max_steps", "30", "--eval_strategy", "steps",
+            "--eval_steps", "1", "--save_steps", "1", "--save_total_limit", "2", "--generation_eval_samples", "3",
+            "--metric_for_best_model", "eval_gen_accuracy", "--load_best_model_at_end", "true",
+            "--early_stopping_patience", "1"]
+    assert main(argv) == 0
+    finished = json.loads((out / "genqa_finished.json").read_text(encoding="utf-8"))
+    # accuracy on 3 rows takes 4 values, so it cannot rise at 30 evaluations in a row: patience 1 stops it early
+    assert finished["stopped_early"] and finished["global_step"] < 30
+    state = json.loads((out / "trainer_state.json").read_text(encoding="utf-8"))
+    assert state["best_model_checkpoint"] is not None
+    weights = (out / "adapter_model.safetensors").read_bytes()
+    capsys.readouterr()
+    assert main(argv) == 0  # the same command again: finished, nothing trained, nothing changed
+    assert "holds a finished run" in capsys.readouterr().out
+    assert (out / "adapter_model.safetensors").read_bytes() == weights
+
+
+def test_early_stopping_needs_best_model_keys(capsys):
+    rc = main(["recipes/tiny/mcq.yaml", "--early_stopping_patience", "2", "--dry_run", "true"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "early_stopping_patience" in err and "load_best_model_at_end" in err
