@@ -6,6 +6,12 @@ import os
 from pathlib import Path
 
 
+def cache_dir() -> Path:
+    """genqa's cache folder (`$GENQA_CACHE`, default `~/.cache/genqa`): tiny models, converted GGUF models, the CPU
+    probe."""
+    return Path(os.environ.get("GENQA_CACHE", Path.home() / ".cache" / "genqa"))
+
+
 def write_atomic(path: str | os.PathLike, text: str) -> None:
     """Write a text file atomically (temp file + rename)."""
     path = Path(path)

@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from genqa.files import write_atomic
+from genqa.files import cache_dir, write_atomic
 
 #: CPU flags that decide matmul speed (as /proc/cpuinfo spells them)
 FLAGS_THAT_MATTER = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_tile", "amx_int8")
@@ -39,11 +39,6 @@ PROBE_VERSION = 2  # part of the cache key: a changed probe measures again
 PROBE_SECONDS = 0.15  # both dtypes, alternating, after one warm-up call each
 LIBRARIES = ("torch", "transformers", "trl", "peft", "accelerate", "datasets", "tokenizers", "bitsandbytes",
              "deepspeed")
-
-
-def cache_dir() -> Path:
-    """genqa's cache folder (`$GENQA_CACHE`, default `~/.cache/genqa`)."""
-    return Path(os.environ.get("GENQA_CACHE", Path.home() / ".cache" / "genqa"))
 
 
 # ---- CPU and cores -------------------------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from transformers import AutoConfig, AutoTokenizer, PreTrainedTokenizerBase
 from trl import ModelConfig, get_peft_config, get_quantization_config
 
 from genqa.backbones import tiny
+from genqa.files import cache_dir
 from genqa.recipe import RecipeError
 
 logger = logging.getLogger(__name__)
@@ -118,7 +119,7 @@ def convert_gguf(path: Path) -> str:
 
     stat = path.stat()
     digest = hashlib.sha256(f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:10]
-    target = tiny.cache_dir() / "gguf" / f"{path.stem}-{digest}"
+    target = cache_dir() / "gguf" / f"{path.stem}-{digest}"
     if (target / "config.json").is_file() and (target / "GENQA_GGUF.json").is_file():
         return str(target)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -191,14 +192,6 @@ def ensure_pad_token(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerB
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
     return tokenizer
-
-
-def auto_model_class(backbone: str):
-    """The transformers Auto class that loads a `causal_lm`, `seq2seq` or `extractive` backbone."""
-    from transformers import AutoModelForCausalLM, AutoModelForQuestionAnswering, AutoModelForSeq2SeqLM
-
-    return {"causal_lm": AutoModelForCausalLM, "seq2seq": AutoModelForSeq2SeqLM,
-            "extractive": AutoModelForQuestionAnswering}[backbone]
 
 
 def disable_cpu_4bit_inference_repack(model: torch.nn.Module) -> int:

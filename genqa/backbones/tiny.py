@@ -17,6 +17,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from genqa.files import cache_dir  # noqa: F401  (tiny models are built under it; tests import it from here)
 from genqa.recipe import RecipeError
 from genqa.resources import resource_dir
 
@@ -34,11 +35,6 @@ EXTRA_CORPUS = [
     "Câu hỏi: Đáp án: Ngữ cảnh: Hãy đọc đoạn văn và trả lời câu hỏi trắc nghiệm.",
     "You are a helpful assistant. 你是一个乐于助人的助手。 system user assistant",
 ]
-
-
-def cache_dir() -> Path:
-    """Where tiny models are built."""
-    return Path(os.environ.get("GENQA_CACHE", Path.home() / ".cache" / "genqa"))
 
 
 def is_tiny(name: str | None) -> bool:
