@@ -10,6 +10,7 @@ A recipe is one YAML file holding keys of three dataclasses, parsed together by 
 
 from __future__ import annotations
 
+import functools
 import string
 from dataclasses import dataclass, field
 
@@ -25,6 +26,18 @@ MINIMUM = {"validation_size": 0, "split_seed": 0, "max_train_samples": 1, "max_e
            "generation_eval_max_new_tokens": 1}
 
 
+def out_of_range(key: str, value: object, low: float | None, high: float | None = None) -> str | None:
+    """Why a numeric recipe value is outside [low, high] (None when it is inside, or not a number: None = unset)."""
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return None
+    if (low is None or value >= low) and (high is None or value <= high):
+        return None
+    bounds = [] if low is None else ["> 0" if 0 < low < 1e-6 else f">= {low:g}"]
+    bounds += [] if high is None else [f"<= {high:g}"]
+    return f"`{key}: {value}` is out of range; it must be {' and '.join(bounds)}."
+
+
+@functools.lru_cache(maxsize=64)
 def prompt_format_problem(fmt: str) -> str | None:
     """Why `fmt` is not a usable `prompt_format` (None when it is): it may use only the fields `PROMPT_FIELDS` by
     name, with no attribute or index access (`{context.__class__}`), conversion or format spec, and its braces must
@@ -243,9 +256,9 @@ class QAArguments:
     def _check_values(self) -> None:
         """Numeric keys at or above their `MINIMUM`, and a `prompt_format` that `prompt_format_problem` accepts."""
         for key, low in MINIMUM.items():
-            value = getattr(self, key)
-            if isinstance(value, int | float) and not isinstance(value, bool) and value < low:
-                raise ValueError(f"{key} must be >= {low}, got {value}.")
+            problem = out_of_range(key, getattr(self, key), low)
+            if problem:
+                raise ValueError(problem)
         if self.prompt_format is not None:
             problem = prompt_format_problem(self.prompt_format)
             if problem:

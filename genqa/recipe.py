@@ -25,7 +25,7 @@ from typing import Any
 import yaml
 from trl import ModelConfig, SFTConfig, TrlParser
 
-from genqa.config import QAArguments
+from genqa.config import QAArguments, out_of_range
 from genqa.errors import GenqaError
 from genqa.files import write_atomic
 
@@ -193,12 +193,9 @@ def check_ranges(objs: tuple[Any, ...], where: str) -> None:
     """Numeric values of the parsed recipe (file and command line) within `RANGES`, else a `RecipeError`."""
     for obj in objs:
         for key, (low, high) in RANGES.items():
-            value = getattr(obj, key, None)
-            if isinstance(value, int | float) and not isinstance(value, bool) and (
-                    (low is not None and value < low) or (high is not None and value > high)):
-                bounds = [] if low is None else ["> 0" if 0 < low < 1e-6 else f">= {low:g}"]
-                bounds += [] if high is None else [f"<= {high:g}"]
-                raise RecipeError(f"{where}: `{key}: {value}` is out of range; it must be {' and '.join(bounds)}.")
+            problem = out_of_range(key, getattr(obj, key, None), low, high)
+            if problem:
+                raise RecipeError(f"{where}: {problem}")
 
 
 def _check_cli_keys(argv: list[str]) -> None:
