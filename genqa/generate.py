@@ -16,6 +16,7 @@ import json
 import os
 import sys
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -126,7 +127,35 @@ def files_digest(folder: str | None, patterns: tuple[str, ...]) -> str | None:
     return hashlib.sha256("".join(f"{f.name}={file_digest(f)};" for f in files).encode()).hexdigest()[:16]
 
 
-def fingerprint(args: argparse.Namespace, qa, sft, model_args) -> dict[str, Any]:
+@dataclass
+class Setup:
+    """What prediction runs with, worked out once per command: the backbone module, the tokenizer and template
+    prompts are built with, and the prediction options (backbone settings included)."""
+
+    backbone: Any
+    tokenizer: Any
+    template: str
+    options: Any  # genqa.backbones.PredictOptions
+
+
+def prepare(args: argparse.Namespace, qa, sft, task) -> Setup:
+    """The backbone, tokenizer, template and options of this prediction (the model itself loads only when rows are
+    left to predict)."""
+    from genqa.backbones import PredictOptions, get_backbone
+    from genqa.backbones.loading import detect_backbone
+
+    backbone = get_backbone(detect_backbone(args.base, qa.backbone))
+    tokenizer, template = _tokenizer_and_template(args, qa, args.template_overridden)
+    passed = {a[2:].split("=", 1)[0] for a in args.overrides if a.startswith("--")}
+    options = PredictOptions(
+        max_length=sft.max_length, batch_size=args.batch_size,
+        max_new_tokens=args.max_new_tokens or task.max_new_tokens,
+        num_beams=args.num_beams, do_sample=args.do_sample, mcq_mode=args.mcq_mode, progress=not args.no_progress,
+        settings=backbone.prediction_settings([args.adapter, args.base], qa, sft, passed))
+    return Setup(backbone, tokenizer, template, options)
+
+
+def fingerprint(args: argparse.Namespace, qa, sft, model_args, setup: Setup) -> dict[str, Any]:
     """What shapes a set of predictions, so that a rerun resumes only onto predictions it would have made itself:
     the weights' content (`file_digest` of the model and adapter files, not their paths), the tokenizer files and
     the template prompts are built with, the prompt-building recipe keys (all genqa keys but `NOT_IN_PREDICTIONS`,
@@ -135,14 +164,9 @@ def fingerprint(args: argparse.Namespace, qa, sft, model_args) -> dict[str, Any]
     import hashlib
     from dataclasses import asdict
 
-    from genqa.backbones import get_backbone
-    from genqa.backbones.loading import detect_backbone, resolve_model_path
-    from genqa.data.tasks import get_task
+    from genqa.backbones.loading import resolve_model_path
 
     data = Path(args.data)
-    backbone = get_backbone(detect_backbone(args.base, qa.backbone))
-    passed = {a[2:].split("=", 1)[0] for a in args.overrides if a.startswith("--")}
-    _, template = _tokenizer_and_template(args, qa, args.template_overridden)
     prompt = {k: v for k, v in sorted(asdict(qa).items()) if k not in NOT_IN_PREDICTIONS}
     base = resolve_model_path(args.base)
     return {
@@ -150,9 +174,9 @@ def fingerprint(args: argparse.Namespace, qa, sft, model_args) -> dict[str, Any]
         "base_weights": files_digest(base, WEIGHT_FILES),
         "adapter_weights": files_digest(args.adapter, WEIGHT_FILES),
         "tokenizer": files_digest(resolve_model_path(args.adapter or args.base), TOKENIZER_FILES),
-        "template_text": hashlib.sha256((template or "").encode()).hexdigest()[:16],
-        "settings": backbone.prediction_settings([args.adapter, args.base], qa, sft, passed),
-        "mcq_mode": args.mcq_mode, "max_new_tokens": args.max_new_tokens or get_task(qa).max_new_tokens,
+        "template_text": hashlib.sha256((setup.template or "").encode()).hexdigest()[:16],
+        "settings": setup.options.settings,
+        "mcq_mode": args.mcq_mode, "max_new_tokens": setup.options.max_new_tokens,
         "num_beams": args.num_beams, "do_sample": args.do_sample, "dtype": args.dtype or model_args.dtype,
         "autocast": args.autocast,
         "data": str(data.resolve()) if data.exists() else args.data, "split": args.split,
@@ -190,30 +214,19 @@ def _tokenizer_and_template(args, qa, template_overridden: bool = False):
     return tokenizer, load_template(qa.template, tokenizer)
 
 
-def predict(args: argparse.Namespace, qa, sft, model_args, rows: list[dict[str, Any]],
+def predict(args: argparse.Namespace, task, model_args, setup: Setup, rows: list[dict[str, Any]],
             store: PredictionStore) -> None:
     """Predict every row not yet in `store`, appending records batch by batch (a kill loses at most one batch)."""
     import torch
 
-    from genqa.backbones import PredictOptions, get_backbone
-    from genqa.backbones.loading import detect_backbone, model_device, torch_dtype
-    from genqa.data.tasks import get_task
+    from genqa.backbones.loading import model_device, torch_dtype
 
-    task = get_task(qa)
     todo = [r for r in rows if r["id"] not in store]
     if len(todo) < len(rows):
         print(f"[genqa] resuming: {len(rows) - len(todo)} of {len(rows)} rows already predicted in {store.path}")
     if not todo:
         return
-    backbone = get_backbone(detect_backbone(args.base, qa.backbone))
-    tokenizer, template = _tokenizer_and_template(args, qa, args.template_overridden)
-    model = load_model_for(backbone, args.base, args.adapter, torch_dtype(args.dtype or model_args.dtype))
-    passed = {a[2:].split("=", 1)[0] for a in args.overrides if a.startswith("--")}
-    options = PredictOptions(
-        max_length=sft.max_length, batch_size=args.batch_size,
-        max_new_tokens=args.max_new_tokens or task.max_new_tokens,
-        num_beams=args.num_beams, do_sample=args.do_sample, mcq_mode=args.mcq_mode, progress=not args.no_progress,
-        settings=backbone.prediction_settings([args.adapter, args.base], qa, sft, passed))
+    model = load_model_for(setup.backbone, args.base, args.adapter, torch_dtype(args.dtype or model_args.dtype))
 
     def on_batch(done: list[tuple[int, str]], how: str) -> None:
         records = []
@@ -224,7 +237,7 @@ def predict(args: argparse.Namespace, qa, sft, model_args, rows: list[dict[str, 
 
     device_type = model_device(model).type
     with (torch.autocast(device_type, dtype=torch.bfloat16) if args.autocast == "bf16" else contextlib.nullcontext()):
-        backbone.predict(model, tokenizer, template, task, todo, options, on_batch)
+        setup.backbone.predict(model, setup.tokenizer, setup.template, task, todo, setup.options, on_batch)
 
 
 def run(args: argparse.Namespace, overrides: list[str]) -> int:
@@ -244,9 +257,10 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
     args.autocast = resolve_autocast(args.autocast)  # what runs is recorded: `auto` resolved, per machine
     args.template_overridden = any(a.split("=", 1)[0] == "--template" for a in overrides)
     with output_lock(out.with_name(out.name + ".lock"), f"--out {out}", main_only=False):
+        setup = prepare(args, qa, sft, task)
         store = PredictionStore(out.with_name(out.name + ".predictions.jsonl"),
-                                fingerprint(args, qa, sft, model_args))
-        predict(args, qa, sft, model_args, rows, store)
+                                fingerprint(args, qa, sft, model_args, setup))
+        predict(args, task, model_args, setup, rows, store)
         write_outputs(args, qa, task, rows, store, out)
     return 0
 
