@@ -50,6 +50,24 @@ def test_null_score_diffs_and_threshold(model_and_encoder):
     assert apply_threshold(spans, diffs, min(diffs) - 1) == ["", "", ""]
 
 
+def test_sequence_logprobs_read_only_the_target_positions_right(model_and_encoder):
+    """Scored from the last positions' logits only (`logits_to_keep`): the same sums as the full logits give."""
+    import torch
+
+    from genqa.backbones.generation import encode_prompts
+    from genqa.backbones.no_answer import completion_ids, sequence_logprobs
+
+    model, encoder = model_and_encoder
+    prompts = encode_prompts(encoder, ROWS, 12)
+    targets = [completion_ids(encoder, t) for t in ("1902", "unanswerable", "騎腳踏車")]
+    got = sequence_logprobs(model, encoder, prompts, targets, batch_size=3)
+    for prompt, target, value in zip(prompts, targets, got, strict=True):
+        with torch.no_grad():
+            logp = torch.log_softmax(model(input_ids=torch.tensor([prompt + target])).logits[0].float(), dim=-1)
+        want = sum(float(logp[len(prompt) - 1 + k, t]) for k, t in enumerate(target))
+        assert value == pytest.approx(want, abs=1e-3)
+
+
 def test_best_threshold_sweeps_like_squad():
     # rows 0/1 answerable (span F1 1 and 0.5), row 2 unanswerable; answering row 2 costs its point
     thr, score = best_threshold([-3.0, 1.0, 2.0], [1.0, 0.5, 0.0], [True, True, False])

@@ -122,18 +122,21 @@ def predict_spans(model, encoder: PromptEncoder, task: Task, rows: list[dict[str
                   sink: Callable | None) -> list[str]:
     """Generative extractive QA: spans of the context under `constrain_to_context`; with `no_answer_threshold`, the
     best span against the no-answer text (`genqa.backbones.no_answer`), all rows reported at the end."""
-    from genqa.backbones.generation import generate_texts
+    from genqa.backbones.generation import encode_prompts, generate_texts
     from genqa.backbones.no_answer import apply_threshold, null_score_diffs
 
     constrain = bool(options.settings.get("constrain_to_context", False))
     threshold = options.settings.get("no_answer_threshold")
     null_text = task.args.no_answer_text
+    prompts = encode_prompts(encoder, rows, options.max_new_tokens)  # once, for generation and the no-answer scores
     texts = generate_texts(model, encoder, rows, options.batch_size, options.max_new_tokens, options.num_beams,
                            options.do_sample, sink if threshold is None else None, options.progress,
-                           span_of_context=constrain, no_answer_text=None if threshold is not None else null_text)
+                           span_of_context=constrain, no_answer_text=None if threshold is not None else null_text,
+                           prompts=prompts)
     if threshold is None:
         return texts
-    diffs = null_score_diffs(model, encoder, rows, texts, null_text, options.batch_size, options.max_new_tokens)
+    diffs = null_score_diffs(model, encoder, rows, texts, null_text, options.batch_size, options.max_new_tokens,
+                             prompts=prompts)
     texts = apply_threshold(texts, diffs, threshold)
     if sink:
         sink(list(enumerate(texts)))

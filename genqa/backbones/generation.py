@@ -87,20 +87,22 @@ def generate_texts(model, encoder: PromptEncoder, rows: list[dict[str, Any]], ba
                    max_new_tokens: int = 64, num_beams: int = 1, do_sample: bool = False,
                    on_batch: OnBatch | None = None, progress: bool = True,
                    prefix_cache: bool = True, span_of_context: bool = False,
-                   no_answer_text: str | None = None, stopped: dict[int, bool] | None = None) -> list[str]:
+                   no_answer_text: str | None = None, stopped: dict[int, bool] | None = None,
+                   prompts: list[list[int]] | None = None) -> list[str]:
     """Greedy (or beam / sampled) generation for `rows`, batched and length-sorted; outputs in row order.
 
     With `prefix_cache` the tokens all prompts share are run once (see `SharedPrefix`). With `span_of_context` every
     answer is a span of its row's context or `no_answer_text` (`genqa.backbones.span_constraint`; no no-answer text:
     spans only). `stopped`, when given, gets for every row index whether its answer ended at EOS / end-of-turn
-    (False: cut at `max_new_tokens`).
+    (False: cut at `max_new_tokens`). `prompts`: the rows' prompt ids when the caller has encoded them already
+    (`encode_prompts` with `max_new_tokens` of room).
     """
     from transformers import LogitsProcessorList
 
     from genqa.backbones.span_constraint import ContextSpanProcessor
 
     tok = encoder.tokenizer
-    prompts = encode_prompts(encoder, rows, max_new_tokens)
+    prompts = encode_prompts(encoder, rows, max_new_tokens) if prompts is None else prompts
     stops = stop_token_ids(encoder)
     end_text = encoder.end_text.strip()
     device, pad_id = model_device(model), _pad_id(tok)

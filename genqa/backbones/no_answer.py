@@ -35,14 +35,20 @@ def sequence_logprobs(model, encoder: PromptEncoder, prompts: list[list[int]], t
         seqs = [prompts[i] + targets[i] for i in batch]
         inputs = to_device(pad(encoder.tokenizer, [{"input_ids": s} for s in seqs], side="left"), device)
         mask = inputs["attention_mask"]
-        logits = model(**inputs, position_ids=(mask.cumsum(-1) - 1).clamp(min=0)).logits.float()
+        kwargs = dict(inputs, position_ids=(mask.cumsum(-1) - 1).clamp(min=0))
+        keep = max(len(targets[i]) for i in batch) + 1  # only the positions that predict a target token
+        try:
+            logits = model(**kwargs, logits_to_keep=keep).logits.float()
+        except TypeError:  # a model without logits_to_keep: every position
+            logits = model(**kwargs).logits.float()
+        width = inputs["input_ids"].shape[1]
+        offset = width - logits.shape[1]  # position of logits[:, 0] in the sequence
         logp = torch.log_softmax(logits[:, :-1], dim=-1)
         out = []
-        width = inputs["input_ids"].shape[1]
         for b, i in enumerate(batch):
             n = len(targets[i])
             tgt = inputs["input_ids"][b, width - n:]
-            out.append(float(logp[b, width - n - 1:width - 1].gather(-1, tgt[:, None]).sum()))
+            out.append(float(logp[b, width - n - 1 - offset:width - 1 - offset].gather(-1, tgt[:, None]).sum()))
         return out
 
     lengths = [len(p) + len(t) for p, t in zip(prompts, targets, strict=True)]
@@ -50,9 +56,11 @@ def sequence_logprobs(model, encoder: PromptEncoder, prompts: list[list[int]], t
 
 
 def null_score_diffs(model, encoder: PromptEncoder, rows: list[dict[str, Any]], spans: list[str],
-                     no_answer_text: str, batch_size: int = 16, room: int = 48) -> list[float]:
-    """`logp(no-answer text) - logp(span)` for every row, each with its end-of-turn token, given the row's prompt."""
-    prompts = encode_prompts(encoder, rows, room)
+                     no_answer_text: str, batch_size: int = 16, room: int = 48,
+                     prompts: list[list[int]] | None = None) -> list[float]:
+    """`logp(no-answer text) - logp(span)` for every row, each with its end-of-turn token, given the row's prompt
+    (`prompts`, when the caller encoded them already with `room` tokens of room)."""
+    prompts = encode_prompts(encoder, rows, room) if prompts is None else prompts
     null = completion_ids(encoder, no_answer_text)
     null_lp = sequence_logprobs(model, encoder, prompts, [null] * len(rows), batch_size)
     span_lp = sequence_logprobs(model, encoder, prompts, [completion_ids(encoder, s) for s in spans], batch_size)
