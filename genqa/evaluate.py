@@ -162,8 +162,9 @@ def _evaluate_squad(args: argparse.Namespace) -> dict[str, Any]:
         raise EvaluateError(f"--data file '{data_path}' is not official SQuAD JSON "
                             "({\"data\": [{\"paragraphs\": [...]}]}); for MCQ files use --task mcq.")
     examples = squad_examples(data, f"--data file '{data_path}'")
-    version = {"squad_v1": 1, "squad_v2": 2}.get(args.task) or squad_version(data)
-    if examples and squad_version(data) == 1 and not any(golds for _, golds in examples):
+    layout_version = squad_version(data)
+    version = {"squad_v1": 1, "squad_v2": 2}.get(args.task) or layout_version
+    if examples and layout_version == 1 and not any(golds for _, golds in examples):
         raise EvaluateError(f"--data file '{data_path}' has no gold answers (an unlabelled test split?); evaluate "
                             "against a labelled dev file.")
     ids = [qid for qid, _ in examples]

@@ -147,8 +147,9 @@ def merge(args: argparse.Namespace) -> dict[str, Any]:
 
 def save_merged(model, tokenizer, run: Path, out: Path, args, qa, sft, model_args, report: dict[str, Any]) -> None:
     """Write the merged model, tokenizer, recipe and report to a temp folder, then move it into place."""
+    from genqa.files import write_atomic
     from genqa.recipe import dump_recipe, resolved_recipe
-    from genqa.run_card import model_kind, write_merged_card
+    from genqa.run_card import MERGE_REPORT_FILE, model_kind, write_merged_card
     from genqa.run_dir import CARRIED_FILES, RECIPE_FILE, REPORT_FILE
 
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -163,7 +164,7 @@ def save_merged(model, tokenizer, run: Path, out: Path, args, qa, sft, model_arg
         for name in CARRIED_FILES:
             if (run / name).is_file():
                 shutil.copy2(run / name, tmp / name)
-        (tmp / "genqa_merge_report.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
+        write_atomic(tmp / MERGE_REPORT_FILE, json.dumps(report, indent=2))
         write_merged_card(tmp, out, run, qa, sft, model_args, report["base"], model_kind(model), report, REPORT_FILE)
         if out.exists():
             shutil.rmtree(out)
