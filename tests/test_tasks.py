@@ -157,3 +157,24 @@ def test_prompt_format_only_documented_fields(fmt):
     with pytest.raises(ValueError, match="prompt_format"):
         QAArguments(prompt_format=fmt)
     assert QAArguments(prompt_format="{instruction} {{literal}} {context} {question} {options}").prompt_format
+
+
+def test_glob_dataset_path_concatenates_files_in_path_order(tmp_path):
+    for part, rows in (("b", [{"id": "b1", "q": "x"}]), ("a", [{"id": "a1", "q": "y"}, {"id": "a2", "q": "z"}])):
+        (tmp_path / part).mkdir()
+        (tmp_path / part / "rows.json").write_text(json.dumps(rows), encoding="utf-8")
+    data = load_source(str(tmp_path / "*" / "rows.json"))["train"]
+    assert data["id"] == ["a1", "a2", "b1"]
+
+
+def test_glob_dataset_path_refuses_no_match_and_mixed_layouts(tmp_path):
+    with pytest.raises(DataError, match="no file matches"):
+        load_source(str(tmp_path / "*.json"))
+    (tmp_path / "a.json").write_text(json.dumps([{"id": "1", "q": "x"}]), encoding="utf-8")
+    (tmp_path / "b.json").write_text(json.dumps([{"id": "2", "question": "x"}]), encoding="utf-8")
+    with pytest.raises(DataError, match=r"b\.json and .*a\.json have different columns \(q, question\)"):
+        load_source(str(tmp_path / "*.json"))
+    (tmp_path / "b.json").write_text("id,q\n2,x\n", encoding="utf-8")
+    (tmp_path / "b.json").rename(tmp_path / "b.csv")
+    with pytest.raises(DataError, match="not all one format"):
+        load_source(str(tmp_path / "*"))

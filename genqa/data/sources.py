@@ -7,11 +7,15 @@ JSON and JSON Lines files are parsed here before any reader sees them: the layou
 content (`genqa.data.layouts`), and a file datasets' JSON reader cannot take (one holding `null`, a bare value, a
 list of non-objects, invalid UTF-8 or invalid JSON on some line; on `null` that reader dies with a segmentation
 fault) is refused with a message naming the file and the line or element.
+
+A `dataset_path` with glob characters (`data/*/*.json`) names several files of one format: each is read and checked
+as above and they are concatenated in sorted path order (columns must agree; a mismatch names both files).
 """
 
 from __future__ import annotations
 
 import functools
+import glob
 import json
 import os
 import random
@@ -19,7 +23,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
+from datasets import Dataset, DatasetDict, concatenate_datasets, load_dataset, load_from_disk
 
 from genqa.data.layouts import (
     DataError,
@@ -140,8 +144,27 @@ def _json_layout(path: Path) -> str:
     return "json"
 
 
+def matched_files(path: str) -> list[str] | None:
+    """The files a glob pattern names, sorted (None when `path` is not a pattern); a pattern matching no file is an
+    error."""
+    if not any(c in path for c in "*?["):
+        return None
+    files = sorted(f for f in glob.glob(os.path.expanduser(path), recursive=True) if os.path.isfile(f))
+    if not files:
+        raise DataError(f"{path}: no file matches this pattern (working directory: {os.getcwd()}).")
+    return files
+
+
 def detect_format(path: str) -> str:
-    """The reader for `path`: a file suffix, a `save_to_disk` folder, SQuAD JSON, or a hub id."""
+    """The reader for `path`: a file suffix, a `save_to_disk` folder, SQuAD JSON, or a hub id; for a glob pattern
+    the one format all its files share."""
+    files = matched_files(path)
+    if files:
+        formats = {f: detect_format(f) for f in files}
+        if len(set(formats.values())) > 1:
+            raise DataError(f"{path}: the files it matches are not all one format ("
+                            + ", ".join(f"{f}: {fmt}" for f, fmt in formats.items()) + ").")
+        return formats[files[0]]
     p = Path(path)
     if p.is_dir():
         if (p / "dataset_info.json").exists() or (p / "dataset_dict.json").exists() or (p / "state.json").exists():
@@ -243,6 +266,9 @@ def load_source(path: str, fmt: str = "auto", config: str | None = None) -> Data
     if not path:
         raise DataError("No data source: set `dataset_path` in the recipe (a hub id, a file or a saved folder).")
     fmt = detect_format(path) if fmt == "auto" else fmt
+    files = matched_files(path) if fmt != "hub" else None
+    if files:
+        return _concatenate(path, {f: load_source(f, fmt, config) for f in files})
     if fmt not in ("hub", "disk") and Path(path).is_file() and Path(path).stat().st_size == 0:
         raise DataError(f"{path}: the file is empty. Point `dataset_path` at a file with rows.")
     reader = READERS.get(fmt)
@@ -255,6 +281,27 @@ def load_source(path: str, fmt: str = "auto", config: str | None = None) -> Data
         if len(split) == 0:
             raise DataError(f"{path}: split `{name}` is empty. Check the file holds rows.")
     return loaded
+
+
+def _concatenate(pattern: str, parts: dict[str, DatasetDict]) -> DatasetDict:
+    """One `DatasetDict` from the files of a glob pattern, split by split, in path order."""
+    first, *_ = parts
+    merged = {}
+    for split in parts[first]:
+        pieces = []
+        for f, data in parts.items():
+            if split not in data:
+                raise DataError(f"{pattern}: {f} has no split `{split}` but {first} has; give files of one layout.")
+            if set(data[split].column_names) != set(parts[first][split].column_names):
+                diff = set(data[split].column_names) ^ set(parts[first][split].column_names)
+                raise DataError(f"{pattern}: {f} and {first} have different columns ({', '.join(sorted(diff))}); "
+                                "give files of one layout.")
+            pieces.append(data[split])
+        try:
+            merged[split] = concatenate_datasets(pieces)
+        except ValueError as err:
+            raise DataError(f"{pattern}: the files' columns have different types ({err}).") from err
+    return DatasetDict(merged)
 
 
 def grouped_split(dataset: Dataset, size: float, seed: int, group_column: str | None) -> tuple[Dataset, Dataset]:
