@@ -65,7 +65,8 @@ class QAArguments:
     dataset_path: str | None = field(
         default=None,
         metadata={"help": "A hub dataset id, a local json/jsonl/csv/parquet/xlsx file, a SQuAD-format JSON file or a "
-                  "`datasets.save_to_disk` folder. Relative paths are resolved from the working directory."},
+                  "`datasets.save_to_disk` folder, or a glob pattern (`data/*/*.json`) of files of one format, "
+                  "concatenated in path order. Relative paths are resolved from the working directory."},
     )
     dataset_format: str = field(
         default="auto", metadata={"help": f"How to read `dataset_path`: one of {DATASET_FORMATS}. `auto` decides "
