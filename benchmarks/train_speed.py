@@ -35,7 +35,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 ROOT = Path(__file__).resolve().parents[1]
 SQUAD = ROOT.parent / "shared" / "data" / "squad" / "dev-v1.1.json"
-SIDES = ("padded", "trl", "genqa")  # also `genqa-nockpt`: genqa's defaults without activation checkpointing
+SIDES = ("padded", "trl", "genqa")
+# also `genqa-nockpt` (genqa's defaults without activation checkpointing) and `genqa-ckptN` (checkpointing every N-th
+# decoder layer only: transformers' `every_n_layers`, the memory/speed trade in between)
 sys.path.insert(0, str(ROOT))  # this checkout's genqa, also in the per-side processes
 
 
@@ -103,6 +105,9 @@ def run_side(side: str, args) -> dict:
         torch.set_num_threads(args.threads)
     checkpointing = "false" if side == "genqa-nockpt" else args.genqa_checkpointing
     argv = recipe_argv(args) + (["--activation_checkpointing", checkpointing] if side.startswith("genqa") else [])
+    if side.startswith("genqa-ckpt"):
+        argv += ["--activation_checkpointing", "true", "--activation_checkpointing_kwargs",
+                 json.dumps({"every_n_layers": int(side.removeprefix("genqa-ckpt"))})]
     qa, sft, model_args, _ = parse_recipe(argv)
     tok = load_tokenizer(model_args)
     template = load_template(qa.template, tok)
@@ -158,6 +163,7 @@ def run_side(side: str, args) -> dict:
     return record(side, r1 - r0, p1 - p0, counter.times[-1] - counter.times[0], model_args, model,
                   "bf16" if sft.bf16 else "fp32", extra={"sampling": sft.train_sampling_strategy,
                                                          "checkpointing": bool(sft.activation_checkpointing),
+                                                         "checkpointing_kwargs": sft.activation_checkpointing_kwargs,
                                                          "encode_rows_per_s": encode_rate})
 
 
