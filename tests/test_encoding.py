@@ -152,3 +152,56 @@ def test_tokenizer_own_chat_template(tiny_tokenizer):
     task = get_task(QAArguments(task="extractive", template="tokenizer"))
     enc = PromptEncoder(task, tok, load_template("tokenizer", tok), max_length=512).encode(dict(ROW))
     assert _trained_text(tok, enc) == "1902<|im_end|>"
+
+
+def _rows_of_every_kind():
+    long_context = dict(ROW, id="r2", context="Sentence 0 is filler. " * 60 + ROW["context"],
+                        answer_starts=[len("Sentence 0 is filler. " * 60) + 46])
+    too_long = dict(ROW, id="r3", question="Why " * 200 + "?")
+    unanswerable = dict(ROW, id="r4", answers=[], answer_starts=[])
+    return [dict(ROW), long_context, too_long, unanswerable]
+
+
+@pytest.mark.parametrize("template", ["alpaca", "chatml", "llama3"])
+def test_batched_encoding_equals_row_by_row(template, tiny_tokenizer):
+    task = get_task(QAArguments(task="extractive", template=template))
+    encoder = PromptEncoder(task, tiny_tokenizer, load_template(template), max_length=256)
+    rows = _rows_of_every_kind()
+    batch = {k: [r[k] for r in rows] for k in rows[0]}
+    got = encoder.encode_batch(batch)
+    want = [encoder.encode(r) for r in rows]
+    assert [s for s in got["status"]] == [w["status"] for w in want] == ["ok", "context_truncated", "too_long", "ok"]
+    assert got["input_ids"] == [w["input_ids"] for w in want]
+    assert got["labels"] == [w["labels"] for w in want]
+
+
+def test_encoded_rows_are_cached_by_content(tmp_path, monkeypatch, tiny_tokenizer, capsys):
+    from datasets import Dataset
+
+    from genqa.data.tasks import CANONICAL_FEATURES
+
+    monkeypatch.setenv("GENQA_CACHE", str(tmp_path))
+    data = Dataset.from_list(_rows_of_every_kind(), features=CANONICAL_FEATURES)
+    task = get_task(QAArguments(task="extractive", template="alpaca"))
+    encoder = PromptEncoder(task, tiny_tokenizer, load_template("alpaca"), max_length=256)
+    first, report = encoder.encode_dataset(data)
+    assert "cached for reruns" in capsys.readouterr().out
+    again, report2 = encoder.encode_dataset(data, "validation")
+    assert "reused from" in capsys.readouterr().out
+    assert again.to_list() == first.to_list() and len(first) == 3
+    assert report2.to_dict() == {**report.to_dict(), "split": "validation"}
+    assert len(list((tmp_path / "encoded").iterdir())) == 1
+    # another max_length, other rows or another template: encoded anew, under another key
+    PromptEncoder(task, tiny_tokenizer, load_template("alpaca"), max_length=300).encode_dataset(data)
+    encoder.encode_dataset(data.select([0, 1]))
+    PromptEncoder(task, tiny_tokenizer, load_template("chatml"), max_length=256).encode_dataset(data)
+    assert len(list((tmp_path / "encoded").iterdir())) == 4
+    assert "reused" not in capsys.readouterr().out
+    # a damaged entry is encoded again; GENQA_ENCODED_CACHE=0 turns the cache off
+    for entry in (tmp_path / "encoded").iterdir():
+        (entry / "encoding_report.json").write_text("{", encoding="utf-8")
+    assert encoder.encode_dataset(data)[0].to_list() == first.to_list()
+    assert "reused" not in capsys.readouterr().out
+    monkeypatch.setenv("GENQA_ENCODED_CACHE", "0")
+    encoder.encode_dataset(data)
+    assert "cached" not in capsys.readouterr().out

@@ -19,6 +19,7 @@ from typing import Any
 from datasets import Dataset
 from transformers import PreTrainedTokenizerBase
 
+from genqa.data.encoded_cache import cached_encoding
 from genqa.data.tasks import Task
 from genqa.data.templates import end_of_turn, render, split_prompt_completion
 
@@ -74,9 +75,7 @@ class PromptEncoder:
 
     def completion_ids(self, completion: str) -> list[int]:
         """Ids of a rendered completion, without the whitespace the template writes after its end-of-turn token."""
-        if self.after_end and completion.endswith(self.end_text):
-            completion = completion[:len(completion) - len(self.after_end)]
-        return self.token_ids(completion, is_prompt=False)
+        return self.token_ids(self._cut_after_end(completion), is_prompt=False)
 
     def ends_with_end_token(self, trained: list[int]) -> bool:
         """Whether the trained tokens of a row end with the end-of-turn text (compared as text: a multi-token end text
@@ -143,14 +142,48 @@ class PromptEncoder:
     # ---- training rows -----------------------------------------------------------------------------------------
     def encode(self, ex: dict[str, Any]) -> dict[str, Any]:
         """Training ids and labels for one canonical row, with its status (ok / context_truncated / dropped)."""
-        status = OK
         prompt, completion = split_prompt_completion(self.tokenizer, self.template, self.task.messages(ex))
-        p_ids, c_ids = self.token_ids(prompt, True), self.completion_ids(completion)
+        return self._assemble(ex, self.token_ids(prompt, True), self.completion_ids(completion))
+
+    def encode_batch(self, batch: dict[str, list]) -> dict[str, list]:
+        """`encode` over a batch of rows (a `datasets` batch): rendered one by one, tokenized in two batched calls
+        (prompts, completions), which the fast tokenizers run in parallel; only rows too long are re-tokenized."""
+        rows = [dict(zip(batch, values, strict=True)) for values in zip(*batch.values(), strict=True)]
+        pairs = [split_prompt_completion(self.tokenizer, self.template, self.task.messages(ex)) for ex in rows]
+        prompts = self._token_ids_batch([p for p, _ in pairs], is_prompt=True)
+        completions = self._token_ids_batch([self._cut_after_end(c) for _, c in pairs], is_prompt=False)
+        out: dict[str, list] = {"input_ids": [], "labels": [], "status": []}
+        for ex, p_ids, c_ids in zip(rows, prompts, completions, strict=True):
+            for key, value in self._assemble(ex, p_ids, c_ids).items():
+                out[key].append(value)
+        return out
+
+    def _cut_after_end(self, completion: str) -> str:
+        if self.after_end and completion.endswith(self.end_text):
+            return completion[:len(completion) - len(self.after_end)]
+        return completion
+
+    def _token_ids_batch(self, texts: list[str], is_prompt: bool) -> list[list[int]]:
+        """`token_ids` of many texts in (at most) two batched tokenizer calls: with and without special tokens."""
+        bos = self.tokenizer.bos_token
+        add = [is_prompt and not (bos and t.startswith(bos)) for t in texts]
+        out: list[list[int]] = [[] for _ in texts]
+        for flag in (True, False):
+            idx = [i for i, a in enumerate(add) if a == flag]
+            if idx:
+                ids = self.tokenizer([texts[i] for i in idx], add_special_tokens=flag)["input_ids"]
+                for i, row in zip(idx, ids, strict=True):
+                    out[i] = row
+        return out
+
+    def _assemble(self, ex: dict[str, Any], p_ids: list[int], c_ids: list[int]) -> dict[str, Any]:
+        """Ids and labels from a row's prompt and completion ids; the context cut when the row is too long."""
+        status = OK
         if self.max_length is not None and len(p_ids) + len(c_ids) > self.max_length:
             status = TOO_LONG
             if ex["context"]:
                 for context in self._context_windows(ex, len(p_ids) + len(c_ids) - self.max_length):
-                    prompt, completion = split_prompt_completion(
+                    prompt, _ = split_prompt_completion(
                         self.tokenizer, self.template, self.task.messages({**ex, "context": context}))
                     p_ids = self.token_ids(prompt, True)
                     if len(p_ids) + len(c_ids) <= self.max_length:
@@ -164,9 +197,13 @@ class PromptEncoder:
         return {"input_ids": p_ids + c_ids, "labels": labels, "status": status}
 
     def encode_dataset(self, dataset: Dataset, split: str = "train") -> tuple[Dataset, EncodingReport]:
-        """Encode a canonical dataset; drop (and count) rows that cannot be trained on."""
-        encoded = dataset.map(self.encode, remove_columns=dataset.column_names, desc=f"Tokenizing {split}",
-                              load_from_cache_file=False)
+        """Encode a canonical dataset; drop (and count) rows that cannot be trained on. The result is cached by
+        content (`genqa.data.encoded_cache`): the same rows, tokenizer, template and settings are tokenized once."""
+        return cached_encoding(self, dataset, split, self._encode_dataset, EncodingReport)
+
+    def _encode_dataset(self, dataset: Dataset, split: str) -> tuple[Dataset, EncodingReport]:
+        encoded = dataset.map(self.encode_batch, batched=True, batch_size=256, remove_columns=dataset.column_names,
+                              desc=f"Tokenizing {split}", load_from_cache_file=False)
         statuses = encoded["status"]
         report = EncodingReport(split=split, rows=len(dataset), end_token=self.end_text.strip())
         report.context_truncated = statuses.count(CONTEXT_TRUNCATED)
