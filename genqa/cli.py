@@ -45,7 +45,7 @@ KEY_GROUPS: dict[str, tuple[str, ...]] = {
     "task": ("task", "instruction", "prompt_format", "no_answer_text", "option_labels", "mcq_question_prefix",
              "mcq_answer_prefix", "generation_eval_samples", "generation_eval_max_new_tokens", "metric_lang"),
     "template": ("template", "system_prompt"),
-    "backbone": ("backbone", "doc_stride", "max_answer_length", "n_best_size", "null_score_diff_threshold",
+    "backbone": ("backbone", "gguf_file", "doc_stride", "max_answer_length", "n_best_size", "null_score_diff_threshold",
                  "max_target_length", "constrain_to_context", "no_answer_threshold"),
     "submission": ("submission_id_column", "submission_answer_column"),
     "run": ("dry_run", "max_train_minutes", "early_stopping_patience"),

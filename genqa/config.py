@@ -156,6 +156,12 @@ class QAArguments:
     system_prompt: str | None = field(default=None, metadata={"help": "System message (templates that take one)."})
 
     # ---- backbone ----------------------------------------------------------------------------------------------
+    gguf_file: str | None = field(
+        default=None,
+        metadata={"help": "A `.gguf` file inside `model_name_or_path` (a local folder, or a hub repo `owner/name`, "
+                  "downloaded once when online): converted once to a safetensors folder in the cache and trained as "
+                  "a full-precision model. Same as writing `model_name_or_path: FOLDER_OR_REPO/FILE.gguf`."},
+    )
     backbone: str = field(
         default="auto",
         metadata={"help": f"One of {BACKBONES}. `auto` reads the model config: encoder-decoders train as seq2seq, "

@@ -235,6 +235,8 @@ def parse_recipe(argv: list[str] | None = None) -> tuple[QAArguments, SFTConfig,
     except (ValueError, TypeError) as err:
         raise RecipeError(f"{where}: {err}") from err
     check_ranges((qa, sft, model), where)
+    if qa.gguf_file and model.model_name_or_path and not model.model_name_or_path.endswith(".gguf"):
+        model.model_name_or_path = f"{model.model_name_or_path.rstrip('/')}/{qa.gguf_file.lstrip('/')}"
     return qa, sft, model, recipe_path
 
 

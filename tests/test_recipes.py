@@ -145,3 +145,32 @@ def test_command_line_type_error_is_a_recipe_error():
         parse_recipe(["recipes/tiny/mcq.yaml", "--max_steps", "abc"])
     with pytest.raises(RecipeError, match="per_device_train_batch_size: -1"):
         parse_recipe(["recipes/tiny/mcq.yaml", "--per_device_train_batch_size", "-1"])
+
+
+def test_gguf_file_key_names_a_file_in_a_folder_or_a_hub_repo(tmp_path, monkeypatch):
+    from genqa.backbones import loading
+
+    (tmp_path / "m.gguf").write_bytes(b"GGUF")
+    seen = []
+    monkeypatch.setattr(loading, "convert_gguf", lambda path: seen.append(Path(path)) or "converted-folder")
+    _, _, model, _ = parse_recipe(["recipes/tiny/extractive.yaml", "--model_name_or_path", str(tmp_path),
+                                   "--gguf_file", "m.gguf"])
+    assert model.model_name_or_path == f"{tmp_path}/m.gguf"
+    loading.check_model_name(model.model_name_or_path)
+    assert loading.resolve_model_path(model.model_name_or_path) == "converted-folder"
+    assert seen == [tmp_path / "m.gguf"]
+    # a hub repo: the file is fetched through the hub client, then converted the same way
+    hub = {("owner/repo", "q/m.gguf"): str(tmp_path / "m.gguf")}
+    monkeypatch.setattr("huggingface_hub.hf_hub_download", lambda repo, filename: hub[repo, filename])
+    assert loading.resolve_model_path("owner/repo/q/m.gguf") == "converted-folder"
+
+
+def test_gguf_file_missing_or_unreachable_is_a_recipe_error(tmp_path):
+    from genqa.backbones.loading import check_model_name, resolve_model_path
+
+    with pytest.raises(RecipeError, match=r"no such \.gguf file"):
+        check_model_name(str(tmp_path / "x.gguf"))
+    with pytest.raises(RecipeError, match=r"no such \.gguf file"):
+        resolve_model_path("x.gguf")
+    with pytest.raises(RecipeError, match="could not fetch m.gguf from the hub repo owner/repo"):
+        resolve_model_path("owner/repo/m.gguf")  # offline in the tests (HF_HUB_OFFLINE=1)

@@ -36,9 +36,25 @@ def resolve_model_path(name: str) -> str:
         return resolve_package_model(name)
     if tiny.is_tiny(name):
         return tiny.build(name)
-    if name and name.endswith(".gguf") and Path(name).is_file():
-        return convert_gguf(Path(name))
+    if name and name.endswith(".gguf"):
+        return convert_gguf(Path(name) if Path(name).is_file() else hub_gguf(name))
     return name
+
+
+def hub_gguf(name: str) -> Path:
+    """`owner/repo/FILE.gguf` (what `gguf_file` makes of a hub repo): the file, downloaded once into the hub cache."""
+    parts = name.split("/")
+    if len(parts) < 3 or name.startswith((".", "/", "~")):
+        raise RecipeError(f"model_name_or_path: {name}: no such .gguf file (working directory: {Path.cwd()}).")
+    from huggingface_hub import hf_hub_download
+
+    repo, filename = "/".join(parts[:2]), "/".join(parts[2:])
+    try:
+        return Path(hf_hub_download(repo, filename))
+    except Exception as err:  # noqa: BLE001 - offline, missing repo or file, auth: the hub client raises many types
+        raise RecipeError(f"model_name_or_path: could not fetch {filename} from the hub repo {repo} "
+                          f"({type(err).__name__}: {str(err)[:200]}). Offline, download the file and point "
+                          "`model_name_or_path` at it (or at its folder, with `gguf_file`).") from err
 
 
 def _package_files(module_name: str, name: str) -> list[Path]:
@@ -69,6 +85,9 @@ def check_model_name(name: str | None) -> None:
     imported or converted."""
     if tiny.is_tiny(name):
         tiny.check_kind(name)
+    elif name and name.endswith(".gguf") and not Path(name).is_file() and (
+            name.startswith((".", "/", "~")) or Path(name).parent.is_dir() or name.count("/") < 2):
+        raise RecipeError(f"model_name_or_path: {name}: no such .gguf file (working directory: {Path.cwd()}).")
     elif name and name.startswith(PACKAGE_PREFIX):
         module_name = name[len(PACKAGE_PREFIX):].strip()
         if not module_name:
