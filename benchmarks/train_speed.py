@@ -6,7 +6,8 @@ Three sides train the same model (LoRA, all-linear) on the same SQuAD rows for t
 - `trl`: plain TRL `SFTTrainer` with its defaults on prompt/completion text (bf16: true, activation checkpointing,
   random batches padded to their longest row);
 - `genqa`: genqa's defaults (`genqa.sft.apply_speed_defaults`: precision measured on this machine, batches grouped by
-  length) on genqa's own tokenized rows, through SFTTrainer as `genqa.backbones.causal_lm.train` builds it.
+  length, activation checkpointing on every second decoder layer) on genqa's own tokenized rows, through SFTTrainer
+  as `genqa.backbones.causal_lm.train` builds it.
 
 Each side runs in its own process (peak RSS is per process), sides alternate over `--rounds`, and the first step of
 each is a warm-up left out of the timing. Every side prints one JSON line: real (non-padding) tokens/s, padded tokens
@@ -37,7 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SQUAD = ROOT.parent / "shared" / "data" / "squad" / "dev-v1.1.json"
 SIDES = ("padded", "trl", "genqa")
 # also `genqa-nockpt` (genqa's defaults without activation checkpointing) and `genqa-ckptN` (checkpointing every N-th
-# decoder layer only: transformers' `every_n_layers`, the memory/speed trade in between)
+# decoder layer: transformers' `every_n_layers`; genqa's default is N=2, `genqa-ckpt1` is full checkpointing)
 sys.path.insert(0, str(ROOT))  # this checkout's genqa, also in the per-side processes
 
 

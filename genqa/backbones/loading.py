@@ -327,8 +327,10 @@ def attach_lora(model, model_args: ModelConfig, sft, task_type: str | None, modu
 
 
 def activation_checkpointing(sft) -> tuple[bool, dict | None]:
-    """Activation checkpointing switch and kwargs (`activation_checkpointing*`, or the older `gradient_*` names)."""
+    """Activation checkpointing switch and the kwargs for `torch.utils.checkpoint` (`activation_checkpointing*`, or
+    the older `gradient_*` names); `every_n_layers` and `offload` are the Trainer's, not torch's, and are left out."""
     on = bool(getattr(sft, "activation_checkpointing", None) or getattr(sft, "gradient_checkpointing", None))
     kwargs = getattr(sft, "activation_checkpointing_kwargs", None) or getattr(sft, "gradient_checkpointing_kwargs",
                                                                               None)
-    return on, kwargs
+    kwargs = {k: v for k, v in (kwargs or {}).items() if k not in ("every_n_layers", "offload")}
+    return on, kwargs or None
