@@ -9,6 +9,9 @@ disjoint from training. Metrics come from `genqa.scoring` directly. Prints one J
 `fine_tuned` (dicts of metrics), `train_minutes`, `tokens_per_s`, `not_in_context` (answers that are not spans of
 their context, per setting), the load average and more.
 
+On SQuAD 2.0-style held-out rows, `abstain_all` is the score of answering "no answer" to every question (F1 = the
+share of unanswerable questions): a fine-tuned score near it means the model learned to abstain, not to read.
+
 Extractive tasks are scored three ways: free generation (`free`), span-constrained decoding (`constrained`, the
 default of `task: extractive`) and, for SQuAD 2.0-style data, no-answer calibration (`calibrated`: best span vs the
 no-answer text with the threshold picked on `--calib_rows` rows of training articles that were not trained on).
@@ -174,6 +177,9 @@ def main(argv: list[str] | None = None) -> None:
     template = load_template(qa.template, tokenizer)
     result: dict[str, Any] = {"task": args.task, "recipe": recipe, "held_out_rows": len(rows), "minutes": args.minutes,
                               "threads": torch.get_num_threads(), "bf16_eval": not args.no_bf16}
+    if task.name == "extractive" and any(not r["answers"] for r in rows):
+        # the score of answering "no answer" to every question: what a model that only learned to abstain gets
+        result["abstain_all"], _ = _score(task, rows, [qa.no_answer_text] * len(rows), "generate", qa.metric_lang)
     t0 = time.time()
     if not args.skip_zero_shot:
         model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32).eval()
