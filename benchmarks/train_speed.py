@@ -38,7 +38,8 @@ ROOT = Path(__file__).resolve().parents[1]
 SQUAD = ROOT.parent / "shared" / "data" / "squad" / "dev-v1.1.json"
 SIDES = ("padded", "trl", "genqa")
 # also `genqa-nockpt` (genqa's defaults without activation checkpointing) and `genqa-ckptN` (checkpointing every N-th
-# decoder layer: transformers' `every_n_layers`; genqa's default is N=2, `genqa-ckpt1` is full checkpointing)
+# decoder layer: transformers' `every_n_layers`; genqa's default is N=2, `genqa-ckpt1` is full checkpointing),
+# `genqa-padfree` (padding_free) and `genqa-packing` (packing)
 sys.path.insert(0, str(ROOT))  # this checkout's genqa, also in the per-side processes
 
 
@@ -140,6 +141,10 @@ def run_side(side: str, args) -> dict:
         # as for a recipe that leaves precision, sampling and checkpointing to genqa (the tiny recipe sets them)
         if args.genqa_bf16 != "auto":
             sft.bf16 = args.genqa_bf16 == "true"
+        sft.padding_free = side == "genqa-padfree"  # one row of all the batch's rows, position_ids restart per row
+        sft.packing = side == "genqa-packing"  # rows packed into max_length sequences (TRL's bfd)
+        if sft.padding_free:
+            sft.max_length = None  # TRL's condition: the rows are already cut to max_length by genqa's encoder
         apply_speed_defaults(sft, set() if args.genqa_bf16 == "auto" else {"bf16"})
         without = set(args.genqa_without.split(",")) - {""}
         if "grouping" in without:
