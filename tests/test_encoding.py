@@ -205,3 +205,17 @@ def test_encoded_rows_are_cached_by_content(tmp_path, monkeypatch, tiny_tokenize
     monkeypatch.setenv("GENQA_ENCODED_CACHE", "0")
     encoder.encode_dataset(data)
     assert "cached" not in capsys.readouterr().out
+
+
+def test_encoding_in_worker_processes_gives_the_same_rows(tmp_path, monkeypatch, tiny_tokenizer):
+    from datasets import Dataset
+
+    from genqa.data.tasks import CANONICAL_FEATURES
+
+    monkeypatch.setenv("GENQA_ENCODED_CACHE", "0")
+    rows = [dict(r, id=f"{r['id']}-{i}") for i in range(80) for r in _rows_of_every_kind()]  # 320 rows
+    data = Dataset.from_list(rows, features=CANONICAL_FEATURES)
+    task = get_task(QAArguments(task="extractive", template="alpaca"))
+    one = PromptEncoder(task, tiny_tokenizer, load_template("alpaca"), max_length=256).encode_dataset(data)
+    two = PromptEncoder(task, tiny_tokenizer, load_template("alpaca"), max_length=256, num_proc=2).encode_dataset(data)
+    assert one[0].to_list() == two[0].to_list() and one[1].to_dict() == two[1].to_dict()

@@ -76,7 +76,7 @@ def train(qa: QAArguments, sft: SFTConfig, model_args: ModelConfig, recipe_path:
     say(f"[genqa] processes: {world} ({'GPU' if torch.cuda.is_available() else 'CPU'})")
     say(f"[genqa] data: {qa.dataset_path}: {len(train_rows)} train rows; {note}")
     encoder = PromptEncoder(task, tokenizer, template, sft.max_length,
-                            completion_only_loss=sft.completion_only_loss is not False)
+                            completion_only_loss=sft.completion_only_loss is not False, num_proc=sft.dataset_num_proc)
     train_ds, eval_ds, reports = encode_splits(encoder, train_rows, eval_rows, sft.eval_strategy,
                                                recipe_path or qa.dataset_path)
     resume = start_run(qa, sft, model_args, tokenizer, template, reports, eval_rows)

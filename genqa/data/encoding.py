@@ -63,9 +63,10 @@ class PromptEncoder:
     """Renders a task's rows with a template and tokenizes them for training or generation."""
 
     def __init__(self, task: Task, tokenizer: PreTrainedTokenizerBase, template: str, max_length: int | None,
-                 completion_only_loss: bool = True) -> None:
+                 completion_only_loss: bool = True, num_proc: int | None = None) -> None:
         self.task, self.tokenizer, self.template = task, tokenizer, template
         self.max_length = max_length
+        self.num_proc = num_proc  # worker processes for `encode_dataset` (TRL's `dataset_num_proc`); None: this one
         self.completion_only_loss = completion_only_loss
         self.end_text = end_of_turn(tokenizer, template)
         stripped = self.end_text.strip()
@@ -202,8 +203,9 @@ class PromptEncoder:
         return cached_encoding(self, dataset, split, self._encode_dataset, EncodingReport)
 
     def _encode_dataset(self, dataset: Dataset, split: str) -> tuple[Dataset, EncodingReport]:
+        procs = self.num_proc if self.num_proc and self.num_proc > 1 and len(dataset) > 256 else None
         encoded = dataset.map(self.encode_batch, batched=True, batch_size=256, remove_columns=dataset.column_names,
-                              desc=f"Tokenizing {split}", load_from_cache_file=False)
+                              desc=f"Tokenizing {split}", load_from_cache_file=False, num_proc=procs)
         statuses = encoded["status"]
         report = EncodingReport(split=split, rows=len(dataset), end_token=self.end_text.strip())
         report.context_truncated = statuses.count(CONTEXT_TRUNCATED)
