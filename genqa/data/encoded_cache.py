@@ -34,6 +34,7 @@ import pyarrow as pa
 from datasets import Dataset, load_from_disk
 
 from genqa.files import cache_dir, write_atomic
+from genqa.messages import say
 
 REPORT_FILE = "encoding_report.json"
 
@@ -105,9 +106,8 @@ def _save(folder: Path, dataset: Dataset, report) -> None:
     try:
         dataset.save_to_disk(str(tmp))
         write_atomic(tmp / REPORT_FILE, json.dumps(report.to_dict(), ensure_ascii=False))
-        shutil.rmtree(folder, ignore_errors=True)
-        os.replace(tmp, folder)
-    except OSError:  # a full disk or a concurrent writer: the run goes on without caching
+        os.replace(tmp, folder)  # fails when another process (a second rank) wrote the entry first: keep theirs
+    except OSError:  # that, or a full disk: the run goes on without caching
         shutil.rmtree(tmp, ignore_errors=True)
     finally:
         if not quiet:
@@ -135,8 +135,6 @@ def cached_encoding(encoder, dataset: Dataset, split: str, encode: Callable[[Dat
                     report_type: type) -> tuple[Dataset, Any]:
     """`encode(dataset, split)`, or its cached result for the same content (`report_type`: the report's dataclass,
     rebuilt from its saved fields)."""
-    from genqa.messages import say
-
     key = encoding_key(encoder, dataset) if _enabled() and len(dataset) else None
     if key is None:
         return encode(dataset, split)
@@ -144,7 +142,9 @@ def cached_encoding(encoder, dataset: Dataset, split: str, encode: Callable[[Dat
     folder = root / key
     if folder.is_dir():
         hit = _load(folder, report_type)
-        if hit is not None:
+        if hit is None:
+            shutil.rmtree(folder, ignore_errors=True)  # damaged: encoded again below
+        else:
             os.utime(folder)
             encoded, report = hit
             report.split = split
