@@ -115,11 +115,14 @@ def _save(folder: Path, dataset: Dataset, report) -> None:
 
 
 def _prune(root: Path, keep: Path) -> None:
-    """Remove the least recently used entries past the size budget (never `keep`)."""
+    """Remove the least recently used entries past the size budget (never `keep`), and temporary folders of killed
+    runs."""
     limit = float(os.environ.get("GENQA_ENCODED_CACHE_GB", "2")) * 1e9
     entries = []
     for entry in root.iterdir():
-        if entry.is_dir() and not entry.name.startswith("."):
+        if entry.name.startswith(".") and time.time() - entry.stat().st_mtime > 3600:
+            shutil.rmtree(entry, ignore_errors=True)  # a temporary folder left by a killed run
+        elif entry.is_dir() and not entry.name.startswith("."):
             size = sum(f.stat().st_size for f in entry.rglob("*") if f.is_file())
             entries.append((entry.stat().st_mtime, size, entry))
     total = sum(size for _, size, _ in entries)
