@@ -178,3 +178,11 @@ def test_glob_dataset_path_refuses_no_match_and_mixed_layouts(tmp_path):
     (tmp_path / "b.json").rename(tmp_path / "b.csv")
     with pytest.raises(DataError, match="not all one format"):
         load_source(str(tmp_path / "*"))
+
+
+def test_answer_cut_inside_a_multibyte_character_maps_onto_its_context():
+    # byte-level BPE: an answer cut by the token budget mid-character decodes with a trailing U+FFFD
+    ctx = "Thành phố Hồ Chí Minh được đổi tên năm 1976."
+    assert map_to_context("Hồ Chí Minh đư\ufffd", ctx) == ("Hồ Chí Minh đư", "exact")
+    assert map_to_context("\ufffd\ufffd", ctx) == ("", "not_in_context")
+    assert map_to_context("tên năm 1976", ctx + " \ufffd") == ("tên năm 1976", "exact")

@@ -74,6 +74,13 @@ def map_to_context(answer: str, context: str) -> tuple[str, str]:
         return "", "no_answer"
     if answer in context:
         return answer, "exact"
+    # an answer cut off by the token budget inside a multi-byte character (byte-level BPE) decodes with a trailing
+    # U+FFFD: that partial character is not part of the span
+    answer = answer.rstrip("\ufffd")
+    if not answer:
+        return "", "not_in_context"
+    if answer in context:
+        return answer, "exact"
     stripped = answer.strip(" \t\n\"'.,;:!?")
     if stripped and stripped in context:
         return stripped, "exact"
