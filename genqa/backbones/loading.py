@@ -41,13 +41,20 @@ def resolve_model_path(name: str) -> str:
     return name
 
 
+def _missing_local_gguf(name: str) -> bool:
+    """A `.gguf` name that is neither a local file nor `owner/repo/FILE.gguf` on the hub (a path that starts like a
+    local one, sits in an existing local folder, or has no repo part)."""
+    return (not Path(name).is_file() and (name.startswith((".", "/", "~")) or Path(name).parent.is_dir()
+                                          or name.count("/") < 2))
+
+
 def hub_gguf(name: str) -> Path:
     """`owner/repo/FILE.gguf` (what `gguf_file` makes of a hub repo): the file, downloaded once into the hub cache."""
-    parts = name.split("/")
-    if len(parts) < 3 or name.startswith((".", "/", "~")):
+    if _missing_local_gguf(name):
         raise RecipeError(f"model_name_or_path: {name}: no such .gguf file (working directory: {Path.cwd()}).")
     from huggingface_hub import hf_hub_download
 
+    parts = name.split("/")
     repo, filename = "/".join(parts[:2]), "/".join(parts[2:])
     try:
         return Path(hf_hub_download(repo, filename))
@@ -85,8 +92,7 @@ def check_model_name(name: str | None) -> None:
     imported or converted."""
     if tiny.is_tiny(name):
         tiny.check_kind(name)
-    elif name and name.endswith(".gguf") and not Path(name).is_file() and (
-            name.startswith((".", "/", "~")) or Path(name).parent.is_dir() or name.count("/") < 2):
+    elif name and name.endswith(".gguf") and _missing_local_gguf(name):
         raise RecipeError(f"model_name_or_path: {name}: no such .gguf file (working directory: {Path.cwd()}).")
     elif name and name.startswith(PACKAGE_PREFIX):
         module_name = name[len(PACKAGE_PREFIX):].strip()

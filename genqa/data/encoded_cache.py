@@ -92,7 +92,7 @@ def _load(folder: Path, report_type: type):
     try:
         report = report_type(**json.loads((folder / REPORT_FILE).read_text(encoding="utf-8")))
         return load_from_disk(str(folder)), report
-    except (OSError, ValueError, TypeError, FileNotFoundError):
+    except (OSError, ValueError, TypeError):
         return None  # damaged or from an older layout: encode again (the entry is replaced)
 
 

@@ -74,10 +74,6 @@ class PromptEncoder:
         # what the template writes after the end-of-turn token (a newline): cut from every training row
         self.after_end = self.end_text[len(self.end_text.rstrip()):] if stripped else ""
 
-    def completion_ids(self, completion: str) -> list[int]:
-        """Ids of a rendered completion, without the whitespace the template writes after its end-of-turn token."""
-        return self.token_ids(self._cut_after_end(completion), is_prompt=False)
-
     def ends_with_end_token(self, trained: list[int]) -> bool:
         """Whether the trained tokens of a row end with the end-of-turn text (compared as text: a multi-token end text
         may merge with the answer's last characters into other tokens)."""
@@ -96,9 +92,21 @@ class PromptEncoder:
 
     def token_ids(self, text: str, is_prompt: bool) -> list[int]:
         """Ids of a prompt (BOS added unless the template wrote it) or of a completion (no special tokens)."""
+        return self.token_ids_batch([text], is_prompt)[0]
+
+    def token_ids_batch(self, texts: list[str], is_prompt: bool) -> list[list[int]]:
+        """`token_ids` of many texts in (at most) two batched tokenizer calls: with and without special tokens."""
         bos = self.tokenizer.bos_token
-        add = is_prompt and not (bos and text.startswith(bos))  # the template wrote BOS itself: don't add another
-        return self.tokenizer(text, add_special_tokens=add)["input_ids"]
+        # a template that writes BOS itself gets no second one
+        add = [is_prompt and not (bos and t.startswith(bos)) for t in texts]
+        out: list[list[int]] = [[] for _ in texts]
+        for flag in (True, False):
+            idx = [i for i, a in enumerate(add) if a == flag]
+            if idx:
+                ids = self.tokenizer([texts[i] for i in idx], add_special_tokens=flag)["input_ids"]
+                for i, row in zip(idx, ids, strict=True):
+                    out[i] = row
+        return out
 
     def _context_windows(self, ex: dict[str, Any], overflow: int):
         """Shorter contexts to try: cut `overflow`+ tokens, keeping the gold span of extractive rows."""
@@ -143,16 +151,16 @@ class PromptEncoder:
     # ---- training rows -----------------------------------------------------------------------------------------
     def encode(self, ex: dict[str, Any]) -> dict[str, Any]:
         """Training ids and labels for one canonical row, with its status (ok / context_truncated / dropped)."""
-        prompt, completion = split_prompt_completion(self.tokenizer, self.template, self.task.messages(ex))
-        return self._assemble(ex, self.token_ids(prompt, True), self.completion_ids(completion))
+        return {key: values[0] for key, values in self.encode_batch({k: [v] for k, v in ex.items()}).items()}
 
     def encode_batch(self, batch: dict[str, list]) -> dict[str, list]:
         """`encode` over a batch of rows (a `datasets` batch): rendered one by one, tokenized in two batched calls
         (prompts, completions), which the fast tokenizers run in parallel; only rows too long are re-tokenized."""
         rows = [dict(zip(batch, values, strict=True)) for values in zip(*batch.values(), strict=True)]
         pairs = [split_prompt_completion(self.tokenizer, self.template, self.task.messages(ex)) for ex in rows]
-        prompts = self._token_ids_batch([p for p, _ in pairs], is_prompt=True)
-        completions = self._token_ids_batch([self._cut_after_end(c) for _, c in pairs], is_prompt=False)
+        prompts = self.token_ids_batch([p for p, _ in pairs], is_prompt=True)
+        # without the whitespace the template writes after its end-of-turn token
+        completions = self.token_ids_batch([self._cut_after_end(c) for _, c in pairs], is_prompt=False)
         out: dict[str, list] = {"input_ids": [], "labels": [], "status": []}
         for ex, p_ids, c_ids in zip(rows, prompts, completions, strict=True):
             for key, value in self._assemble(ex, p_ids, c_ids).items():
@@ -163,19 +171,6 @@ class PromptEncoder:
         if self.after_end and completion.endswith(self.end_text):
             return completion[:len(completion) - len(self.after_end)]
         return completion
-
-    def _token_ids_batch(self, texts: list[str], is_prompt: bool) -> list[list[int]]:
-        """`token_ids` of many texts in (at most) two batched tokenizer calls: with and without special tokens."""
-        bos = self.tokenizer.bos_token
-        add = [is_prompt and not (bos and t.startswith(bos)) for t in texts]
-        out: list[list[int]] = [[] for _ in texts]
-        for flag in (True, False):
-            idx = [i for i, a in enumerate(add) if a == flag]
-            if idx:
-                ids = self.tokenizer([texts[i] for i in idx], add_special_tokens=flag)["input_ids"]
-                for i, row in zip(idx, ids, strict=True):
-                    out[i] = row
-        return out
 
     def _assemble(self, ex: dict[str, Any], p_ids: list[int], c_ids: list[int]) -> dict[str, Any]:
         """Ids and labels from a row's prompt and completion ids; the context cut when the row is too long."""
