@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-TASKS = ("squad", "squad_v1", "viquad", "mcq_zh", "vi_exam", "mcq_gen")
+TASKS = ("squad", "squad_v1", "viquad", "viquad_v1", "mcq_zh", "vi_exam", "mcq_gen")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -75,12 +75,17 @@ def _not_in_context(rows, answers) -> int:
     return sum(1 for r in rows if answers[r["id"]] and answers[r["id"]] not in r["context"])
 
 
-def _score(task, rows, raw: list[str], how: str, lang: str) -> tuple[dict[str, Any], int]:
+def _score(task, rows, raw: list[str], how: str, lang: str, record: dict | None = None,
+           setting: str = "") -> tuple[dict[str, Any], int]:
+    """Metrics of raw outputs (and how many answers are not spans of their context); `record[setting]` keeps the
+    raw outputs by row id, written next to the run for inspection."""
     from genqa.scoring.task_metrics import task_metrics
 
+    if record is not None:
+        record[setting] = {r["id"]: t for r, t in zip(rows, raw, strict=True)}
     answers = {r["id"]: task.read_answer(r, t, how)[0] for r, t in zip(rows, raw, strict=True)}
     metrics = {k: round(v, 2) if isinstance(v, float) else v for k, v in task_metrics(task, rows, answers, lang).items()
-               if not isinstance(v, (dict, list))}
+               if not isinstance(v, list) and (not isinstance(v, dict) or k == "failures")}
     return metrics, _not_in_context(rows, answers) if task.name == "extractive" else 0
 
 
@@ -95,9 +100,10 @@ def _extractive(model, encoder, task, rows, calib, args, lang) -> tuple[dict, di
     stopped: dict[int, bool] = {}
     out, outside = {}, {}
     free = generate_texts(model, encoder, rows, stopped=stopped, **kw)
-    out["free"], outside["free"] = _score(task, rows, free, "generate", lang)
+    out["free"], outside["free"] = _score(task, rows, free, "generate", lang, args.record, "free")
     cons = generate_texts(model, encoder, rows, span_of_context=True, no_answer_text=null, **kw)
-    out["constrained"], outside["constrained"] = _score(task, rows, cons, "generate", lang)
+    out["constrained"], outside["constrained"] = _score(task, rows, cons, "generate", lang, args.record,
+                                                          "constrained")
     extra = {"stopped_share": round(sum(stopped.values()) / max(1, len(stopped)), 3)}
     if calib:
         spans_c = generate_texts(model, encoder, calib, span_of_context=True, **kw)
@@ -108,7 +114,7 @@ def _extractive(model, encoder, task, rows, calib, args, lang) -> tuple[dict, di
         spans = generate_texts(model, encoder, rows, span_of_context=True, **kw)
         diffs = null_score_diffs(model, encoder, rows, spans, null, args.batch_size, n_new)
         out["calibrated"], outside["calibrated"] = _score(task, rows, apply_threshold(spans, diffs, thr), "generate",
-                                                          lang)
+                                                          lang, args.record, "calibrated")
         out["threshold_0"], _ = _score(task, rows, apply_threshold(spans, diffs, 0.0), "generate", lang)
         extra.update(no_answer_threshold=round(thr, 3), calibration_f1=round(calib_f1, 2), calibration_rows=len(calib))
     return out, outside, extra
@@ -129,14 +135,14 @@ def evaluate(model, tokenizer, template, task, rows, calib, args, lang) -> tuple
             return _extractive(model, encoder, task, rows, calib, args, lang)
         if task.scores_labels:
             raw = score_labels(model, encoder, rows, task.labels_for, args.batch_size, progress=False)
-            metrics, _ = _score(task, rows, raw, "label_score", lang)
+            metrics, _ = _score(task, rows, raw, "label_score", lang, args.record, "label_scoring")
             metrics["predicted_labels"] = dict(sorted(__import__("collections").Counter(raw).items()))
             return {"label_scoring": metrics}, {}, {}
         stopped: dict[int, bool] = {}
         raw = generate_texts(model, encoder, rows, args.batch_size, max(task.max_new_tokens, args.max_new_tokens),
                              progress=False,
                              stopped=stopped)
-        metrics, _ = _score(task, rows, raw, "generate", lang)
+        metrics, _ = _score(task, rows, raw, "generate", lang, args.record, "generate")
         return {"generate": metrics}, {}, {"stopped_share": round(sum(stopped.values()) / max(1, len(stopped)), 3)}
 
 
@@ -180,9 +186,11 @@ def main(argv: list[str] | None = None) -> None:
     if task.name == "extractive" and any(not r["answers"] for r in rows):
         # the score of answering "no answer" to every question: what a model that only learned to abstain gets
         result["abstain_all"], _ = _score(task, rows, [qa.no_answer_text] * len(rows), "generate", qa.metric_lang)
+    outputs: dict[str, dict] = {}
     t0 = time.time()
     if not args.skip_zero_shot:
         model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32).eval()
+        args.record = outputs["zero_shot"] = {}
         # no-answer calibration is measured on the fine-tuned model (before / after calibration)
         result["zero_shot"], zs_out, zs_extra = evaluate(model, tokenizer, template, task, rows, [], args,
                                                          qa.metric_lang)
@@ -200,9 +208,11 @@ def main(argv: list[str] | None = None) -> None:
     model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
     model = PeftModel.from_pretrained(model, out_dir).merge_and_unload().eval()
     t0 = time.time()
+    args.record = outputs["fine_tuned"] = {}
     result["fine_tuned"], result["not_in_context"], result["fine_tuned_extra"] = evaluate(
         model, tokenizer, template, task, rows, calib, args, qa.metric_lang)
     result["fine_tuned_eval_s"] = round(time.time() - t0, 1)
+    (Path(out_dir) / "bench_outputs.json").write_text(json.dumps(outputs, ensure_ascii=False, indent=1))
     print(json.dumps(result, ensure_ascii=False))
 
 
