@@ -42,8 +42,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--eval_rows", type=int, default=200, help="Held-out rows scored (the validation split's first).")
     p.add_argument("--calib_rows", type=int, default=100, help="Rows picking the no-answer threshold (SQuAD 2.0).")
     p.add_argument("--batch_size", type=int, default=16)
-    p.add_argument("--no_bf16", action="store_true", help="Score in fp32 (default: the model cast to bf16).")
-    p.add_argument("--max_new_tokens", type=int, default=32, help="Answer budget of extractive / abstractive rows.")
+    p.add_argument("--eval_dtype", choices=("auto", "bf16", "fp32"), default="auto",
+                   help="Weights while scoring: bf16 or fp32; auto: bf16 where genqa measured bf16 matmuls faster on "
+                   "this machine (AVX512-BF16 / AMX), else fp32 (AVX2-only CPUs run bf16 ~25-50x slower).")
+    p.add_argument("--max_new_tokens", type=int, default=None,
+                   help="Answer budget of generated answers (default: the recipe's max_new_tokens, else the task's).")
     p.add_argument("--out_dir", default=None, help="Run folder (default runs/bench/<task>; must not exist).")
     p.add_argument("--skip_zero_shot", action="store_true")
     p.add_argument("--threads", type=int, default=1, help="torch threads (on a CPU shared with other jobs, one thread "
@@ -95,7 +98,7 @@ def _extractive(model, encoder, task, rows, calib, args, lang) -> tuple[dict, di
     from genqa.backbones.no_answer import apply_threshold, best_threshold, null_score_diffs
     from genqa.scoring.metrics import f1_score
 
-    null, n_new = task.args.no_answer_text, args.max_new_tokens
+    null, n_new = task.args.no_answer_text, args.max_new_tokens or task.answer_budget
     kw = dict(batch_size=args.batch_size, max_new_tokens=n_new, progress=False)
     stopped: dict[int, bool] = {}
     out, outside = {}, {}
@@ -128,7 +131,7 @@ def evaluate(model, tokenizer, template, task, rows, calib, args, lang) -> tuple
     from genqa.data.encoding import PromptEncoder
 
     encoder = PromptEncoder(task, tokenizer, template, args.max_length)
-    if not args.no_bf16:  # bf16 weights: decoding steps are small matmuls, where autocast would recast every weight
+    if args.eval_bf16:  # bf16 weights: decoding steps are small matmuls, where autocast would recast every weight
         model = model.to(torch.bfloat16)
     with torch.no_grad():
         if task.name == "extractive":
@@ -139,7 +142,7 @@ def evaluate(model, tokenizer, template, task, rows, calib, args, lang) -> tuple
             metrics["predicted_labels"] = dict(sorted(__import__("collections").Counter(raw).items()))
             return {"label_scoring": metrics}, {}, {}
         stopped: dict[int, bool] = {}
-        raw = generate_texts(model, encoder, rows, args.batch_size, max(task.max_new_tokens, args.max_new_tokens),
+        raw = generate_texts(model, encoder, rows, args.batch_size, args.max_new_tokens or task.answer_budget,
                              progress=False,
                              stopped=stopped)
         metrics, _ = _score(task, rows, raw, "generate", lang, args.record, "generate")
@@ -167,10 +170,12 @@ def main(argv: list[str] | None = None) -> None:
     from genqa.backbones.loading import resolve_model_path
     from genqa.data.tasks import get_task
     from genqa.data.templates import load_template
+    from genqa.hardware import precision_for, probe
     from genqa.recipe import parse_recipe
 
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
+    args.eval_bf16 = args.eval_dtype == "bf16" or (args.eval_dtype == "auto" and precision_for(None, use_cpu=True).bf16)
     os.chdir(ROOT)
     recipe = f"recipes/cpu/{args.task}.yaml"
     qa, sft, model_args, _ = parse_recipe([recipe, "--use_cpu", "true"])
@@ -182,7 +187,8 @@ def main(argv: list[str] | None = None) -> None:
     tokenizer.padding_side = "left"
     template = load_template(qa.template, tokenizer)
     result: dict[str, Any] = {"task": args.task, "recipe": recipe, "held_out_rows": len(rows), "minutes": args.minutes,
-                              "threads": torch.get_num_threads(), "bf16_eval": not args.no_bf16}
+                              "threads": torch.get_num_threads(), "bf16_eval": args.eval_bf16,
+                              "cpu_bf16_speedup": probe()["bf16_speedup"]}
     if task.name == "extractive" and any(not r["answers"] for r in rows):
         # the score of answering "no answer" to every question: what a model that only learned to abstain gets
         result["abstain_all"], _ = _score(task, rows, [qa.no_answer_text] * len(rows), "generate", qa.metric_lang)

@@ -23,7 +23,7 @@ PROMPT_FIELDS = ("instruction", "context", "question", "options")
 #: lowest value of genqa's numeric keys (None values mean "unset" and are not checked)
 MINIMUM = {"validation_size": 0, "split_seed": 0, "max_train_samples": 1, "max_eval_samples": 1, "doc_stride": 0,
            "max_answer_length": 1, "n_best_size": 1, "max_target_length": 1, "generation_eval_samples": 0,
-           "generation_eval_max_new_tokens": 1}
+           "generation_eval_max_new_tokens": 1, "max_new_tokens": 1}
 
 
 def out_of_range(key: str, value: object, low: float | None, high: float | None = None) -> str | None:
@@ -219,6 +219,13 @@ class QAArguments:
                   "metric as eval_gen_* (EM/F1, accuracy, MCQ-generation validity). 0 disables."},
     )
     generation_eval_max_new_tokens: int = field(default=64, metadata={"help": "Token budget of those answers."})
+    max_new_tokens: int | None = field(
+        default=None,
+        metadata={"help": "Token budget of a generated answer at prediction time (genqa.generate; its "
+                  "--max_new_tokens overrides it), end token included. Default by task: extractive 48, abstractive "
+                  "64, mcq 8, mcq_generation 256. The training data report counts the trained answers longer than "
+                  "it: predictions would cut those. The prompt's context is cut to leave this room in max_length."},
+    )
     metric_lang: str = field(
         default="en", metadata={"help": "Answer normalisation of EM/F1: en (official SQuAD), vi (NFC), zh (chars)."}
     )

@@ -42,8 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--adapter", help="A run folder holding a LoRA adapter to apply on --base.")
     p.add_argument("--split", help="Split of --data to predict (default: its only/first split).")
     p.add_argument("--batch_size", type=int, default=16)
-    p.add_argument("--max_new_tokens", type=int, help="Default by task: mcq 8, extractive 48, abstractive 64, "
-                   "mcq_generation 256.")
+    p.add_argument("--max_new_tokens", type=int, help="Default: the recipe's max_new_tokens, else by task: mcq 8, "
+                   "extractive 48, abstractive 64, mcq_generation 256.")
     p.add_argument("--mcq_mode", choices=("score", "generate"), default="score",
                    help="MCQ answering: score the option labels in one forward pass (default), or generate freely "
                    "and parse the label.")
@@ -149,7 +149,7 @@ def prepare(args: argparse.Namespace, qa, sft, task) -> Setup:
     passed = {a[2:].split("=", 1)[0] for a in args.overrides if a.startswith("--")}
     options = PredictOptions(
         max_length=sft.max_length, batch_size=args.batch_size,
-        max_new_tokens=args.max_new_tokens or task.max_new_tokens,
+        max_new_tokens=args.max_new_tokens or task.answer_budget,
         num_beams=args.num_beams, do_sample=args.do_sample, mcq_mode=args.mcq_mode, progress=not args.no_progress,
         settings=backbone.prediction_settings([args.adapter, args.base], qa, sft, passed))
     return Setup(backbone, tokenizer, template, options)

@@ -81,7 +81,7 @@ def prediction_prompt(encoder, row: dict[str, Any]) -> list[int]:
     from genqa.backbones.generation import encode_prompts
 
     task = encoder.task
-    room = 8 if task.scores_labels else task.max_new_tokens
+    room = 8 if task.scores_labels else task.answer_budget
     if hasattr(encoder, "target_ids"):  # seq2seq: the answer does not share the input's budget
         return encoder.encode_prompt(row)[0]
     return encode_prompts(encoder, [row], room)[0]

@@ -255,7 +255,7 @@ RUN_CONTROL_KEYS = {
     "output_dir", "max_steps", "num_train_epochs", "resume_from_checkpoint", "logging_steps", "logging_dir",
     "save_steps", "save_strategy", "save_total_limit", "eval_steps", "eval_strategy", "report_to", "run_name",
     "disable_tqdm", "dataloader_num_workers", "per_device_eval_batch_size", "generation_eval_samples",
-    "generation_eval_max_new_tokens", "dry_run", "use_cpu", "logging_first_step", "logging_strategy",
+    "generation_eval_max_new_tokens", "max_new_tokens", "dry_run", "use_cpu", "logging_first_step", "logging_strategy",
 }
 
 

@@ -219,3 +219,47 @@ def test_encoding_in_worker_processes_gives_the_same_rows(tmp_path, monkeypatch,
     one = PromptEncoder(task, tiny_tokenizer, load_template("alpaca"), max_length=256).encode_dataset(data)
     two = PromptEncoder(task, tiny_tokenizer, load_template("alpaca"), max_length=256, num_proc=2).encode_dataset(data)
     assert one[0].to_list() == two[0].to_list() and one[1].to_dict() == two[1].to_dict()
+
+
+def test_report_counts_answers_longer_than_the_prediction_budget(tiny_tokenizer):
+    """The data report counts trained answers (end token included) that the task's generation budget would cut, and
+    says which `max_new_tokens` keeps them whole; the recipe's `max_new_tokens` is the budget `answer_budget` gives."""
+    from datasets import Dataset
+
+    from genqa.data.tasks import CANONICAL_FEATURES
+
+    long_answer = "the bridge over the river in the valley was finished"
+    context = f"In 1902 {long_answer} after ten years."
+    rows = [dict(ROW), dict(ROW, id="long", context=context, answers=[long_answer],
+                            answer_starts=[context.index(long_answer)])]
+    data = Dataset.from_list(rows, features=CANONICAL_FEATURES)
+    reports = {}
+    for budget in (4, None, 200):
+        task = get_task(QAArguments(task="extractive", template="alpaca", max_new_tokens=budget))
+        assert task.answer_budget == (budget or task.max_new_tokens)
+        encoder = PromptEncoder(task, tiny_tokenizer, load_template("alpaca"), max_length=512)
+        _, reports[budget] = encoder.encode_dataset(data)
+    lengths = sorted(len([t for t in encoder.encode(r)["labels"] if t != -100]) for r in rows)
+    small = reports[4]
+    assert small.longest_answer_tokens == lengths[-1] > 4 and small.answer_budget == 4
+    assert small.answers_over_budget == sum(n > 4 for n in lengths) >= 1
+    assert any(f"`max_new_tokens: {lengths[-1]}`" in note for note in small.notes)
+    assert "longer than the 4-token prediction budget (max_new_tokens): " in small.summary()
+    assert reports[200].answers_over_budget == 0 and not any("budget" in n for n in reports[200].notes)
+    assert reports[None].answer_budget == get_task(QAArguments(task="extractive")).max_new_tokens
+
+
+def test_label_scored_tasks_have_no_answer_budget(tiny_tokenizer):
+    from datasets import Dataset
+
+    from genqa.data.tasks import CANONICAL_FEATURES
+
+    task = get_task(QAArguments(task="mcq", options_columns=["a", "b", "c", "d"], template="alpaca",
+                                max_new_tokens=1))
+    row = {"id": "q1", "context": "Mary walks to school.", "question": "How does Mary go to school?",
+           "options": ["walk", "bus", "car", "train"], "answers": ["A"], "answer_starts": [], "label": 0}
+    row = {k: row.get(k) for k in CANONICAL_FEATURES}
+    encoder = PromptEncoder(task, tiny_tokenizer, load_template("alpaca"), max_length=512)
+    _, report = encoder.encode_dataset(Dataset.from_list([row], features=CANONICAL_FEATURES))
+    assert report.kept == 1 and report.answer_budget == 0 and report.answers_over_budget == 0
+    assert "prediction budget" not in report.summary()

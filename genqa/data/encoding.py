@@ -40,6 +40,12 @@ class EncodingReport:
     rows_missing_end_token: int = 0
     rows_with_double_bos: int = 0
     max_tokens: int = 0
+    #: the longest trained answer in tokens (end token included); 0 when the prompt is trained too
+    longest_answer_tokens: int = 0
+    #: the prediction budget of generated answers (`Task.answer_budget`); 0 for label-scored tasks
+    answer_budget: int = 0
+    #: kept rows whose trained answer is longer than `answer_budget`: predictions would cut them
+    answers_over_budget: int = 0
     notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -55,6 +61,9 @@ class EncodingReport:
                  f"  end-of-answer token {self.end_token!r} trained in every kept row: "
                  f"{'yes' if self.rows_missing_end_token == 0 else f'NO ({self.rows_missing_end_token} rows lack it)'}",
                  f"  rows starting with a double BOS: {self.rows_with_double_bos}"]
+        if self.answer_budget and self.longest_answer_tokens:
+            lines.append(f"  longest answer {self.longest_answer_tokens} tokens (end token included); longer than the "
+                         f"{self.answer_budget}-token prediction budget (max_new_tokens): {self.answers_over_budget}")
         lines += [f"  note: {n}" for n in self.notes]
         return "\n".join(lines)
 
@@ -210,18 +219,39 @@ class PromptEncoder:
         report.kept = len(kept)
         bos = self.tokenizer.bos_token_id
         n = len(self.end_ids)
+        answer_lengths = []
         for ids, labels in zip(kept["input_ids"], kept["labels"], strict=True):
             report.max_tokens = max(report.max_tokens, len(ids))
-            if not self.ends_with_end_token([t for t in labels if t != -100]):
+            trained = [t for t in labels if t != -100]
+            answer_lengths.append(len(trained))
+            if not self.ends_with_end_token(trained):
                 report.rows_missing_end_token += 1
             if bos is not None and len(ids) > 1 and ids[0] == ids[1] == bos:
                 report.rows_with_double_bos += 1
+        if self.completion_only_loss and answer_lengths:
+            self._check_answer_budget(report, answer_lengths)
         if n > 1:
             report.notes.append(f"the end-of-answer text {self.end_text.strip()!r} is {n} tokens for this tokenizer, "
                                 "not one special token; generation stops on the text")
         if report.kept == 0 and report.rows:
             report.notes.append("no row survived: raise max_length or shorten the prompts")
         return kept, report
+
+
+    def _check_answer_budget(self, report: EncodingReport, answer_lengths: list[int]) -> None:
+        """Count the trained answers a prediction with the task's budget would cut (generated tasks only): a budget
+        below the answers' length shows up as low scores and answers that never stop, not as an error."""
+        report.longest_answer_tokens = max(answer_lengths)
+        if self.task.scores_labels:
+            return
+        report.answer_budget = budget = self.task.answer_budget
+        report.answers_over_budget = over = sum(1 for n in answer_lengths if n > budget)
+        if over:
+            report.notes.append(
+                f"{over} of {len(answer_lengths)} trained answers are longer than the {budget}-token prediction "
+                f"budget (the longest: {report.longest_answer_tokens}, end token included): predictions cut them "
+                f"before their end token. Set `max_new_tokens: {report.longest_answer_tokens}` in the recipe (the "
+                "prompt's context is cut to leave that room within max_length) or accept the cut.")
 
 
 def encode_splits(encoder, train_rows: Dataset, eval_rows: Dataset | None, eval_strategy: str, where: str,

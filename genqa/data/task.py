@@ -50,8 +50,13 @@ class Task:
     metric: str = "squad"
     #: answers are picked by scoring the option labels (MCQ), not by free generation
     scores_labels: bool = False
-    #: default token budget of a generated answer
+    #: default token budget of a generated answer (the recipe's `max_new_tokens` overrides it: `answer_budget`)
     max_new_tokens: int = 64
+
+    @property
+    def answer_budget(self) -> int:
+        """Token budget of a generated answer: the recipe's `max_new_tokens`, else this task's default."""
+        return self.args.max_new_tokens or self.max_new_tokens
 
     # ---- columns -----------------------------------------------------------------------------------------------
     def input_columns(self) -> list[str]:
