@@ -152,7 +152,34 @@ def prepare(args: argparse.Namespace, qa, sft, task) -> Setup:
         max_new_tokens=args.max_new_tokens or task.answer_budget,
         num_beams=args.num_beams, do_sample=args.do_sample, mcq_mode=args.mcq_mode, progress=not args.no_progress,
         settings=backbone.prediction_settings([args.adapter, args.base], qa, sft, passed))
+    if not (task.scores_labels and args.mcq_mode == "score"):
+        note = budget_note([args.adapter, args.base], options.max_new_tokens)
+        if note:
+            print(f"[genqa] note: {note}", file=sys.stderr)
     return Setup(backbone, tokenizer, template, options)
+
+
+def budget_note(folders: list[str | None], budget: int) -> str | None:
+    """What a generation budget below the trained answers' length costs, from the training data report saved in the
+    run folder (and carried into merged folders); None when the budget covers them or no report says."""
+    from genqa.run_dir import REPORT_FILE
+
+    for folder in folders:
+        path = Path(folder) / REPORT_FILE if folder else None
+        if path is None or not path.is_file():
+            continue
+        try:
+            reports = json.loads(path.read_text(encoding="utf-8"))
+            longest = max((int(r.get("longest_answer_tokens") or 0) for r in reports if r.get("split") == "train"),
+                          default=0)
+        except (OSError, ValueError, TypeError, AttributeError):
+            return None  # an unreadable report is not worth failing a prediction over
+        if longest > budget:
+            return (f"{path}: answers up to {longest} tokens (end token included) were trained, and this prediction "
+                    f"generates at most {budget}: longer answers are cut before their end token. Pass "
+                    f"--max_new_tokens {longest} (or set `max_new_tokens` in the recipe) to keep them whole.")
+        return None
+    return None
 
 
 def fingerprint(args: argparse.Namespace, qa, sft, model_args, setup: Setup) -> dict[str, Any]:

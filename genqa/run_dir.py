@@ -60,7 +60,7 @@ SETTINGS_FILE = "genqa_extractive.json"
 EVAL_METRICS_FILE = "genqa_eval_metrics.json"
 EVAL_PREDICTIONS_FILE = "genqa_eval_predictions.json"
 #: files a merged folder carries over from its run: validation rows for checks, span-search settings
-CARRIED_FILES = (VALIDATION_FILE, SETTINGS_FILE)
+CARRIED_FILES = (VALIDATION_FILE, SETTINGS_FILE, REPORT_FILE)
 #: written last when a run has saved all its final files (global_step, epoch, max_steps, num_train_epochs)
 FINISHED_FILE = "genqa_finished.json"
 #: held while a training writes the run folder (`genqa.locks`)

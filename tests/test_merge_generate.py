@@ -46,6 +46,8 @@ def test_lora_merge_matches_adapter(mcq_run, tmp_path):
     rep = _report(tmp_path / "m")
     assert rep["merged_vs_adapter_max_abs_diff"] < 1e-4
     assert (tmp_path / "m" / "model.safetensors").exists() and (tmp_path / "m" / "genqa_recipe.yaml").exists()
+    # the training data report travels with the merged model (generate reads the trained answers' length from it)
+    assert (tmp_path / "m" / "genqa_data_report.json").read_text() == (mcq_run / "genqa_data_report.json").read_text()
     assert merge_main(["--adapter", str(mcq_run), "--out", str(tmp_path / "m")]) == 2  # never overwrites silently
 
 
@@ -233,3 +235,20 @@ def test_csv_ids_keep_leading_zeros(mcq_run, tmp_path):
                           "--id_column", "題號", "--out", str(tmp_path / "sub.csv"), "--no_progress"]) == 0
     rows = list(csv.reader((tmp_path / "sub.csv").open(encoding="utf-8")))
     assert [r[0] for r in rows[1:]] == ["001", "002", "003", "004", "005", "006"]
+
+
+def test_budget_note_from_the_saved_data_report(tmp_path):
+    """generate says when its budget is below the longest trained answer (from the run's data report), and which
+    --max_new_tokens keeps every answer whole; silent when the budget covers them or nothing was saved."""
+    from genqa.generate import budget_note
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "genqa_data_report.json").write_text(json.dumps([
+        {"split": "train", "longest_answer_tokens": 130}, {"split": "validation", "longest_answer_tokens": 400}]))
+    note = budget_note([None, str(run)], 48)
+    assert note and "answers up to 130 tokens" in note and "--max_new_tokens 130" in note
+    assert budget_note([str(run)], 130) is None
+    assert budget_note([str(tmp_path / "missing"), None], 8) is None
+    (run / "genqa_data_report.json").write_text("[{]")
+    assert budget_note([str(run)], 8) is None
