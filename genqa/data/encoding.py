@@ -248,7 +248,7 @@ class PromptEncoder:
         report.answers_over_budget = over = sum(1 for n in answer_lengths if n > budget)
         if over:
             report.notes.append(
-                f"{over} of {len(answer_lengths)} trained answers are longer than the {budget}-token prediction "
+                f"{over} of {len(answer_lengths)} {report.split} answers are longer than the {budget}-token prediction "
                 f"budget (the longest: {report.longest_answer_tokens}, end token included): predictions cut them "
                 f"before their end token. Set `max_new_tokens: {report.longest_answer_tokens}` in the recipe (the "
                 "prompt's context is cut to leave that room within max_length) or accept the cut.")
