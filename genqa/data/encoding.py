@@ -237,7 +237,6 @@ class PromptEncoder:
             report.notes.append("no row survived: raise max_length or shorten the prompts")
         return kept, report
 
-
     def _check_answer_budget(self, report: EncodingReport, answer_lengths: list[int]) -> None:
         """Count the trained answers a prediction with the task's budget would cut (generated tasks only): a budget
         below the answers' length shows up as low scores and answers that never stop, not as an error."""
