@@ -49,6 +49,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="Answer budget of generated answers (default: the recipe's max_new_tokens, else the task's).")
     p.add_argument("--out_dir", default=None, help="Run folder (default runs/bench/<task>; must not exist).")
     p.add_argument("--skip_zero_shot", action="store_true")
+    p.add_argument("--trained", default=None, metavar="RUN",
+                   help="Score this finished run folder of the same recipe instead of training one (its trainer_state "
+                   "gives the training figures): a new decoding measured on the same weights.")
+    p.add_argument("--layout_only", action="store_true",
+                   help="MCQ generation: score layout-constrained decoding only (free decoding is the slow part: "
+                   "a model that never stops writes max_new_tokens for every row).")
     p.add_argument("--threads", type=int, default=1, help="torch threads (on a CPU shared with other jobs, one thread "
                    "was 7x faster per decoding step than two here: oversubscription).")
     return p.parse_args(argv)
@@ -123,6 +129,24 @@ def _extractive(model, encoder, task, rows, calib, args, lang) -> tuple[dict, di
     return out, outside, extra
 
 
+def mcq_content(task, rows, raw: list[str], lang: str) -> dict[str, Any]:
+    """What layout validity does not see, over the valid MCQs: `nested_options` (one option's text inside another's:
+    the near-copies a model falls back to when it may not repeat a line), `key_in_context` (the keyed option's
+    normalised text occurs in the normalised context: the answer is grounded)."""
+    from genqa.data.mcq_format import option_key, parse_mcq
+    from genqa.scoring.metrics import normalize_answer
+
+    lay = task.layout()
+    parsed = [(r, parse_mcq(t, lay.labels, lay.question_prefix, lay.answer_prefix)) for r, t in zip(rows, raw,
+                                                                                                    strict=True)]
+    valid = [(r, p) for r, p in parsed if p.ok]
+    nested = sum(1 for _, p in valid if any(a != b and option_key(a) in option_key(b)
+                                            for a in p.options for b in p.options))
+    grounded = sum(1 for r, p in valid if normalize_answer(p.options[p.answer_index], lang)
+                   in normalize_answer(r["context"], lang))
+    return {"valid": len(valid), "nested_options": nested, "key_in_context": grounded}
+
+
 def evaluate(model, tokenizer, template, task, rows, calib, args, lang) -> tuple[dict, dict, dict]:
     """Metrics of `model` on the held-out rows (and the not-in-context counts, stop share)."""
     import torch
@@ -142,18 +166,29 @@ def evaluate(model, tokenizer, template, task, rows, calib, args, lang) -> tuple
             metrics["predicted_labels"] = dict(sorted(__import__("collections").Counter(raw).items()))
             return {"label_scoring": metrics}, {}, {}
         stopped: dict[int, bool] = {}
-        raw = generate_texts(model, encoder, rows, args.batch_size, args.max_new_tokens or task.answer_budget,
-                             progress=False,
-                             stopped=stopped)
-        metrics, _ = _score(task, rows, raw, "generate", lang, args.record, "generate")
-        return {"generate": metrics}, {}, {"stopped_share": round(sum(stopped.values()) / max(1, len(stopped)), 3)}
+        kw = dict(batch_size=args.batch_size, max_new_tokens=args.max_new_tokens or task.answer_budget, progress=False)
+        out, extra = {}, {}
+        if not args.layout_only:
+            raw = generate_texts(model, encoder, rows, stopped=stopped, **kw)
+            out["generate"], _ = _score(task, rows, raw, "generate", lang, args.record, "generate")
+            extra["stopped_share"] = round(sum(stopped.values()) / max(1, len(stopped)), 3)
+            if task.layout() is not None:
+                out["generate"]["content"] = mcq_content(task, rows, raw, lang)
+        if task.layout() is not None:  # MCQ generation: layout-constrained decoding too (the recipe default)
+            stopped.clear()
+            raw = generate_texts(model, encoder, rows, stopped=stopped, mcq_layout=task.layout(), **kw)
+            out["layout"], _ = _score(task, rows, raw, "generate", lang, args.record, "layout")
+            out["layout"]["content"] = mcq_content(task, rows, raw, lang)
+            extra["layout_stopped_share"] = round(sum(stopped.values()) / max(1, len(stopped)), 3)
+        return out, {}, extra
 
 
-def train(recipe: str, out_dir: str, minutes: float) -> tuple[float, float]:
-    """`genqa.sft` on the recipe under a time budget; returns (training minutes, trained tokens/s)."""
+def train(recipe: str, out_dir: str, minutes: float, trained: bool = False) -> tuple[float, float]:
+    """`genqa.sft` on the recipe under a time budget (`trained`: the run exists); returns (training minutes, trained
+    tokens/s)."""
     from genqa.sft import main as sft_main
 
-    rc = sft_main([recipe, "--output_dir", out_dir, "--max_train_minutes", str(minutes)])
+    rc = 0 if trained else sft_main([recipe, "--output_dir", out_dir, "--max_train_minutes", str(minutes)])
     if rc:
         raise SystemExit(f"genqa.sft failed ({rc})")
     state = json.loads((Path(out_dir) / "trainer_state.json").read_text())
@@ -206,7 +241,11 @@ def main(argv: list[str] | None = None) -> None:
     result["zero_shot_eval_s"] = round(time.time() - t0, 1)
     out_dir = args.out_dir or f"runs/bench/{args.task}"
     load_before = os.getloadavg()[0]
-    result["train_minutes"], result["tokens_per_s"] = (round(x, 2) for x in train(recipe, out_dir, args.minutes))
+    if args.trained:
+        out_dir = args.trained
+        result["trained_run"] = out_dir
+    result["train_minutes"], result["tokens_per_s"] = (round(x, 2) for x in train(recipe, out_dir, args.minutes,
+                                                                                    args.trained is not None))
     result["load_avg_1min"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
     state = json.loads((Path(out_dir) / "trainer_state.json").read_text())
     losses = [h["loss"] for h in state["log_history"] if "loss" in h]
@@ -218,7 +257,8 @@ def main(argv: list[str] | None = None) -> None:
     result["fine_tuned"], result["not_in_context"], result["fine_tuned_extra"] = evaluate(
         model, tokenizer, template, task, rows, calib, args, qa.metric_lang)
     result["fine_tuned_eval_s"] = round(time.time() - t0, 1)
-    (Path(out_dir) / "bench_outputs.json").write_text(json.dumps(outputs, ensure_ascii=False, indent=1))
+    saved = Path(out_dir) / ("bench_outputs_layout.json" if args.layout_only else "bench_outputs.json")
+    saved.write_text(json.dumps(outputs, ensure_ascii=False, indent=1))
     print(json.dumps(result, ensure_ascii=False))
 
 

@@ -97,8 +97,10 @@ def train(qa: QAArguments, sft: SFTConfig, model_args: ModelConfig, recipe_path:
 
 
 def prediction_settings(folders: list[str | None], qa: QAArguments, sft, passed: set[str]) -> dict[str, Any]:
-    """Generative extractive QA: span-constrained decoding and the no-answer threshold, from the recipe."""
-    return {"constrain_to_context": qa.constrain_to_context, "no_answer_threshold": qa.no_answer_threshold}
+    """Generative extractive QA: span-constrained decoding and the no-answer threshold; MCQ generation:
+    layout-constrained decoding; from the recipe."""
+    return {"constrain_to_context": qa.constrain_to_context, "no_answer_threshold": qa.no_answer_threshold,
+            "constrain_to_layout": qa.constrain_to_layout}
 
 
 def predict(model, tokenizer, template: str, task: Task, rows: list[dict[str, Any]], options: PredictOptions,
@@ -113,8 +115,9 @@ def predict(model, tokenizer, template: str, task: Task, rows: list[dict[str, An
         return score_labels(model, encoder, rows, task.labels_for, options.batch_size, sink, options.progress)
     sink = (lambda done: on_batch(done, "generate")) if on_batch else None
     if task.name != "extractive":
+        layout = task.layout() if options.settings.get("constrain_to_layout", False) else None
         return generate_texts(model, encoder, rows, options.batch_size, options.max_new_tokens, options.num_beams,
-                              options.do_sample, sink, options.progress)
+                              options.do_sample, sink, options.progress, mcq_layout=layout)
     return predict_spans(model, encoder, task, rows, options, sink)
 
 

@@ -12,13 +12,16 @@ from __future__ import annotations
 import copy
 import os
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from genqa.backbones.batching import OnBatch, pad, run_batches, to_device
 from genqa.backbones.loading import model_device
 from genqa.data.encoding import PromptEncoder
+
+if TYPE_CHECKING:
+    from genqa.data.mcq_format import MCQLayout
 
 
 def stop_token_ids(encoder: PromptEncoder) -> list[int]:
@@ -88,17 +91,19 @@ def generate_texts(model, encoder: PromptEncoder, rows: list[dict[str, Any]], ba
                    on_batch: OnBatch | None = None, progress: bool = True,
                    prefix_cache: bool = True, span_of_context: bool = False,
                    no_answer_text: str | None = None, stopped: dict[int, bool] | None = None,
-                   prompts: list[list[int]] | None = None) -> list[str]:
+                   prompts: list[list[int]] | None = None, mcq_layout: MCQLayout | None = None) -> list[str]:
     """Greedy (or beam / sampled) generation for `rows`, batched and length-sorted; outputs in row order.
 
     With `prefix_cache` the tokens all prompts share are run once (see `SharedPrefix`). With `span_of_context` every
     answer is a span of its row's context or `no_answer_text` (`genqa.backbones.span_constraint`; no no-answer text:
-    spans only). `stopped`, when given, gets for every row index whether its answer ended at EOS / end-of-turn
+    spans only). With `mcq_layout` every text is one MCQ in that layout (`genqa.backbones.mcq_constraint`). `stopped`,
+    when given, gets for every row index whether its answer ended at EOS / end-of-turn
     (False: cut at `max_new_tokens`). `prompts`: the rows' prompt ids when the caller has encoded them already
     (`encode_prompts` with `max_new_tokens` of room).
     """
     from transformers import LogitsProcessorList
 
+    from genqa.backbones.mcq_constraint import MCQLayoutProcessor
     from genqa.backbones.span_constraint import ContextSpanProcessor
 
     tok = encoder.tokenizer
@@ -113,11 +118,14 @@ def generate_texts(model, encoder: PromptEncoder, rows: list[dict[str, Any]], ba
 
     def generate_batch(batch: list[int]) -> list[str]:
         inputs = to_device(shared.inputs([prompts[i] for i in batch], tok), device)
-        extra = dict(stop_text)
+        extra, top_k = dict(stop_text), 1 if num_beams == 1 and not do_sample else 8
         if span_of_context:
             extra["logits_processor"] = LogitsProcessorList([ContextSpanProcessor(
                 tok, [rows[i]["context"] for i in batch], inputs["input_ids"].shape[1], stops,
-                no_answer_text, top_k=1 if num_beams == 1 and not do_sample else 8, beams=num_beams)])
+                no_answer_text, top_k=top_k, beams=num_beams)])
+        elif mcq_layout is not None:
+            extra["logits_processor"] = LogitsProcessorList([MCQLayoutProcessor(
+                tok, mcq_layout, inputs["input_ids"].shape[1], stops, top_k=top_k)])
         out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=do_sample, num_beams=num_beams,
                              eos_token_id=stops, pad_token_id=pad_id, **extra)
         texts = []

@@ -46,6 +46,16 @@ FAILURE_CODES: tuple[str, ...] = (
 )
 
 
+@dataclass(frozen=True)
+class MCQLayout:
+    """The layout of one MCQ: option labels and the question / answer-key line prefixes (what `format_mcq` writes
+    and `parse_mcq` reads with; `genqa.backbones.mcq_constraint` holds generated text to it)."""
+
+    labels: tuple[str, ...] = DEFAULT_LABELS
+    question_prefix: str = DEFAULT_QUESTION_PREFIX
+    answer_prefix: str = DEFAULT_ANSWER_PREFIX
+
+
 def _one_line(text: str) -> str:
     """Collapse every run of whitespace (newlines included) to one space."""
     return " ".join(str(text).split())

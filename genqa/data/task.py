@@ -15,6 +15,7 @@ from typing import Any
 from datasets import Dataset, Features, Sequence, Value
 
 from genqa.config import QAArguments, prompt_format_problem
+from genqa.data.mcq_format import MCQLayout
 from genqa.data.sources import DataError
 from genqa.messages import say
 
@@ -153,6 +154,11 @@ class Task:
     def parse(self, text: str) -> str | None:
         """Turn a model's output into the task's answer (None when nothing usable was produced)."""
         return text.strip()
+
+    def layout(self) -> MCQLayout | None:
+        """The fixed layout every answer is written in, which layout-constrained decoding holds generated text to
+        (MCQ generation); None: free text."""
+        return None
 
     def gold(self, ex: dict[str, Any]) -> str | list[str]:
         """The gold answer of a canonical row, in the form `parse` returns."""

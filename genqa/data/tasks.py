@@ -12,7 +12,7 @@ from typing import Any
 
 from genqa.config import QAArguments
 from genqa.data.answers import find_nfc, map_to_context
-from genqa.data.mcq_format import format_mcq, label_alternation, layout_problems
+from genqa.data.mcq_format import MCQLayout, format_mcq, label_alternation, layout_problems
 from genqa.data.sources import DataError
 from genqa.data.task import CANONICAL_COLUMNS, CANONICAL_FEATURES, Task, _text
 
@@ -326,6 +326,10 @@ class MCQGenerationTask(MCQTask):
 
     def parse(self, text, ex=None):
         return text.strip()
+
+    def layout(self) -> MCQLayout:
+        """The layout `target` writes, which layout-constrained decoding holds generated text to."""
+        return MCQLayout(tuple(self.args.option_labels), self.args.mcq_question_prefix, self.args.mcq_answer_prefix)
 
     def read_answer(self, row, raw, how):
         return raw.strip(), how
