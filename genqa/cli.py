@@ -41,7 +41,7 @@ KEY_GROUPS: dict[str, tuple[str, ...]] = {
     "data": ("dataset_path", "dataset_format", "dataset_config", "train_split", "eval_split", "validation_size",
              "split_by", "split_seed", "max_train_samples", "max_eval_samples", "on_bad_row"),
     "columns": ("id_column", "context_column", "question_column", "answer_column", "answer_start_column",
-                "options_columns", "options_column", "options_in_question"),
+                "options_columns", "options_column", "options_in_question", "question_number_pattern"),
     "task": ("task", "instruction", "prompt_format", "no_answer_text", "option_labels", "mcq_question_prefix",
              "mcq_answer_prefix", "generation_eval_samples", "generation_eval_max_new_tokens", "metric_lang",
              "max_new_tokens"),

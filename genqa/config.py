@@ -11,6 +11,7 @@ A recipe is one YAML file holding keys of three dataclasses, parsed together by 
 from __future__ import annotations
 
 import functools
+import re
 import string
 from dataclasses import dataclass, field
 
@@ -118,6 +119,12 @@ class QAArguments:
         default=False,
         metadata={"help": "mcq: the options are lines `A. ...` inside the question text (Vietnamese exam MCQs); "
                   "they are split off into options."},
+    )
+    question_number_pattern: str | None = field(
+        default=None,
+        metadata={"help": "A regular expression removed from the start of every question, e.g. the exam numbering "
+                  "`Câu 81.` of the VNHSGE questions: '^\\s*Câu\\s*\\d+\\s*[.:]\\s*'. A number that starts every "
+                  "training target teaches an MCQ generator to count (`Câu 11: Câu 12: ...`)."},
     )
 
     on_bad_row: str = field(
@@ -267,6 +274,12 @@ class QAArguments:
         if self.options_columns and self.options_column:
             raise ValueError("Set either `options_columns` (one column per option) or `options_column` (one list "
                              "column), not both.")
+        if self.question_number_pattern:
+            try:
+                re.compile(self.question_number_pattern)
+            except re.error as err:
+                raise ValueError(f"question_number_pattern: {self.question_number_pattern!r} is not a regular "
+                                 f"expression ({err}).") from None
         if self.on_bad_row not in ("error", "skip"):
             raise ValueError(f"on_bad_row: use error or skip, got {self.on_bad_row!r}.")
         if self.split_by not in SPLIT_BY:

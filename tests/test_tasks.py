@@ -25,6 +25,25 @@ def test_split_options_lines_tabs_and_order():
         split_options("Q?\nA. one\nB. two", LABELS, "row 7")
 
 
+def test_question_number_pattern_drops_exam_numbering():
+    """`Câu 81.` starts every VNHSGE question: removed from the question (the target an MCQ generator learns), the
+    options split off as before; a pattern that is not a regex is a recipe error naming the key."""
+    rows = Dataset.from_list([{"ID": "x", "Explanation": "ctx", "Choice": "B",
+                               "Question": "Câu 81. Thủ đô là gì?\nA. Huế.\nB. Hà Nội.\nC. Đà Nẵng.\nD. Vinh."},
+                              {"ID": "y", "Explanation": "ctx", "Choice": "A",
+                               "Question": "Câu 5 : Số 81 là gì?\nA. một\nB. hai\nC. ba\nD. bốn"}])
+    args = dict(task="mcq_generation", id_column="ID", context_column="Explanation", question_column="Question",
+                answer_column="Choice", options_in_question=True)
+    kept = get_task(QAArguments(**args)).to_canonical(rows, "exam.json")
+    assert kept[0]["question"] == "Câu 81. Thủ đô là gì?"
+    pattern = r"^\s*Câu\s*\d+\s*[.:]\s*"
+    out = get_task(QAArguments(**args, question_number_pattern=pattern)).to_canonical(rows, "exam.json")
+    assert [r["question"] for r in out] == ["Thủ đô là gì?", "Số 81 là gì?"]
+    assert out[0]["options"] == ["Huế.", "Hà Nội.", "Đà Nẵng.", "Vinh."] and out[0]["label"] == 1
+    with pytest.raises(ValueError, match="question_number_pattern"):
+        QAArguments(**args, question_number_pattern="Câu (")
+
+
 @pytest.mark.parametrize("gold,index", [("B", 1), ("b.", 1), ("2", 1), (2, 1), ("選項2", 1), ("two", 1)])
 def test_mcq_gold_forms(gold, index):
     task = get_task(QAArguments(task="mcq", options_columns=["選項1", "選項2", "選項3", "選項4"]))

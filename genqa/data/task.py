@@ -9,6 +9,7 @@ what a valid submission answer is and how long an answer may run.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -89,12 +90,15 @@ class Task:
         id_column = self.args.id_column or ("id" if "id" in dataset.column_names else None)
 
         skipped: list[str] = []
+        numbering = re.compile(self.args.question_number_pattern) if self.args.question_number_pattern else None
 
         def convert(row: dict[str, Any], idx: int) -> dict[str, Any]:
             ex = {"id": _text(row[id_column]) if id_column else str(idx),
                   "context": _text(row.get(self.args.context_column)) if self.args.context_column else "",
                   "question": _text(row.get(self.args.question_column)) if self.args.question_column else "",
                   "options": [], "answers": [], "answer_starts": [], "label": -1}
+            if numbering:
+                ex["question"] = numbering.sub("", ex["question"], count=1)
             try:
                 self.fill(ex, row, f"{source} row {idx} (id {ex['id']})", has_answer)
             except DataError as err:
