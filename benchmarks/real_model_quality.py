@@ -183,18 +183,24 @@ def evaluate(model, tokenizer, template, task, rows, calib, args, lang) -> tuple
         return out, {}, extra
 
 
-def train(recipe: str, out_dir: str, minutes: float, trained: bool = False) -> tuple[float, float]:
-    """`genqa.sft` on the recipe under a time budget (`trained`: the run exists); returns (training minutes, trained
-    tokens/s)."""
+def train(recipe: str, out_dir: str, minutes: float) -> None:
+    """`genqa.sft` on the recipe under a time budget."""
     from genqa.sft import main as sft_main
 
-    rc = 0 if trained else sft_main([recipe, "--output_dir", out_dir, "--max_train_minutes", str(minutes)])
+    rc = sft_main([recipe, "--output_dir", out_dir, "--max_train_minutes", str(minutes)])
     if rc:
         raise SystemExit(f"genqa.sft failed ({rc})")
-    state = json.loads((Path(out_dir) / "trainer_state.json").read_text())
-    runtime = next(h["train_runtime"] for h in reversed(state["log_history"]) if "train_runtime" in h)
-    tokens = max((h.get("num_tokens", 0) for h in state["log_history"]), default=0)
-    return runtime / 60.0, tokens / runtime if runtime else 0.0
+
+
+def training_figures(out_dir: str) -> dict[str, Any]:
+    """Training minutes, trained tokens/s, steps and first / last logged loss of a finished run folder, from its
+    trainer state."""
+    log = json.loads((Path(out_dir) / "trainer_state.json").read_text())
+    runtime = next(h["train_runtime"] for h in reversed(log["log_history"]) if "train_runtime" in h)
+    tokens = max((h.get("num_tokens", 0) for h in log["log_history"]), default=0)
+    losses = [h["loss"] for h in log["log_history"] if "loss" in h]
+    return {"train_minutes": round(runtime / 60.0, 2), "tokens_per_s": round(tokens / runtime if runtime else 0.0, 2),
+            "steps": log["global_step"], "loss_first_last": [losses[0], losses[-1]] if losses else None}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -239,17 +245,14 @@ def main(argv: list[str] | None = None) -> None:
         del model
         print(json.dumps({"zero_shot": result["zero_shot"]}), flush=True)
     result["zero_shot_eval_s"] = round(time.time() - t0, 1)
-    out_dir = args.out_dir or f"runs/bench/{args.task}"
+    out_dir = args.trained or args.out_dir or f"runs/bench/{args.task}"
     load_before = os.getloadavg()[0]
     if args.trained:
-        out_dir = args.trained
         result["trained_run"] = out_dir
-    result["train_minutes"], result["tokens_per_s"] = (round(x, 2) for x in train(recipe, out_dir, args.minutes,
-                                                                                    args.trained is not None))
+    else:
+        train(recipe, out_dir, args.minutes)
+    result.update(training_figures(out_dir))
     result["load_avg_1min"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
-    state = json.loads((Path(out_dir) / "trainer_state.json").read_text())
-    losses = [h["loss"] for h in state["log_history"] if "loss" in h]
-    result["steps"], result["loss_first_last"] = state["global_step"], [losses[0], losses[-1]] if losses else None
     model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
     model = PeftModel.from_pretrained(model, out_dir).merge_and_unload().eval()
     t0 = time.time()

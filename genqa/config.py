@@ -201,7 +201,8 @@ class QAArguments:
                   "is one question in the recipe's layout (question prefix, one line per option label, options that "
                   "differ under the parser's comparison, a key among option_labels, then the end token). It fixes "
                   "the form, not the content: an option the model would have copied from the line above becomes its "
-                  "next-best continuation. `false` lets the model write freely (layout failures are then counted)."},
+                  "next-best continuation (a word more, or the next options inline). `false` lets the model write "
+                  "freely (layout failures are then counted)."},
     )
     no_answer_threshold: float | None = field(
         default=None,

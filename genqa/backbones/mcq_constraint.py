@@ -15,8 +15,9 @@ pieces (prefixes, `\\nB.` markers) and the key's label are the only tokens allow
 only when it is non-empty, whole UTF-8 text and, for an option, not equal to an earlier option under the parser's own
 comparison (`option_key`: case, spacing, a final period); the end token only after the key. What the constraint
 cannot give is content: an option the model would have copied from the line above becomes the model's next-best
-continuation of that line, which may differ by a word. The benchmark reports free and constrained decoding side by
-side for that reason.
+continuation of that line — a word more, or (seen with SmolLM2 after ~20 steps) the next options written inline
+(`B. x. C. x. D. x.`), which the parser reads as one longer, distinct option. The benchmark reports free and
+constrained decoding side by side, with `nested_options`, for that reason.
 
 Why hand-written: transformers' grammar support (`prefix_allowed_tokens_fn`) asks for the full list of allowed tokens
 at every step; here the tokens are tested in order of the model's own scores and the search stops at `top_k` allowed
@@ -33,7 +34,7 @@ from dataclasses import dataclass
 import torch
 from transformers import LogitsProcessor, PreTrainedTokenizerBase
 
-from genqa.backbones.span_constraint import piece_bytes
+from genqa.backbones.span_constraint import piece_bytes, written_bytes
 from genqa.data.mcq_format import MCQLayout, option_key
 
 INVALID, OPEN, COMPLETE = "invalid", "open", "complete"
@@ -156,7 +157,7 @@ class MCQLayoutProcessor(LogitsProcessor):
             if any(t in self.end_ids for t in generated):  # finished: generate() pads it from here
                 keep = self.end_ids
             else:
-                written = b"".join(self.pieces[t] or b"" for t in generated if t < len(self.pieces))
+                written = written_bytes(self.pieces, generated)
                 cur = locate(self.segments, written)
                 keep = self.end_ids if cur.status != OPEN else (self._keep(written, cur, scores[row]) or self.end_ids)
             out[row, keep] = scores[row, keep]

@@ -51,6 +51,11 @@ def piece_bytes(tokenizer: PreTrainedTokenizerBase) -> tuple[bytes | None, ...]:
     return _piece_bytes_cached(tokenizer)
 
 
+def written_bytes(pieces: tuple[bytes | None, ...], generated: list[int]) -> bytes:
+    """The bytes of generated token ids (special tokens and ids past the vocabulary write nothing)."""
+    return b"".join(pieces[t] or b"" for t in generated if t < len(pieces))
+
+
 def _is_whole_text(data: bytes) -> bool:
     try:
         data.decode("utf-8")
@@ -99,14 +104,11 @@ class ContextSpanProcessor(LogitsProcessor):
             return False
         return text in self.contexts[row] or (bool(self.no_answer) and self.no_answer.startswith(text))
 
-    def _written(self, generated: list[int]) -> bytes:
-        return b"".join(self.pieces[t] or b"" for t in generated if t < len(self.pieces))
-
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         out = torch.full_like(scores, float("-inf"))
         for row in range(scores.shape[0]):
             ctx = row // self.beams
-            written = self._written(input_ids[row, self.prompt_length:].tolist())
+            written = written_bytes(self.pieces, input_ids[row, self.prompt_length:].tolist())
             cand = self.candidates(ctx).to(scores.device)
             order = cand[torch.argsort(scores[row, cand], descending=True)]
             keep: list[int] = []
