@@ -233,6 +233,8 @@ def main(argv: list[str] | None = None) -> None:
     if task.name == "extractive" and any(not r["answers"] for r in rows):
         # the score of answering "no answer" to every question: what a model that only learned to abstain gets
         result["abstain_all"], _ = _score(task, rows, [qa.no_answer_text] * len(rows), "generate", qa.metric_lang)
+    if task.layout() is not None:  # the same content proxies over the exam's own questions: what a good writer gets
+        result["gold_content"] = mcq_content(task, rows, [task.target(r) for r in rows], qa.metric_lang)
     outputs: dict[str, dict] = {}
     t0 = time.time()
     if not args.skip_zero_shot:

@@ -19,6 +19,7 @@ def status(text: str, layout: MCQLayout = VI) -> str:
 
 def test_locate_reads_the_layout():
     assert status(GOOD) == COMPLETE
+    assert status(GOOD.replace("B. 1920.", "B. Anh A, ông C và anh D.")) == COMPLETE  # people named by letter
     for cut in range(len(GOOD.encode()) - 1):  # every byte prefix is on the way (a cut character too)
         assert locate(segments(VI), GOOD.encode()[:cut]).status == OPEN
     assert locate(segments(VI), b"C\xc3").due == ["Câu hỏi:".encode()[2:]]  # inside a fixed piece: what is due
@@ -35,6 +36,8 @@ def test_locate_reads_the_layout():
     (GOOD[:-1] + "E", True),                                 # a key that is not a label
     ("Question: " + GOOD[9:], True),                         # the wrong question prefix
     (GOOD.replace("\nB.", "\nE."), True),                    # a label out of order
+    (GOOD.replace("B. 1920.", "B. 1920. C. 1920. D. 1920."), True),  # the next options written inline
+    (GOOD.replace("B. 1920.", "B. B. 1920"), True),          # a label repeated at the start of the line
     (GOOD.replace("\nB.", "\n\nB."), False),                 # a blank line (the parser skips it)
     (GOOD + ". Vì năm 1902", False),                         # text after the key (the parser ignores it)
 ])
@@ -55,12 +58,15 @@ def _greedy(processor: MCQLayoutProcessor, prefers, steps: int = 120) -> list[in
     return ids
 
 
-def test_a_copying_model_is_held_to_the_layout(tiny_tokenizer):
-    """The 'model' wants to write four copies of one option and a key outside the labels, then ramble: under the
-    constraint it writes four distinct options, a label and the end token."""
+@pytest.mark.parametrize("wants", [
+    "Câu hỏi: Năm nào?\nA. 1902\nB. 1902\nC. 1902\nD. 1902\nĐáp án: E và nhiều nữa",   # copies, a bad key
+    "Câu hỏi: Năm nào?\nA. 1902\nB. 1902. C. 1902. D. 1902.\nĐáp án: B",                # options inline
+])
+def test_a_copying_model_is_held_to_the_layout(tiny_tokenizer, wants):
+    """The 'model' wants to copy one option into the others (line by line, or inline on one line) and key a label
+    outside the options: under the constraint it writes four distinct options, a label and the end token."""
     tok = tiny_tokenizer
-    script = tok("Câu hỏi: Năm nào?\nA. 1902\nB. 1902\nC. 1902\nD. 1902\nĐáp án: E và nhiều nữa",
-                 add_special_tokens=False)["input_ids"]
+    script = tok(wants, add_special_tokens=False)["input_ids"]
     newline = tok("\n", add_special_tokens=False)["input_ids"][-1]
     end = tok.eos_token_id
     noise = torch.randn(len(tok), generator=torch.Generator().manual_seed(0))

@@ -7,6 +7,7 @@ import pytest
 from genqa.data.mcq_format import (
     DUPLICATE_OPTIONS,
     EMPTY_OPTION,
+    INLINE_OPTIONS,
     KEY_NOT_AN_OPTION,
     MISSING_KEY,
     MISSING_QUESTION,
@@ -114,6 +115,9 @@ GOOD_OPTIONS = "A. red\nB. green\nC. blue\nD. black\n"
         ("Question: Sky colour?\nA. red\nB. green\nB. blue\nD. black\nAnswer: A", WRONG_OPTION_COUNT),
         ("Question: Sky colour?\nA. red\nB. \nC. blue\nD. black\nAnswer: A", EMPTY_OPTION),
         ("Question: Sky colour?\nA. red\nB. Blue\nC. blue.\nD. black\nAnswer: A", DUPLICATE_OPTIONS),
+        ("Question: Sky colour?\nA. red\nB. green. C. green. D. green.\nC. blue\nD. black\nAnswer: A", INLINE_OPTIONS),
+        ("Question: Sky colour?\nA. red\nB. green\nC. C. blue\nD. black\nAnswer: A", INLINE_OPTIONS),
+        ("Question: Sky colour?\nA. red\nB. green; D.\nC. blue\nD. black\nAnswer: A", INLINE_OPTIONS),
         ("Question: Sky colour?\n" + GOOD_OPTIONS, MISSING_KEY),
         ("Question: Sky colour?\n" + GOOD_OPTIONS + "Answer:   ", MISSING_KEY),
         ("Question: Sky colour?\n" + GOOD_OPTIONS + "Answer: E", KEY_NOT_AN_OPTION),
@@ -143,3 +147,13 @@ def test_english_prefix_does_not_match_vietnamese_output():
     text = format_mcq("Câu hỏi thử?", ["một", "hai", "ba", "bốn"], 0, question_prefix=VI_Q, answer_prefix=VI_A)
     assert not parse_mcq(text).ok
     assert parse_mcq(text, question_prefix=VI_Q, answer_prefix=VI_A).ok
+
+
+def test_option_text_naming_people_by_letter_is_not_inline_options():
+    """Civic-education questions name people by letter (`anh A`, `ông C`); only a label after `.` `;` `:` (or at the
+    start) and before a space or the end marks options written inline."""
+    options = ["Anh A, ông B và anh D.", "Chị C và anh A.", "Ông B, anh C và anh D.", "Anh A và ông B."]
+    text = format_mcq("Những ai vi phạm?", options, 0, question_prefix=VI_Q, answer_prefix=VI_A)
+    assert parse_mcq(text, question_prefix=VI_Q, answer_prefix=VI_A).ok
+    with pytest.raises(ValueError, match="another option's label"):
+        format_mcq("Q?", ["red", "green. C. blue", "blue", "black"], 0)

@@ -13,11 +13,12 @@ writes for training targets::
 then the end-of-turn token. The model writes the question and the options freely on their one line each; the fixed
 pieces (prefixes, `\\nB.` markers) and the key's label are the only tokens allowed where they are due; a line ends
 only when it is non-empty, whole UTF-8 text and, for an option, not equal to an earlier option under the parser's own
-comparison (`option_key`: case, spacing, a final period); the end token only after the key. What the constraint
-cannot give is content: an option the model would have copied from the line above becomes the model's next-best
-continuation of that line — a word more, or (seen with SmolLM2 after ~20 steps) the next options written inline
-(`B. x. C. x. D. x.`), which the parser reads as one longer, distinct option. The benchmark reports free and
-constrained decoding side by side, with `nested_options`, for that reason.
+comparison (`option_key`: case, spacing, a final period); an option line never holds another option's marker (the
+parser's `inline_marker`: `x. C. y`); the end token only after the key. What the constraint cannot give is content:
+an option the model would have copied from the line above becomes the model's next-best continuation of that line
+(before option markers were refused inside a line, SmolLM2 after ~20 steps went on with the next options inline,
+`B. x. C. x. D. x.`). The benchmark reports free and constrained decoding side by side, with `nested_options`, for
+that reason.
 
 Why hand-written: transformers' grammar support (`prefix_allowed_tokens_fn`) asks for the full list of allowed tokens
 at every step; here the tokens are tested in order of the model's own scores and the search stops at `top_k` allowed
@@ -35,17 +36,19 @@ import torch
 from transformers import LogitsProcessor, PreTrainedTokenizerBase
 
 from genqa.backbones.span_constraint import piece_bytes, written_bytes
-from genqa.data.mcq_format import MCQLayout, option_key
+from genqa.data.mcq_format import MCQLayout, inline_marker, option_key
 
 INVALID, OPEN, COMPLETE = "invalid", "open", "complete"
 
 
 def segments(layout: MCQLayout) -> list[tuple[str, object]]:
-    """The layout as ("fixed", bytes) / ("line", is_option) / ("choice", [bytes]) pieces, in writing order (the
-    layout `format_mcq` writes: `<prefix> <text>` lines, `A. <option>`, the key's label after the answer prefix)."""
-    out: list[tuple[str, object]] = [("fixed", layout.question_prefix.strip().encode()), ("line", False)]
+    """The layout as ("fixed", bytes) / ("line", inline marker regex or None) / ("choice", [bytes]) pieces, in
+    writing order (the layout `format_mcq` writes: `<prefix> <text>` lines, `A. <option>`, the key's label after the
+    answer prefix); an option line carries the regex of option markers it may not contain."""
+    marker = inline_marker(tuple(layout.labels))
+    out: list[tuple[str, object]] = [("fixed", layout.question_prefix.strip().encode()), ("line", None)]
     for label in layout.labels:
-        out += [("fixed", f"\n{label}.".encode()), ("line", True)]
+        out += [("fixed", f"\n{label}.".encode()), ("line", marker)]
     out += [("fixed", f"\n{layout.answer_prefix.strip()}".encode()),
             ("choice", [f" {label}".encode() for label in layout.labels])]
     return out
@@ -89,14 +92,14 @@ def locate(segments: list[tuple[str, object]], data: bytes, segment: int = 0, st
         elif kind == "line":
             end = rest.find(b"\n")
             text = _whole_utf8(rest if end < 0 else rest[:end], final=end >= 0)
-            if text is None:
-                return Cursor(INVALID)
+            if text is None or (spec is not None and spec.search(text.strip())):  # type: ignore[attr-defined]
+                return Cursor(INVALID)  # not UTF-8, or an option line going on with the next options inline
             if end < 0:
                 return Cursor(OPEN, i, pos, keys)
             key = option_key(text)
-            if not key or (spec and key in keys):  # an empty line, or an option equal to an earlier one
+            if not key or (spec is not None and key in keys):  # an empty line, or an option equal to an earlier one
                 return Cursor(INVALID)
-            keys = keys + (key,) if spec else keys
+            keys = keys + (key,) if spec is not None else keys
             pos += end
         else:  # the key's label
             if rest in spec:  # type: ignore[operator]
