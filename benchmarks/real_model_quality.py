@@ -129,24 +129,6 @@ def _extractive(model, encoder, task, rows, calib, args, lang) -> tuple[dict, di
     return out, outside, extra
 
 
-def mcq_content(task, rows, raw: list[str], lang: str) -> dict[str, Any]:
-    """What layout validity does not see, over the valid MCQs: `nested_options` (one option's text inside another's:
-    the near-copies a model falls back to when it may not repeat a line), `key_in_context` (the keyed option's
-    normalised text occurs in the normalised context: the answer is grounded)."""
-    from genqa.data.mcq_format import option_key, parse_mcq
-    from genqa.scoring.metrics import normalize_answer
-
-    lay = task.layout()
-    parsed = [(r, parse_mcq(t, lay.labels, lay.question_prefix, lay.answer_prefix)) for r, t in zip(rows, raw,
-                                                                                                    strict=True)]
-    valid = [(r, p) for r, p in parsed if p.ok]
-    nested = sum(1 for _, p in valid if any(a != b and option_key(a) in option_key(b)
-                                            for a in p.options for b in p.options))
-    grounded = sum(1 for r, p in valid if normalize_answer(p.options[p.answer_index], lang)
-                   in normalize_answer(r["context"], lang))
-    return {"valid": len(valid), "nested_options": nested, "key_in_context": grounded}
-
-
 def evaluate(model, tokenizer, template, task, rows, calib, args, lang) -> tuple[dict, dict, dict]:
     """Metrics of `model` on the held-out rows (and the not-in-context counts, stop share)."""
     import torch
@@ -172,13 +154,10 @@ def evaluate(model, tokenizer, template, task, rows, calib, args, lang) -> tuple
             raw = generate_texts(model, encoder, rows, stopped=stopped, **kw)
             out["generate"], _ = _score(task, rows, raw, "generate", lang, args.record, "generate")
             extra["stopped_share"] = round(sum(stopped.values()) / max(1, len(stopped)), 3)
-            if task.layout() is not None:
-                out["generate"]["content"] = mcq_content(task, rows, raw, lang)
         if task.layout() is not None:  # MCQ generation: layout-constrained decoding too (the recipe default)
             stopped.clear()
             raw = generate_texts(model, encoder, rows, stopped=stopped, mcq_layout=task.layout(), **kw)
             out["layout"], _ = _score(task, rows, raw, "generate", lang, args.record, "layout")
-            out["layout"]["content"] = mcq_content(task, rows, raw, lang)
             extra["layout_stopped_share"] = round(sum(stopped.values()) / max(1, len(stopped)), 3)
         return out, {}, extra
 
@@ -233,8 +212,8 @@ def main(argv: list[str] | None = None) -> None:
     if task.name == "extractive" and any(not r["answers"] for r in rows):
         # the score of answering "no answer" to every question: what a model that only learned to abstain gets
         result["abstain_all"], _ = _score(task, rows, [qa.no_answer_text] * len(rows), "generate", qa.metric_lang)
-    if task.layout() is not None:  # the same content proxies over the exam's own questions: what a good writer gets
-        result["gold_content"] = mcq_content(task, rows, [task.target(r) for r in rows], qa.metric_lang)
+    if task.layout() is not None:  # the same metric over the held-out rows' own questions: what people wrote
+        result["gold"], _ = _score(task, rows, [task.target(r) for r in rows], "generate", qa.metric_lang)
     outputs: dict[str, dict] = {}
     t0 = time.time()
     if not args.skip_zero_shot:

@@ -118,6 +118,7 @@ GOOD_OPTIONS = "A. red\nB. green\nC. blue\nD. black\n"
         ("Question: Sky colour?\nA. red\nB. green. C. green. D. green.\nC. blue\nD. black\nAnswer: A", INLINE_OPTIONS),
         ("Question: Sky colour?\nA. red\nB. green\nC. C. blue\nD. black\nAnswer: A", INLINE_OPTIONS),
         ("Question: Sky colour?\nA. red\nB. green; D.\nC. blue\nD. black\nAnswer: A", INLINE_OPTIONS),
+        ("Question: Sky colour?\nA. red\nB. green\nC. blue\nD. black. E. black\nAnswer: A", INLINE_OPTIONS),
         ("Question: Sky colour?\n" + GOOD_OPTIONS, MISSING_KEY),
         ("Question: Sky colour?\n" + GOOD_OPTIONS + "Answer:   ", MISSING_KEY),
         ("Question: Sky colour?\n" + GOOD_OPTIONS + "Answer: E", KEY_NOT_AN_OPTION),

@@ -281,4 +281,15 @@ def test_mcq_generation_quality_prefix_kwargs():
                       answer_prefix="Đáp án:")
     assert mcq_generation_quality([text])["valid"] == 0
     got = mcq_generation_quality([text], question_prefix="Câu hỏi:", answer_prefix="Đáp án:")
-    assert got == {"total": 1, "valid": 1, "valid_rate": 1.0, "failures": {}}
+    assert got == {"total": 1, "valid": 1, "valid_rate": 1.0, "failures": {}, "nested_options": 0}
+
+
+def test_mcq_generation_quality_content_proxies():
+    """Over the valid MCQs: options nested in one another (near-copies) and keys found in the context."""
+    ok = format_mcq("Which is a fruit?", ["apple", "chair", "river", "cloud"], 0)
+    nested = format_mcq("Which is a fruit?", ["apple", "an apple", "apple pie", "cloud"], 2)
+    broken = nested.replace("Answer: C", "")  # invalid: not counted as nested
+    contexts = ["An apple fell.", "Clouds and rivers.", "Apple pie."]
+    got = mcq_generation_quality([ok, nested, broken], contexts)
+    assert (got["valid"], got["nested_options"], got["key_in_context"]) == (2, 1, 1)
+    assert "key_in_context" not in mcq_generation_quality([ok])

@@ -70,8 +70,12 @@ def _one_line(text: str) -> str:
 @functools.lru_cache(maxsize=32)
 def inline_marker(labels: tuple[str, ...]) -> re.Pattern[str]:
     """Regex finding an option marker inside option text (`x. C. y`, `x. C.` at the end, `B. y` at the start): the
-    text holds further options written inline (`INLINE_OPTIONS`)."""
-    return re.compile(r"(?:^|[.;:]\s*)(?:" + label_alternation(labels) + r")[.)](?:\s|$)")
+    text holds further options written inline (`INLINE_OPTIONS`). The letter after the last label counts too (a
+    model that runs on past `D.` writes `E.`)."""
+    markers = list(labels)
+    if labels and len(labels[-1]) == 1 and "A" <= labels[-1] < "Z":
+        markers.append(chr(ord(labels[-1]) + 1))
+    return re.compile(r"(?:^|[.;:]\s*)(?:" + label_alternation(markers) + r")[.)](?:\s|$)")
 
 
 def layout_problems(question: str, options: Sequence[str], labels: Sequence[str] = DEFAULT_LABELS) -> list[str]:

@@ -30,9 +30,11 @@ def accuracy_metric(task, rows: list[dict[str, Any]], answers: dict[str, str | N
 
 
 def mcq_layout_metric(task, rows: list[dict[str, Any]], answers: dict[str, str | None], lang: str) -> dict[str, Any]:
-    """Structural quality of generated MCQs (question, distinct options, a key)."""
-    return mcq_generation_quality([answers.get(r["id"]) or "" for r in rows], labels=task.args.option_labels,
-                                  question_prefix=task.args.mcq_question_prefix,
+    """Structural quality of generated MCQs (question, distinct options, a key), with nested options and keys
+    grounded in the row's context."""
+    contexts = [r.get("context") or "" for r in rows]
+    return mcq_generation_quality([answers.get(r["id"]) or "" for r in rows], contexts, lang,
+                                  labels=task.args.option_labels, question_prefix=task.args.mcq_question_prefix,
                                   answer_prefix=task.args.mcq_answer_prefix)
 
 
