@@ -119,6 +119,7 @@ GOOD_OPTIONS = "A. red\nB. green\nC. blue\nD. black\n"
         ("Question: Sky colour?\nA. red\nB. green\nC. C. blue\nD. black\nAnswer: A", INLINE_OPTIONS),
         ("Question: Sky colour?\nA. red\nB. green; D.\nC. blue\nD. black\nAnswer: A", INLINE_OPTIONS),
         ("Question: Sky colour?\nA. red\nB. green\nC. blue\nD. black. E. black\nAnswer: A", INLINE_OPTIONS),
+        ("Question: Sky colour?\nA. red\nB. green or what? C. green\nC. blue\nD. black\nAnswer: A", INLINE_OPTIONS),
         ("Question: Sky colour?\n" + GOOD_OPTIONS, MISSING_KEY),
         ("Question: Sky colour?\n" + GOOD_OPTIONS + "Answer:   ", MISSING_KEY),
         ("Question: Sky colour?\n" + GOOD_OPTIONS + "Answer: E", KEY_NOT_AN_OPTION),
@@ -151,8 +152,8 @@ def test_english_prefix_does_not_match_vietnamese_output():
 
 
 def test_option_text_naming_people_by_letter_is_not_inline_options():
-    """Civic-education questions name people by letter (`anh A`, `ông C`); only a label after `.` `;` `:` (or at the
-    start) and before a space or the end marks options written inline."""
+    """Civic-education questions name people by letter (`anh A`, `ông C`); only a label after `.` `;` `:` `?` `!`
+    (or at the start) and before a space or the end marks options written inline."""
     options = ["Anh A, ông B và anh D.", "Chị C và anh A.", "Ông B, anh C và anh D.", "Anh A và ông B."]
     text = format_mcq("Những ai vi phạm?", options, 0, question_prefix=VI_Q, answer_prefix=VI_A)
     assert parse_mcq(text, question_prefix=VI_Q, answer_prefix=VI_A).ok

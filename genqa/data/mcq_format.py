@@ -17,8 +17,9 @@ colon in the prefixes, a trailing period or the option text after the key (`Đá
 preamble lines before the question and trailing text after the key. Structural failures are reported as short,
 stable codes (the `*_` constants below), never as exceptions. One layout failure is checked inside option text:
 an option line that goes on with further labelled options (`B. x. C. y. D. z.`, `INLINE_OPTIONS`) holds several
-options on one line, however distinct it looks; a label is taken as such a marker only at the start of the text or
-after `.` `;` `:` and before a space or the end (none of the 592 VNHSGE targets has one; their `anh D.` names do not).
+options on one line, however distinct it looks; a label (or the letter after the last one) is taken as such a
+marker only at the start of the text or after `.` `;` `:` `?` `!`, and before a space or the end (none of the 592
+VNHSGE targets has one; their `anh D.` names do not).
 """
 
 from __future__ import annotations
@@ -75,7 +76,7 @@ def inline_marker(labels: tuple[str, ...]) -> re.Pattern[str]:
     markers = list(labels)
     if labels and len(labels[-1]) == 1 and "A" <= labels[-1] < "Z":
         markers.append(chr(ord(labels[-1]) + 1))
-    return re.compile(r"(?:^|[.;:]\s*)(?:" + label_alternation(markers) + r")[.)](?:\s|$)")
+    return re.compile(r"(?:^|[.;:?!]\s*)(?:" + label_alternation(markers) + r")[.)](?:\s|$)")
 
 
 def layout_problems(question: str, options: Sequence[str], labels: Sequence[str] = DEFAULT_LABELS) -> list[str]:
