@@ -199,10 +199,11 @@ class QAArguments:
         default=True,
         metadata={"help": "Layout-constrained decoding for task mcq_generation with a causal LM: every generated text "
                   "is one question in the recipe's layout (question prefix, one line per option label, options that "
-                  "differ under the parser's comparison, a key among option_labels, then the end token). It fixes "
-                  "the form, not the content: an option the model would have copied from the line above becomes its "
-                  "next-best continuation (a word more, or the next options inline). `false` lets the model write "
-                  "freely (layout failures are then counted)."},
+                  "differ under the parser's comparison and hold no further option markers, a key among "
+                  "option_labels, then the end token). It fixes the form, not the content: an option the model would "
+                  "have copied from the line above becomes its next-best continuation of that line (the metric's "
+                  "nested_options counts those). `false` lets the model write freely (layout failures are then "
+                  "counted)."},
     )
     no_answer_threshold: float | None = field(
         default=None,

@@ -17,8 +17,8 @@ comparison (`option_key`: case, spacing, a final period); an option line never h
 parser's `inline_marker`: `x. C. y`); the end token only after the key. What the constraint cannot give is content:
 an option the model would have copied from the line above becomes the model's next-best continuation of that line
 (before option markers were refused inside a line, SmolLM2 after ~20 steps went on with the next options inline,
-`B. x. C. x. D. x.`). The benchmark reports free and constrained decoding side by side, with `nested_options`, for
-that reason.
+`B. x. C. x. D. x.`). For that reason the MCQ-generation metric reports `nested_options` beside `valid_rate`, and
+the benchmark scores free and constrained decoding side by side.
 
 Why hand-written: transformers' grammar support (`prefix_allowed_tokens_fn`) asks for the full list of allowed tokens
 at every step; here the tokens are tested in order of the model's own scores and the search stops at `top_k` allowed

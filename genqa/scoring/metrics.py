@@ -246,6 +246,8 @@ def mcq_generation_quality(outputs: Sequence[Any], contexts: Sequence[str] | Non
     to when it may not repeat a line; 5 of the 592 human-written VNHSGE questions have one), and, when `contexts`
     are given (one per output), `key_in_context` counts MCQs whose keyed option occurs in the context (normalised
     under `lang`): an answer grounded in the text."""
+    if contexts is not None and len(contexts) != len(outputs):
+        raise ValueError(f"mcq_generation_quality: {len(contexts)} contexts for {len(outputs)} outputs.")
     failures: collections.Counter[str] = collections.Counter()
     valid = nested = grounded = 0
     for i, text in enumerate(outputs):
