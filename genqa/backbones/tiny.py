@@ -1,10 +1,9 @@
 """Tiny offline models that genqa builds itself, deterministically, with no download.
 
-`tiny:llama` (and `tiny:t5`) in a recipe's `model_name_or_path` resolve (through `genqa.backbones.loading`) to a
-folder under `$GENQA_CACHE`
-(default `~/.cache/genqa`) holding a freshly initialised model and a byte-level BPE tokenizer trained on a fixed
-multilingual corpus (the project's sample data plus a few sentences). They check the pipeline end to end on a CPU;
-they are not useful models.
+`tiny:llama`, `tiny:gemma3` and `tiny:t5` in a recipe's `model_name_or_path` resolve (through
+`genqa.backbones.loading`) to a folder under `$GENQA_CACHE` (default `~/.cache/genqa`) holding a freshly initialised
+model and a byte-level BPE tokenizer trained on a fixed multilingual corpus (the project's sample data plus a few
+sentences). They check the pipeline end to end on a CPU; they are not useful models.
 """
 
 from __future__ import annotations
@@ -58,19 +57,21 @@ def _corpus() -> tuple[str, ...]:
     return tuple(lines)
 
 
-def build_tokenizer(vocab_size: int = 1200):
-    """A byte-level BPE tokenizer trained on the fixed corpus, with the special tokens of every shipped template."""
+def build_tokenizer(vocab_size: int = 1200, extra_special: tuple[str, ...] = ()):
+    """A byte-level BPE tokenizer trained on the fixed corpus, with the special tokens of every shipped template
+    (and `extra_special` ones: Gemma's turn markers for `tiny:gemma3`)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, show_progress=False,
+    special = SPECIAL_TOKENS + list(extra_special)
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=special, show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tok.train_from_iterator(_corpus(), trainer=trainer)
     return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
-                                   pad_token="<pad>", additional_special_tokens=SPECIAL_TOKENS[4:],
+                                   pad_token="<pad>", additional_special_tokens=special[4:],
                                    model_max_length=4096)
 
 
@@ -114,6 +115,33 @@ def build_llama(path: Path) -> None:
     tokenizer.save_pretrained(path)
 
 
+def build_gemma3(path: Path) -> None:
+    """Write a tiny randomly initialised (seeded) Gemma 3 text model and its tokenizer to `path`.
+
+    It keeps what sets Gemma 3 apart from Llama, so the fast tests exercise it: embeddings scaled by sqrt(width),
+    sliding-window layers (window 48, shorter than some test prompts) beside global ones, `query_pre_attn_scalar`, and a
+    final logit soft-cap (google/gemma-3-270m has none; Gemma 2 caps at 30), which genqa's LM-head shortcut must
+    apply exactly as the model's forward does.
+    """
+    import torch
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    tokenizer = build_tokenizer(extra_special=("<start_of_turn>", "<end_of_turn>"))
+    config = Gemma3TextConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=4,
+                              num_attention_heads=4, num_key_value_heads=2, head_dim=16, query_pre_attn_scalar=16,
+                              sliding_window=48, max_position_embeddings=4096, final_logit_softcapping=30.0,
+                              layer_types=["sliding_attention", "full_attention", "sliding_attention",
+                                           "full_attention"],
+                              bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                              pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=True)
+    torch.manual_seed(0)
+    model = Gemma3ForCausalLM(config)
+    warm_up(model, tokenizer)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+
+
 def build_t5(path: Path) -> None:
     """Write a tiny randomly initialised (seeded) T5 model and its tokenizer to `path`."""
     import torch
@@ -134,7 +162,7 @@ def build_t5(path: Path) -> None:
     tokenizer.save_pretrained(path)
 
 
-BUILDERS = {"llama": build_llama, "t5": build_t5}
+BUILDERS = {"llama": build_llama, "gemma3": build_gemma3, "t5": build_t5}
 
 
 def check_kind(name: str) -> str:
