@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-TASKS = ("squad", "squad_v1", "viquad", "viquad_v1", "mcq_zh", "vi_exam", "mcq_gen")
+TASKS = ("squad", "squad_v1", "viquad", "viquad_v1", "mcq_zh", "kaggle_zh", "vi_exam", "mcq_gen")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
