@@ -8,6 +8,7 @@ and (3) answer a handful of them greedily as the merged model does (genqa's own 
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -98,7 +99,7 @@ class ExportCheck:
         for i, (row, ids) in enumerate(zip(self.rows, prompts, strict=True)):
             theirs = other.encode_prompt(row, self.new_tokens)[0]
             if theirs != ids:
-                at = next((k for k, (a, b) in enumerate(zip(ids, theirs)) if a != b), min(len(ids), len(theirs)))
+                at = len(os.path.commonprefix([ids, theirs]))
                 raise ExportError(f"the exported tokenizer encodes check row {i} differently from the run's (first "
                                   f"difference at token {at}: {ids[at:at + 3]} vs {theirs[at:at + 3]}); nothing was "
                                   "written.")
