@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import hashlib
+import importlib.util
 import json
 import os
 import shutil
@@ -131,6 +132,9 @@ def base_of(folder: Path, merged_from: str | None, model_args) -> str | None:
 def export(args: argparse.Namespace) -> dict[str, Any]:
     """Merge (for --adapter), write, check and place the GGUF file with its Modelfile and README."""
     out = check_out(args)
+    if importlib.util.find_spec("gguf") is None:
+        raise ExportError("genqa export writes GGUF with the `gguf` package (llama.cpp's Python library), which is "
+                          "not installed: pip install 'genqa[gguf]' (or pip install gguf).")
     out.parent.mkdir(parents=True, exist_ok=True)
     with model_folder(args, out.parent) as (folder, merged_from):
         return export_folder(folder, merged_from, out, args)
@@ -139,7 +143,7 @@ def export(args: argparse.Namespace) -> dict[str, Any]:
 def export_folder(folder: Path, merged_from: str | None, out: Path, args: argparse.Namespace) -> dict[str, Any]:
     """Write `folder`'s model to a temp file beside `out`, check it, then move it (and its companions) into place."""
     import torch
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoConfig, AutoModelForCausalLM
 
     from genqa.export_check import ExportCheck
     from genqa.files import write_atomic
@@ -148,8 +152,8 @@ def export_folder(folder: Path, merged_from: str | None, out: Path, args: argpar
     from genqa.run_dir import RECIPE_FILE, load_run
 
     qa, sft, model_args = load_run(folder, ["--use_cpu", "true"])
+    architecture(AutoConfig.from_pretrained(folder))  # refused before the model loads
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
-    architecture(model)  # refused before anything is written
     setup = ExportCheck.load(folder, qa, sft, args.check_rows)
     base = base_of(folder, merged_from, model_args)
     meta = {"base": base or str(folder), "task": qa.task, "template": qa.template,

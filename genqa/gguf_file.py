@@ -69,13 +69,14 @@ def file_type(quant: str) -> int:
     return int(LlamaFileType[names.get(quant, f"MOSTLY_{quant.upper()}")])
 
 
-def architecture(model) -> str:
-    """The GGUF architecture genqa writes for `model`, or an `ExportError` naming the ones it can."""
-    model_type = getattr(model.config, "model_type", None)
-    if model_type not in ARCHITECTURES or not type(model).__name__.endswith("ForCausalLM"):
-        raise ExportError(f"cannot export a {type(model).__name__} (model_type {model_type!r}) to GGUF: genqa writes "
-                          f"the causal LM architectures {', '.join(sorted(ARCHITECTURES))}. Serve this model from its "
-                          "merged folder (vLLM, TGI) instead.")
+def architecture(config) -> str:
+    """The GGUF architecture genqa writes for a model of `config`, or an `ExportError` naming the ones it can."""
+    model_type = getattr(config, "model_type", None)
+    classes = getattr(config, "architectures", None) or []
+    if model_type not in ARCHITECTURES or (classes and not any(c.endswith("ForCausalLM") for c in classes)):
+        raise ExportError(f"cannot export a {', '.join(classes) or model_type} model (model_type {model_type!r}) to "
+                          f"GGUF: genqa writes the causal LM architectures {', '.join(sorted(ARCHITECTURES))}. Serve "
+                          "this model from its merged folder (vLLM, TGI) instead.")
     return ARCHITECTURES[model_type]
 
 
@@ -124,11 +125,11 @@ def write_gguf(path: Path, model, tokenizer, quant: str, content: GGUFContent, t
     """Write `model` and `tokenizer` to `path` (the caller places it atomically); returns a summary."""
     import gguf
 
-    arch = architecture(model)
+    arch = architecture(model.config)
     qtype = ggml_type(quant)
     writer = gguf.GGUFWriter(str(path), arch)
     if content.source is not None:
-        expected = carry_metadata(writer, content.source, arch, len(tokenizer))
+        expected = carry_metadata(writer, content.source, arch, model.get_input_embeddings().weight.shape[0])
     else:
         expected = None
         write_architecture(writer, arch, model.config)
@@ -169,10 +170,7 @@ def add_tensors(writer, model, arch: str, qtype, expected: set[str] | None) -> d
 
 def write_architecture(writer, arch: str, config) -> None:
     """The `<arch>.*` hyperparameters llama.cpp (and transformers' GGUF loader) read, from the HF config."""
-    rope = getattr(config, "rope_parameters", None) or {}
-    if rope.get("rope_type", "default") != "default":
-        raise ExportError(f"rope_type {rope.get('rope_type')!r}: genqa writes GGUF metadata for plain RoPE only; "
-                          "export a model whose base came from a .gguf file (its metadata is carried over).")
+    theta = rope_theta(config)
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
     writer.add_context_length(config.max_position_embeddings)
     writer.add_embedding_length(config.hidden_size)
@@ -181,13 +179,27 @@ def write_architecture(writer, arch: str, config) -> None:
     writer.add_head_count(config.num_attention_heads)
     writer.add_head_count_kv(config.num_key_value_heads)
     writer.add_layer_norm_rms_eps(config.rms_norm_eps)
-    writer.add_rope_freq_base(float(rope.get("rope_theta", 10000.0)))
+    writer.add_rope_freq_base(theta)
     writer.add_rope_dimension_count(head_dim)
     writer.add_key_length(head_dim)
     writer.add_value_length(head_dim)
     writer.add_vocab_size(config.vocab_size)
     if arch == "gemma3":
         writer.add_sliding_window(config.sliding_window)
+        writer.add_sliding_window_pattern([t == "sliding_attention" for t in config.layer_types])
+
+
+def rope_theta(config) -> float:
+    """The one RoPE base of the model (Gemma 3: of its sliding and full attention layers alike), or an
+    `ExportError`: scaled RoPE, or two bases, are what transformers' GGUF reader cannot give back, so such an
+    export could not be checked."""
+    rope = getattr(config, "rope_parameters", None) or {}
+    kinds = list(rope.values()) if rope and all(isinstance(v, dict) for v in rope.values()) else [rope]
+    if any(k.get("rope_type", "default") != "default" for k in kinds) or len({k.get("rope_theta") for k in kinds}) > 1:
+        raise ExportError(f"RoPE {rope}: genqa writes GGUF metadata for one plain RoPE base only (scaled RoPE, or "
+                          "different bases per layer type, would not read back the same); export a model whose base "
+                          "came from a .gguf file, whose metadata is carried over.")
+    return float(kinds[0].get("rope_theta", 10000.0))
 
 
 def write_bpe_tokenizer(writer, tokenizer, folder: Path, n_vocab: int) -> None:
@@ -241,8 +253,9 @@ def carry_metadata(writer, source: Path, arch: str, n_tokens: int) -> set[str]:
                           "one; was the base replaced?")
     tokens = reader.fields.get("tokenizer.ggml.tokens")
     if tokens is not None and len(tokens.data) != n_tokens:
-        raise ExportError(f"the tokenizer has {n_tokens} tokens, the source GGUF file {source} {len(tokens.data)}: "
-                          "tokens added during training cannot be carried over into the source's vocabulary.")
+        raise ExportError(f"the model has {n_tokens} token embeddings, the source GGUF file {source} "
+                          f"{len(tokens.data)} tokens: tokens added during training cannot be carried over into the "
+                          "source's vocabulary.")
     for key, value in reader.fields.items():
         if key.startswith("GGUF.") or key in REPLACED_KEYS or key.startswith("genqa."):
             continue
