@@ -177,3 +177,14 @@ def test_export_carries_a_gguf_base_over(tmp_path, arch, capsys, monkeypatch):
     assert {k: after[k] for k in carried} == carried  # every source key kept, tokenizer included
     assert after["genqa.base"] == str(source) and after["general.file_type"] == 1
     assert {t.name for t in gguf.GGUFReader(str(out)).tensors} == {t.name for t in gguf.GGUFReader(str(source)).tensors}
+
+
+def test_export_of_a_merged_folder(mcq_run, tmp_path):  # noqa: F811
+    """`--model` takes what `genqa merge` wrote; the base is read from its merge report."""
+    from genqa.merge import main as merge_main
+
+    assert merge_main(["--adapter", str(mcq_run), "--out", str(tmp_path / "merged")]) == 0
+    out = tmp_path / "m.gguf"
+    assert export_main(["--model", str(tmp_path / "merged"), "--out", str(out), "--quant", "q8_0"]) == 0
+    meta = _fields(out)
+    assert meta["genqa.base"] == "tiny:llama" and meta["general.file_type"] == int(gguf.LlamaFileType.MOSTLY_Q8_0)
