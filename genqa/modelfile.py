@@ -63,13 +63,13 @@ def ollama_template(tokenizer, template: str, system: str | None, end_text: str,
 
 def modelfile_text(gguf_name: str, tmpl: OllamaTemplate) -> str:
     """The `Modelfile` for `ollama create`: the GGUF file beside it, the template, greedy decoding, stop tokens."""
+    if '"""' in tmpl.template or (tmpl.system and '"""' in tmpl.system):
+        raise ModelfileError('the chat template or system prompt contains """, which a Modelfile cannot quote.')
     lines = [f"FROM ./{gguf_name}", f'TEMPLATE """{tmpl.template}"""']
     if tmpl.system:
         lines.append(f'SYSTEM """{tmpl.system}"""')
     lines.append("PARAMETER temperature 0")  # genqa predicts greedily
     lines.extend(f"PARAMETER stop {json.dumps(s, ensure_ascii=False)}" for s in tmpl.stops)
-    if '"""' in tmpl.template or (tmpl.system and '"""' in tmpl.system):
-        raise ModelfileError('the chat template or system prompt contains """, which a Modelfile cannot quote.')
     return "\n".join(lines) + "\n"
 
 
