@@ -170,6 +170,8 @@ def add_tensors(writer, model, arch: str, qtype, expected: set[str] | None) -> d
 
 def write_architecture(writer, arch: str, config) -> None:
     """The `<arch>.*` hyperparameters llama.cpp (and transformers' GGUF loader) read, from the HF config."""
+    if arch == "gemma3":
+        check_gemma3(config)
     theta = rope_theta(config)
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
     writer.add_context_length(config.max_position_embeddings)
@@ -187,6 +189,23 @@ def write_architecture(writer, arch: str, config) -> None:
     if arch == "gemma3":
         writer.add_sliding_window(config.sliding_window)
         writer.add_sliding_window_pattern([t == "sliding_attention" for t in config.layer_types])
+
+
+def check_gemma3(config) -> None:
+    """Refuse a Gemma 3 whose settings GGUF metadata written from scratch does not carry: transformers' reader would
+    take them back as Gemma 3's defaults, and llama.cpp scales queries by 1/sqrt(head_dim) (so
+    `query_pre_attn_scalar` must be the head size, as in google/gemma-3-270m: 256)."""
+    from transformers import Gemma3TextConfig
+
+    default = Gemma3TextConfig(num_hidden_layers=config.num_hidden_layers, head_dim=config.head_dim)
+    keys = ("query_pre_attn_scalar", "final_logit_softcapping", "attn_logit_softcapping", "layer_types")
+    differ = [k for k in keys if getattr(config, k, None) != getattr(default, k, None)]
+    if config.query_pre_attn_scalar != config.head_dim and "query_pre_attn_scalar" not in differ:
+        differ.append("query_pre_attn_scalar (not the head size)")
+    if differ:
+        raise ExportError(f"this Gemma 3 sets {', '.join(differ)} away from what GGUF metadata written from scratch "
+                          "carries; export a model whose base came from a .gguf file (as genqa's pkg: Gemma does), "
+                          "whose metadata is carried over.")
 
 
 def rope_theta(config) -> float:

@@ -109,8 +109,8 @@ def test_export_refuses_an_architecture_it_cannot_write(mcq_run, tmp_path, capsy
 
 def _tiny_gemma3_gguf(path: Path) -> None:
     """A tiny Gemma 3 GGUF file as llama.cpp's converter writes one: sentencepiece vocabulary (`llama` tokenizer
-    model, byte fallback tokens), 7 layers of sliding and full attention, non-zero norm weights (so Gemma's `1 + w`
-    storage is exercised)."""
+    model, byte fallback tokens), 7 layers of sliding and full attention, heads of 256 as google/gemma-3-270m's,
+    non-zero norm weights (so Gemma's `1 + w` storage is exercised)."""
     from transformers import Gemma3ForCausalLM, Gemma3TextConfig
 
     from genqa.backbones.tiny import _corpus
@@ -123,7 +123,7 @@ def _tiny_gemma3_gguf(path: Path) -> None:
     tokens = specials + [f"<0x{i:02X}>" for i in range(256)] + pieces
     rope = {"rope_type": "default", "rope_theta": 10000.0}
     config = Gemma3TextConfig(vocab_size=len(tokens), hidden_size=64, intermediate_size=128, num_hidden_layers=7,
-                              num_attention_heads=4, num_key_value_heads=2, head_dim=16, sliding_window=8,
+                              num_attention_heads=4, num_key_value_heads=2, head_dim=256, sliding_window=8,
                               rope_parameters={"sliding_attention": rope, "full_attention": dict(rope)},
                               bos_token_id=2, eos_token_id=1, pad_token_id=0)
     torch.manual_seed(0)
@@ -188,3 +188,19 @@ def test_export_of_a_merged_folder(mcq_run, tmp_path):  # noqa: F811
     assert export_main(["--model", str(tmp_path / "merged"), "--out", str(out), "--quant", "q8_0"]) == 0
     meta = _fields(out)
     assert meta["genqa.base"] == "tiny:llama" and meta["general.file_type"] == int(gguf.LlamaFileType.MOSTLY_Q8_0)
+
+
+def test_export_refuses_a_gemma3_it_cannot_describe(mcq_run, tmp_path, capsys):  # noqa: F811
+    """tiny:gemma3 (soft-capped logits, its own layer pattern) has no GGUF metadata of its own to carry over, and
+    what genqa would write from scratch would read back as another model: refused, nothing written."""
+    import shutil
+
+    from genqa.backbones.tiny import build
+
+    folder = tmp_path / "g3"
+    shutil.copytree(build("tiny:gemma3"), folder)
+    shutil.copy(mcq_run / "genqa_recipe.yaml", folder)
+    assert export_main(["--model", str(folder), "--out", str(tmp_path / "g3.gguf")]) == 2
+    err = capsys.readouterr().err
+    assert "final_logit_softcapping" in err and "came from a .gguf file" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["g3"]
