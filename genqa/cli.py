@@ -3,6 +3,7 @@
     genqa train RECIPE [--key value ...]     = python -m genqa.sft (accelerate launch -m genqa.sft keeps working)
     genqa preview RECIPE [-n 3]              rows rendered as training encodes them, trained tokens marked
     genqa merge --adapter RUN --out DIR      = python -m genqa.merge
+    genqa export --adapter RUN --out F.gguf  = python -m genqa.export (GGUF + Ollama Modelfile, checked)
     genqa predict --base DIR --data F --out  = python -m genqa.generate
     genqa eval --data F --predictions P      = python -m genqa.evaluate
     genqa env                                versions, CPU / GPU, bf16, bitsandbytes / DeepSpeed: for bug reports
@@ -31,6 +32,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("genqa.sft:main", "train a recipe (LoRA / QLoRA / full) into a run folder"),
     "preview": ("genqa.preview:main", "show rows as training encodes them, trained tokens marked (no model loaded)"),
     "merge": ("genqa.merge:main", "fold a run's adapter into its base, checked against the adapter"),
+    "export": ("genqa.export:main", "write a run as one GGUF file for llama.cpp / Ollama, checked to answer the same"),
     "predict": ("genqa.generate:main", "predict a test file: submission CSV or SQuAD JSON, metrics when labelled"),
     "eval": ("genqa.evaluate:main", "score a predictions file (SQuAD EM/F1, MCQ accuracy, MCQ-generation layout)"),
     "env": ("genqa.hardware:main", "versions, CPU / GPU, bf16, bitsandbytes / DeepSpeed: paste into bug reports"),

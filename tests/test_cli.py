@@ -21,7 +21,7 @@ def _fresh_python(code: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
 
 
-@pytest.mark.parametrize("command", ["", "train", "preview", "merge", "predict", "eval", "env"])
+@pytest.mark.parametrize("command", ["", "train", "preview", "merge", "export", "predict", "eval", "env"])
 def test_help_imports_no_model_library(command):
     args = [command, "--help"] if command else ["--help"]
     proc = _fresh_python(

@@ -148,7 +148,7 @@ def convert_gguf(path: Path) -> str:
     import shutil
     import tempfile
 
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     stat = path.stat()
     digest = hashlib.sha256(f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:10]
@@ -159,8 +159,7 @@ def convert_gguf(path: Path) -> str:
     logger.warning("converting %s to a safetensors folder in %s (once; about a minute)", path, target)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.stem}-", dir=target.parent))
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-        loaded = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+        loaded, tokenizer = load_gguf(path)
         config = copy.deepcopy(loaded.config)
         if hasattr(config, "quantization_config"):
             del config.quantization_config
@@ -179,6 +178,16 @@ def convert_gguf(path: Path) -> str:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return str(target)
+
+
+def load_gguf(path: Path):
+    """(causal LM dequantized to float32, tokenizer) of GGUF file `path`, read by transformers' own GGUF loader: the
+    one way genqa reads a GGUF (`pkg:` models, `.gguf` paths, and the check of every `genqa export`)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+    return model, tokenizer
 
 
 def trusts_remote_code(model_args: ModelConfig) -> bool:
