@@ -16,7 +16,7 @@ import yaml
 from genqa.backbones.loading import check_model_name
 from genqa.backbones.tiny import is_tiny
 from genqa.config import QAArguments
-from genqa.data.sources import DataError, detect_format
+from genqa.data.sources import DataError, detect_format, header_columns
 from genqa.data.tasks import get_task
 from genqa.data.templates import TemplateError, load_template
 from genqa.errors import report_errors
@@ -59,7 +59,9 @@ def validate(qa: QAArguments, sft, model_args, recipe_path: str | None) -> list[
         except TemplateError as err:
             problems.append(f"{where}: template: {err}")
     try:
-        problems += [f"{where}: {p}" for p in get_task(qa).recipe_problems()]
+        task = get_task(qa)
+        problems += [f"{where}: {p}" for p in task.recipe_problems()]
+        problems += [f"{where}: {p}" for p in column_problems(qa, task)]
     except DataError as err:
         problems.append(f"{where}: {err}")
     if sft.max_length is not None and sft.max_length < 16:
@@ -69,6 +71,21 @@ def validate(qa: QAArguments, sft, model_args, recipe_path: str | None) -> list[
     problems += [f"{where}: {p}" for p in report_to_problems(sft.report_to)]
     problems += [f"{where}: {p}" for p in early_stopping_problems(qa, sft)]
     return problems
+
+
+def column_problems(qa: QAArguments, task) -> list[str]:
+    """A column the recipe maps that the training data's header lacks, named with the columns it has (the header
+    only: no rows are read). Empty when the columns are only known after loading (hub, SQuAD, C3, saved folders) or
+    the file is not there."""
+    if not qa.dataset_path or qa.dataset_format == "hub":
+        return []
+    try:
+        columns = header_columns(qa.dataset_path, qa.dataset_format)
+        if columns is not None:
+            task.check_columns(columns, qa.dataset_path, require_answer=True)
+    except DataError as err:
+        return [] if "not found" in str(err) or "no file matches" in str(err) else [str(err)]
+    return []
 
 
 def report_to_problems(report_to: list[str] | str | None) -> list[str]:

@@ -1,0 +1,60 @@
+"""A newcomer's path from a spreadsheet of their own to a Hub-ready model (issue 22): each stumble, caught."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from genqa.sft import main as train_main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def write_exam(path: Path, rows: int = 12, answer: bool = True) -> Path:
+    """The user's own MCQ sheet: id, passage, question, A-D, answer (a label)."""
+    data = []
+    for i in range(rows):
+        row = {"id": f"{i:03d}", "passage": f"Tom has {i + 2} red apples and {i + 3} green pears.",
+               "question": "How many red apples does Tom have?", "A": str(i + 2), "B": str(i + 3),
+               "C": str(i + 4), "D": str(i + 5)}
+        if answer:
+            row["answer"] = "A"
+        data.append(row)
+    pd.DataFrame(data).to_excel(path, index=False)
+    return path
+
+
+def mcq_recipe(tmp_path: Path, **changes: str) -> Path:
+    keys = {"task": "mcq", "dataset_path": str(write_exam(tmp_path / "my_exam.xlsx")), "id_column": "id",
+            "context_column": "passage", "question_column": "question", "options_columns": "[A, B, C, D]",
+            "answer_column": "answer", "option_labels": "[A, B, C, D]", "model_name_or_path": "tiny:llama",
+            "template": "chatml", "output_dir": str(tmp_path / "runs" / "my_mcq"), "use_peft": "true"} | changes
+    path = tmp_path / "my_mcq.yaml"
+    path.write_text("".join(f"{k}: {v}\n" for k, v in keys.items()), encoding="utf-8")
+    return path
+
+
+# ---- item 1: --dry_run reads the data's header -------------------------------------------------------------------
+def test_dry_run_names_a_missing_column_with_the_ones_present(tmp_path, capsys):
+    recipe = mcq_recipe(tmp_path, context_column="pasage")
+    assert train_main([str(recipe), "--dry_run"]) == 2
+    err = capsys.readouterr().err
+    assert "`pasage` (recipe key `context_column`) is missing" in err
+    assert "id, passage, question, A, B, C, D, answer" in err
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl", ".json"])
+def test_dry_run_reads_the_header_of_other_formats(tmp_path, capsys, suffix):
+    frame = pd.read_excel(write_exam(tmp_path / "x.xlsx"), dtype=str)
+    path = tmp_path / f"exam{suffix}"
+    if suffix == ".csv":
+        frame.to_csv(path, index=False)
+    else:
+        path.write_text(frame.to_json(orient="records", lines=suffix == ".jsonl", force_ascii=False), encoding="utf-8")
+    recipe = mcq_recipe(tmp_path, dataset_path=str(path), options_columns="[A, B, C, E]")
+    assert train_main([str(recipe), "--dry_run"]) == 2
+    assert "column `E` (recipe key `options_columns`) is missing" in capsys.readouterr().err
+    assert train_main([str(mcq_recipe(tmp_path, dataset_path=str(path))), "--dry_run"]) == 0
