@@ -277,6 +277,29 @@ def non_default_items(obj: Any) -> dict[str, Any]:
     return out
 
 
+def training_mode(model: ModelConfig) -> str:
+    """What trains, in one line, for the first lines of every run and `--dry_run`: LoRA, QLoRA or the whole model."""
+    if not model.use_peft:
+        return ("full fine-tune: every weight of the model trains (the recipe has no `use_peft: true`); the run "
+                "folder will hold a whole model, not an adapter")
+    targets = model.lora_target_modules or "the model's default projections"
+    targets = ", ".join(targets) if isinstance(targets, list) else targets
+    kind = "LoRA"
+    if model.use_rslora or model.use_dora:
+        kind = "rsLoRA" if model.use_rslora else "DoRA"
+    if model.load_in_4bit or model.load_in_8bit:
+        bits = f"4-bit {model.bnb_4bit_quant_type.upper()}" if model.load_in_4bit else "8-bit"
+        return f"QLoRA: {kind} r={model.lora_r} alpha={model.lora_alpha} on {targets}, base loaded in {bits}, frozen"
+    return f"{kind}: r={model.lora_r} alpha={model.lora_alpha} on {targets}; the base model stays frozen"
+
+
+def trainable_parameters(model: Any) -> str:
+    """`N trainable parameters of M (p%)` for a built model (PEFT-wrapped or not)."""
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    return f"{trainable:,} trainable parameters of {total:,} ({100 * trainable / max(total, 1):.2f}%)"
+
+
 def dump_recipe(data: dict[str, Any], path: str | os.PathLike) -> None:
     """Write a recipe mapping as YAML, atomically."""
     write_atomic(path, yaml.safe_dump(data, sort_keys=True, allow_unicode=True))

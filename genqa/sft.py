@@ -21,7 +21,7 @@ from genqa.data.tasks import get_task
 from genqa.data.templates import TemplateError, load_template
 from genqa.errors import report_errors
 from genqa.messages import begin_run_log, quiet_known_noise, say
-from genqa.recipe import RecipeError, load_recipe_file, non_default_items, parse_recipe
+from genqa.recipe import RecipeError, load_recipe_file, non_default_items, parse_recipe, training_mode
 from genqa.stopping import early_stopping_problems
 
 
@@ -181,6 +181,7 @@ def run(argv: list[str]) -> int:
     problems = validate(qa, sft, model_args, recipe_path)
     if problems:
         raise RecipeError("\n".join(problems))
+    say(f"[genqa] training: {training_mode(model_args)}")
     apply_speed_defaults(sft, explicit_keys(argv, recipe_path))
     if qa.dry_run:
         print_resolved(qa, sft, model_args, recipe_path)

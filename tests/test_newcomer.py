@@ -58,3 +58,21 @@ def test_dry_run_reads_the_header_of_other_formats(tmp_path, capsys, suffix):
     assert train_main([str(recipe), "--dry_run"]) == 2
     assert "column `E` (recipe key `options_columns`) is missing" in capsys.readouterr().err
     assert train_main([str(mcq_recipe(tmp_path, dataset_path=str(path))), "--dry_run"]) == 0
+
+
+# ---- item 2: every run says what trains ---------------------------------------------------------------------------
+def test_first_lines_say_lora_or_full_fine_tune(tmp_path, capsys):
+    assert train_main([str(mcq_recipe(tmp_path, lora_r="16")), "--dry_run"]) == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first.startswith("[genqa] training: LoRA: r=16 alpha=") and "base model stays frozen" in first
+    assert train_main([str(mcq_recipe(tmp_path, use_peft="false")), "--dry_run"]) == 0
+    assert "[genqa] training: full fine-tune: every weight of the model trains" in capsys.readouterr().out
+
+
+def test_merge_of_a_full_run_names_genqa_predict(tmp_path, capsys):
+    from genqa.merge import main as merge_main
+
+    (tmp_path / "run").mkdir()
+    assert merge_main(["--adapter", str(tmp_path / "run"), "--out", str(tmp_path / "m")]) != 0
+    err = capsys.readouterr().err
+    assert f"genqa predict --base {tmp_path / 'run'}" in err and "genqa.generate" not in err
