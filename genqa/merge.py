@@ -97,7 +97,8 @@ def merge(args: argparse.Namespace) -> dict[str, Any]:
     run = Path(args.adapter)
     if not (run / "adapter_config.json").is_file():
         raise RecipeError(f"{run}: no adapter_config.json; nothing to merge (a fully fine-tuned run is already a "
-                          f"complete model: predict with it directly, `genqa predict --base {run} --data TEST --out OUT.csv`; "
+                          "complete model: predict with it directly, "
+                          f"`genqa predict --base {run} --data TEST --out OUT.csv`; "
                           "to train an adapter instead, set `use_peft: true` in the recipe).")
     out = Path(args.out)
     if out.exists() and not args.overwrite:

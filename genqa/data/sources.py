@@ -38,8 +38,8 @@ from genqa.data.layouts import (
     squad_version,
 )
 
-__all__ = ["DataError", "detect_format", "header_columns", "is_c3_json", "is_squad_json", "iter_squad_rows", "load_source",
-           "read_records", "squad_examples", "squad_question_id", "squad_version"]
+__all__ = ["DataError", "detect_format", "header_columns", "is_c3_json", "is_squad_json", "iter_squad_rows",
+           "load_source", "read_records", "squad_examples", "squad_question_id", "squad_version"]
 
 SUFFIX_FORMATS = {".json": "json", ".jsonl": "jsonl", ".csv": "csv", ".parquet": "parquet", ".xlsx": "xlsx",
                   ".xls": "xlsx"}
