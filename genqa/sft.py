@@ -62,6 +62,8 @@ def validate(qa: QAArguments, sft, model_args, recipe_path: str | None) -> list[
         task = get_task(qa)
         problems += [f"{where}: {p}" for p in task.recipe_problems()]
         problems += [f"{where}: {p}" for p in column_problems(qa, task)]
+        for warning in task.recipe_warnings():
+            print(f"[genqa] warning: {where}: {warning}", file=sys.stderr)
     except DataError as err:
         problems.append(f"{where}: {err}")
     if sft.max_length is not None and sft.max_length < 16:

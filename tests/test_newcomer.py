@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pandas as pd
@@ -75,3 +76,29 @@ def test_merge_of_a_full_run_names_genqa_predict(tmp_path, capsys):
     assert merge_main(["--adapter", str(tmp_path / "run"), "--out", str(tmp_path / "m")]) != 0
     err = capsys.readouterr().err
     assert f"genqa predict --base {tmp_path / 'run'}" in err and "genqa.generate" not in err
+
+
+# ---- item 3: an instruction naming other labels than option_labels -----------------------------------------------
+@pytest.mark.parametrize(("instruction", "labels", "warned"), [
+    ("请阅读文章，从四个选项中选出正确答案，只回答选项编号（1、2、3或4）。", "[A, B, C, D]", True),
+    ("Answer with the option number 1-4 only.", "[A, B, C, D]", True),
+    ("Answer with A, B, C or D only.", '["1", "2", "3", "4"]', True),
+    ("Answer with A, B, C or D only.", "[A, B, C, D]", False),
+    ("请只回答选项编号（1、2、3或4）。", '["1", "2", "3", "4"]', False),
+    ("Read the 2 paragraphs and answer with the letter.", "[A, B, C, D]", False),
+])
+def test_instruction_naming_other_labels_is_warned(tmp_path, capsys, instruction, labels, warned):
+    recipe = mcq_recipe(tmp_path, instruction=json.dumps(instruction, ensure_ascii=False), option_labels=labels)
+    assert train_main([str(recipe), "--dry_run"]) == 0
+    assert ("but `option_labels` is" in capsys.readouterr().err) == warned
+
+
+def test_preview_warns_about_the_copied_chinese_instruction(tmp_path, capsys):
+    from genqa.preview import main as preview_main
+
+    recipe = tmp_path / "copied.yaml"
+    recipe.write_text((ROOT / "recipes/tiny/mcq.yaml").read_text(encoding="utf-8"), encoding="utf-8")
+    rc = preview_main([str(recipe), "-n", "1", "--dataset_path", str(ROOT / "data/tiny/zh_mcq.xlsx"),
+                       "--option_labels", "A", "B", "C", "D"])
+    assert rc == 0
+    assert "names the labels 1, 2, 3, 4 but `option_labels` is A, B, C, D" in capsys.readouterr().err
