@@ -58,14 +58,7 @@ def validate(qa: QAArguments, sft, model_args, recipe_path: str | None) -> list[
             load_template(qa.template)
         except TemplateError as err:
             problems.append(f"{where}: template: {err}")
-    try:
-        task = get_task(qa)
-        problems += [f"{where}: {p}" for p in task.recipe_problems()]
-        problems += [f"{where}: {p}" for p in column_problems(qa, task)]
-        for warning in task.recipe_warnings():
-            print(f"[genqa] warning: {where}: {warning}", file=sys.stderr)
-    except DataError as err:
-        problems.append(f"{where}: {err}")
+    problems += task_problems(qa, where)
     if sft.max_length is not None and sft.max_length < 16:
         problems.append(f"{where}: max_length={sft.max_length} leaves no room for a prompt and an answer.")
     if (model_args.load_in_4bit or model_args.load_in_8bit) and not model_args.use_peft:
@@ -73,6 +66,18 @@ def validate(qa: QAArguments, sft, model_args, recipe_path: str | None) -> list[
     problems += [f"{where}: {p}" for p in report_to_problems(sft.report_to)]
     problems += [f"{where}: {p}" for p in early_stopping_problems(qa, sft)]
     return problems
+
+
+def task_problems(qa: QAArguments, where: str) -> list[str]:
+    """What the task lacks in the recipe and the data's header; its warnings are printed."""
+    try:
+        task = get_task(qa)
+        problems = task.recipe_problems() + column_problems(qa, task)
+    except DataError as err:
+        return [f"{where}: {err}"]
+    for warning in task.recipe_warnings():
+        print(f"[genqa] warning: {where}: {warning}", file=sys.stderr)
+    return [f"{where}: {p}" for p in problems]
 
 
 def column_problems(qa: QAArguments, task) -> list[str]:
