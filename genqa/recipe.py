@@ -19,6 +19,7 @@ import os
 import sys
 import types
 import typing
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -213,13 +214,13 @@ def parse_recipe(argv: list[str] | None = None) -> tuple[QAArguments, SFTConfig,
     Returns the three argument dataclasses and the recipe path (None when everything came from the command line).
     """
     argv = _normalise_argv(list(sys.argv[1:] if argv is None else argv))
-    recipe_path = None
+    recipe_path, written = None, {a[2:].split("=", 1)[0].replace("-", "_") for a in argv if a.startswith("--")}
     if "--config" in argv:
         i = argv.index("--config")
         if i + 1 >= len(argv):
             raise RecipeError("--config needs the path of a YAML recipe.")
         recipe_path = argv[i + 1]
-        load_recipe_file(recipe_path)
+        written |= set(load_recipe_file(recipe_path))
     _check_cli_keys(argv)
     parser = TrlParser(RECIPE_DATACLASSES)
     where = recipe_path or "command line"
@@ -229,7 +230,12 @@ def parse_recipe(argv: list[str] | None = None) -> tuple[QAArguments, SFTConfig,
 
     parser.error = argparse_error  # argparse would print the usage and exit; name the key like every other error
     try:
-        qa, sft, model = parser.parse_args_and_config(args=argv)
+        with warnings.catch_warnings():
+            if not {"gradient_checkpointing", "gradient_checkpointing_kwargs"} & written:
+                # TRL's own SFTConfig default sets the deprecated alias; only a recipe that writes it hears of it
+                warnings.filterwarnings("ignore", message="`gradient_checkpointing` is deprecated",
+                                        category=FutureWarning)
+            qa, sft, model = parser.parse_args_and_config(args=argv)
     except RecipeError:
         raise
     except (ValueError, TypeError) as err:

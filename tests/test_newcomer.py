@@ -102,3 +102,69 @@ def test_preview_warns_about_the_copied_chinese_instruction(tmp_path, capsys):
                        "--option_labels", "A", "B", "C", "D"])
     assert rc == 0
     assert "names the labels 1, 2, 3, 4 but `option_labels` is A, B, C, D" in capsys.readouterr().err
+
+
+# ---- item 4: TRL's own default does not make transformers warn about a key the recipe never wrote ----------------
+def test_no_gradient_checkpointing_future_warning_unless_the_recipe_writes_it(tmp_path):
+    import warnings
+
+    from genqa.recipe import parse_recipe
+
+    recipe = mcq_recipe(tmp_path)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        parse_recipe([str(recipe), "--use_cpu", "true"])
+    assert not [w for w in caught if "gradient_checkpointing" in str(w.message)]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        parse_recipe([str(recipe), "--use_cpu", "true", "--gradient_checkpointing", "true"])
+    assert [w for w in caught if "`gradient_checkpointing` is deprecated" in str(w.message)]
+
+
+# ---- item 3: genqa init -------------------------------------------------------------------------------------------
+def test_init_writes_a_validated_starter_recipe(tmp_path, capsys, monkeypatch):
+    from genqa.cli import main as genqa
+
+    monkeypatch.chdir(tmp_path)
+    write_exam(tmp_path / "my_exam.xlsx")
+    assert genqa(["init", "--task", "mcq", "--data", "my_exam.xlsx", "--model", "tiny:llama"]) == 0
+    out = capsys.readouterr().out
+    assert "context_column = passage" in out and "genqa train my_exam.yaml --dry_run" in out
+    text = (tmp_path / "my_exam.yaml").read_text(encoding="utf-8")
+    assert 'options_columns: ["A", "B", "C", "D"]' in text and 'option_labels: ["A", "B", "C", "D"]' in text
+    assert "(A, B, C or D)" in text and "use_peft: true" in text and 'template: "chatml"' in text
+    assert train_main(["my_exam.yaml", "--dry_run"]) == 0
+    assert "but `option_labels` is" not in capsys.readouterr().err
+    assert genqa(["init", "--task", "mcq", "--data", "my_exam.xlsx"]) == 2  # never overwrites
+    assert "already exists" in capsys.readouterr().err
+
+
+def test_init_chinese_sheet_with_numbered_answers(tmp_path, capsys):
+    from genqa.starter import main as init_main
+
+    rows = [{"題號": str(i), "文章": "小明有三个苹果。", "問題": "小明有几个苹果？", "選項1": "三", "選項2": "四",
+             "選項3": "五", "選項4": "六", "正確答案": "1"} for i in range(6)]
+    pd.DataFrame(rows).to_excel(tmp_path / "zh.xlsx", index=False)
+    out = tmp_path / "zh.yaml"
+    assert init_main(["--task", "mcq", "--data", str(tmp_path / "zh.xlsx"), "--out", str(out),
+                      "--model", "Qwen/Qwen2.5-0.5B-Instruct"]) == 0
+    text = out.read_text(encoding="utf-8")
+    assert 'option_labels: ["1", "2", "3", "4"]' in text and "（1、2、3或4）" in text and 'id_column: "題號"' in text
+
+
+def test_init_names_the_columns_it_could_not_guess(tmp_path, capsys):
+    from genqa.starter import main as init_main
+
+    pd.DataFrame([{"a1": "x", "b2": "y"}]).to_excel(tmp_path / "odd.xlsx", index=False)
+    assert init_main(["--task", "extractive", "--data", str(tmp_path / "odd.xlsx"),
+                      "--out", str(tmp_path / "odd.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert "`question_column`, `answer_column`, `context_column`" in err and "(a1, b2)" in err
+    assert not (tmp_path / "odd.yaml").exists()
+
+
+def test_genqa_help(capsys):
+    from genqa.cli import main as genqa
+
+    assert genqa(["help"]) == 0
+    assert "init" in capsys.readouterr().out
