@@ -111,7 +111,10 @@ def merge(args: argparse.Namespace) -> dict[str, Any]:
     tokenizer = ensure_pad_token(AutoTokenizer.from_pretrained(run))
     batch = backbone.check_batch(get_task(qa), tokenizer, tokenizer.chat_template, sft,
                                  check_rows(str(run), qa, args.check_rows))
-    report: dict[str, Any] = {"adapter": str(run), "base": base, "dtype": args.dtype, "check_rows": args.check_rows}
+    from genqa.hub_names import adapter_fingerprint
+
+    report: dict[str, Any] = {"adapter": str(run), "base": base, "dtype": args.dtype, "check_rows": args.check_rows,
+                              "adapter_fingerprint": adapter_fingerprint(run)}
 
     model = PeftModel.from_pretrained(auto.from_pretrained(resolve_model_path(base), dtype=dtype), run)
     adapter_logits = logits_of(model.eval(), batch)

