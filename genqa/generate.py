@@ -31,23 +31,33 @@ from genqa.submission import PredictionStore, SubmissionError, write_json_predic
 # none of them.
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """The module docstring as written, and an option's default after its help where it has one the help does not
+    already state."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if action.default in (None, False, argparse.SUPPRESS) or "default" in text.lower():
+            return text
+        return f"{text} (default: %(default)s)".strip()
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Command-line options of genqa.generate (unknown `--key value` pairs are recipe overrides)."""
-    p = argparse.ArgumentParser(prog="genqa predict", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="genqa predict", description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--base", required=True, help="Merged model folder, a base model, or tiny:llama.")
     p.add_argument("--data", required=True, help="Test data: any source genqa trains from (xlsx, json, SQuAD...).")
     p.add_argument("--out", required=True, help="Submission CSV (or .json for a SQuAD {id: answer} map).")
     p.add_argument("--recipe", help="Recipe YAML (default: the one saved in --adapter or --base).")
     p.add_argument("--adapter", help="A run folder holding a LoRA adapter to apply on --base.")
     p.add_argument("--split", help="Split of --data to predict (default: its only/first split).")
-    p.add_argument("--batch_size", type=int, default=16)
+    p.add_argument("--batch_size", type=int, default=16, help="Prompts per forward pass (does not change answers).")
     p.add_argument("--max_new_tokens", type=int, help="Default: the recipe's max_new_tokens, else by task: mcq 8, "
                    "extractive 48, abstractive 64, mcq_generation 256.")
     p.add_argument("--mcq_mode", choices=("score", "generate"), default="score",
                    help="MCQ answering: score the option labels in one forward pass (default), or generate freely "
                    "and parse the label.")
-    p.add_argument("--num_beams", type=int, default=1)
+    p.add_argument("--num_beams", type=int, default=1, help="Beam search width of free generation (1: greedy).")
     p.add_argument("--do_sample", action="store_true", help="Sample instead of greedy decoding.")
     p.add_argument("--dtype", default=None, help="float32 / bfloat16 / float16 (default: the recipe's dtype).")
     p.add_argument("--autocast", choices=("none", "bf16", "auto"), default="none",

@@ -205,3 +205,12 @@ def test_card_of_a_packaged_base_loads_with_huggingface_hub(tmp_path, monkeypatc
     assert card.data.datasets == ["someone/exam-data"] and card.data.library_name == "peft"
     assert "dequantized from GGUF Q4_1" in card.text and str(tmp_path) not in card.text
     assert "genqa merge --adapter runs/x --out runs/x/merged" in card.text
+
+
+# ---- item 13: predict --help shows every option's default ------------------------------------------------------
+def test_predict_help_shows_defaults():
+    from genqa.generate import build_parser
+
+    text = " ".join(build_parser().format_help().split())
+    assert "(does not change answers). (default: 16)" in text and "(1: greedy). (default: 1)" in text
+    assert "(default: None)" not in text
