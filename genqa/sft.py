@@ -142,11 +142,14 @@ def apply_precision(sft, explicit: set[str], saved: dict | None = None) -> None:
     say(f"[genqa] {fit_threads()}")
     if sft.fp16:
         return
+    kept = "bf16" not in explicit and (saved or {}).get("bf16") is not None  # decided when the run first started
     requested = bool(sft.bf16) if "bf16" in explicit else (saved or {}).get("bf16")
     choice = precision_for(requested, use_cpu=bool(sft.use_cpu))
     sft.bf16 = choice.bf16
     sft.mixed_precision = "bf16" if choice.bf16 else "no"
-    say(f"[genqa] precision: {'bf16 autocast' if choice.bf16 else 'fp32'} -- {choice.reason}")
+    reason = (f"as this run started (its genqa_recipe.yaml records bf16: {str(choice.bf16).lower()}; the recipe does "
+              "not set bf16)") if kept else choice.reason
+    say(f"[genqa] precision: {'bf16 autocast' if choice.bf16 else 'fp32'} -- {reason}")
     if choice.warning:
         print(f"[genqa] warning: {choice.warning}", file=sys.stderr)
 

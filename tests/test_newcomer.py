@@ -214,3 +214,17 @@ def test_predict_help_shows_defaults():
     text = " ".join(build_parser().format_help().split())
     assert "(does not change answers). (default: 16)" in text and "(1: greedy). (default: 1)" in text
     assert "(default: None)" not in text
+
+
+# ---- item 5: a rerun does not claim the recipe set bf16 ---------------------------------------------------------
+@pytest.mark.parametrize("saved_bf16", [True, False])
+def test_rerun_says_precision_was_kept_not_set_by_the_recipe(capsys, saved_bf16):
+    from types import SimpleNamespace
+
+    from genqa.sft import apply_precision
+
+    sft = SimpleNamespace(fp16=False, bf16=False, use_cpu=True, mixed_precision="no")
+    apply_precision(sft, explicit={"output_dir"}, saved={"bf16": saved_bf16})
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("[genqa] precision:"))
+    assert "the recipe sets" not in line and f"records bf16: {str(sft.bf16).lower()}" in line
+    assert sft.bf16 == saved_bf16
