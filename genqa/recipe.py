@@ -241,9 +241,27 @@ def parse_recipe(argv: list[str] | None = None) -> tuple[QAArguments, SFTConfig,
     except (ValueError, TypeError) as err:
         raise RecipeError(f"{where}: {err}") from err
     check_ranges((qa, sft, model), where)
+    if recipe_path and "--dataset_path" not in argv:
+        qa.dataset_path = beside_recipe(qa.dataset_path, recipe_path)
     if qa.gguf_file and model.model_name_or_path and not model.model_name_or_path.endswith(".gguf"):
         model.model_name_or_path = f"{model.model_name_or_path.rstrip('/')}/{qa.gguf_file.lstrip('/')}"
     return qa, sft, model, recipe_path
+
+
+def beside_recipe(path: str | None, recipe_path: str) -> str | None:
+    """A relative data path of a recipe file, read from the working directory where it exists there, else from the
+    recipe's own folder (said, with the path used) where it exists there; otherwise unchanged (a hub id, or a file
+    that is missing either way, which the reader then reports)."""
+    import glob
+
+    if not path or os.path.isabs(path) or glob.glob(path):
+        return path
+    candidate = os.path.join(os.path.dirname(recipe_path), path)
+    if os.path.dirname(recipe_path) and glob.glob(candidate):
+        print(f"[genqa] dataset_path {path}: not found from the working directory ({os.getcwd()}); using {candidate}, "
+              "relative to the recipe's folder.", file=sys.stderr)
+        return candidate
+    return path
 
 
 def resolved_recipe(qa: QAArguments, sft: SFTConfig, model: ModelConfig) -> dict[str, Any]:

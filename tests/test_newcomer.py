@@ -228,3 +228,27 @@ def test_rerun_says_precision_was_kept_not_set_by_the_recipe(capsys, saved_bf16)
     line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("[genqa] precision:"))
     assert "the recipe sets" not in line and f"records bf16: {str(sft.bf16).lower()}" in line
     assert sft.bf16 == saved_bf16
+
+
+# ---- item 6: a recipe's relative data path, read from the recipe's folder when not found from the working dir -----
+def test_relative_data_path_resolves_beside_the_recipe(tmp_path, monkeypatch, capsys):
+    from genqa.recipe import parse_recipe
+
+    folder = tmp_path / "project"
+    folder.mkdir()
+    write_exam(folder / "my_exam.xlsx")
+    recipe = mcq_recipe(tmp_path, dataset_path="my_exam.xlsx")
+    recipe = recipe.rename(folder / "my_mcq.yaml")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    qa, *_ = parse_recipe([str(recipe), "--use_cpu", "true"])
+    assert qa.dataset_path == str(folder / "my_exam.xlsx")
+    assert "relative to the recipe's folder" in capsys.readouterr().err
+    monkeypatch.chdir(folder)  # found from the working directory: used as written
+    assert parse_recipe([str(recipe), "--use_cpu", "true"])[0].dataset_path == "my_exam.xlsx"
+
+
+def test_squad_v1_recipe_header_names_itself_and_its_data():
+    head = (ROOT / "recipes/cpu/squad_v1.yaml").read_text(encoding="utf-8").split("task:")[0]
+    assert "recipes/cpu/squad_v1.yaml" in head and "squad.yaml " not in head and "TRAINING data" in head
