@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from transformers import TrainerCallback
+from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
 from genqa.files import write_atomic
 from genqa.hub_names import BASE_LICENSES, adapter_fingerprint, hub_base, is_hub_id, make_adapter_portable
@@ -52,6 +53,40 @@ class RunLogCallback(TrainerCallback):
         log_line(" ".join(f"{k}={_short(v)}" for k, v in event.items()))
 
 
+    def on_train_begin(self, args, state, control, **kwargs):
+        """A resumed run logs, evaluates and saves at the intervals of this command, as the README promises
+        (transformers keeps the checkpoint's, `logging_steps: 2 (from args) != 10 (from trainer_state.json)`)."""
+        before = (state.logging_steps, state.eval_steps, state.save_steps)
+        state.compute_steps(args, state.max_steps)
+        after = (state.logging_steps, state.eval_steps, state.save_steps)
+        if state.global_step and before != after:
+            say("[genqa] resumed with this command's intervals: " + ", ".join(
+                f"{k}_steps {b} -> {a}" for k, b, a in zip(("logging", "eval", "save"), before, after, strict=True)
+                if a != b))
+
+
+def event_line(state, logs: dict[str, Any]) -> str:
+    """One trainer log event as a line of text: `step 10/30  loss 2.345  grad_norm 1.2  learning_rate 0.002`."""
+    shown = {k: v for k, v in logs.items() if k != "total_flos" and isinstance(v, (int, float, str))}
+    return f"step {state.global_step}/{state.max_steps}  " + "  ".join(f"{k} {_short(v)}" for k, v in shown.items())
+
+
+class CleanProgressCallback(ProgressCallback):
+    """transformers' progress bar, printing each log event as one line (`event_line`), not a dict of strings."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if state.is_world_process_zero and self.training_bar is not None and logs:
+            self.training_bar.write(event_line(state, logs))
+
+
+class CleanPrinterCallback(PrinterCallback):
+    """transformers' printer (`disable_tqdm`), one line per log event."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if state.is_local_process_zero and logs:
+            print(event_line(state, logs), flush=True)
+
+
 def _short(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
@@ -68,6 +103,9 @@ def model_kind(model) -> str:
 def attach(trainer, qa, sft, model_args, reports: list) -> None:
     """Before training: log every event to the run folder, and make the trainer's model card genqa's."""
     trainer.add_callback(RunLogCallback(sft.output_dir))
+    for library, clean in ((ProgressCallback, CleanProgressCallback), (PrinterCallback, CleanPrinterCallback)):
+        if trainer.pop_callback(library) is not None:
+            trainer.add_callback(clean)
 
     def create_model_card(*args, **kwargs) -> None:  # replaces TRL's stub wherever transformers asks for a card
         if trainer.is_world_process_zero():
@@ -124,6 +162,9 @@ def finish(trainer, qa, sft, model_args, reports: list) -> dict[str, Any]:
     best_step = int(best.rsplit("-", 1)[1]) if best and best.rsplit("-", 1)[-1].isdigit() else None
     if plot_losses(state.log_history, out / LOSS_PLOT_FILE, best_step):
         say(f"[genqa] loss plot: {out / LOSS_PLOT_FILE}")
+    else:
+        say(f"[genqa] no loss plot: no loss was logged in {state.global_step} steps (logging every "
+            f"{state.logging_steps}); lower logging_steps, or leave it out to log 20 times per run.")
     write_card(out, qa, sft, model_args, reports_as_dicts(reports),
                {**final_metrics(state.log_history), **train, **eval_metrics}, backbone=model_kind(trainer.model))
     make_adapter_portable(out, model_args.model_name_or_path)

@@ -162,6 +162,9 @@ def saved_recipe(output_dir: str | None) -> dict:
     return (yaml.safe_load(path.read_text(encoding="utf-8")) or {}) if output_dir and path.is_file() else {}
 
 
+#: where the recipe does not say: log every 5% of the training steps (transformers reads a value below 1 as a ratio)
+DEFAULT_LOGGING_STEPS = 0.05
+
 #: the keys that say how activation checkpointing runs; a recipe that sets none of them gets genqa's default
 CHECKPOINTING_KEYS = {"activation_checkpointing", "gradient_checkpointing", "activation_checkpointing_kwargs",
                       "gradient_checkpointing_kwargs"}
@@ -177,6 +180,8 @@ def apply_speed_defaults(sft, explicit: set[str]) -> None:
     `benchmarks/train_speed.py` measures them against plain TRL and the padded loop."""
     saved = saved_recipe(sft.output_dir)
     apply_precision(sft, explicit, saved)
+    if "logging_steps" not in explicit:  # 20 points on the loss plot, however long the run (a ratio of its steps)
+        sft.logging_steps = saved.get("logging_steps", DEFAULT_LOGGING_STEPS)
     if "train_sampling_strategy" not in explicit and not sft.packing and not sft.padding_free:
         sft.train_sampling_strategy = saved.get("train_sampling_strategy", "group_by_length")
     if not CHECKPOINTING_KEYS & explicit and sft.activation_checkpointing and not sft.activation_checkpointing_kwargs:

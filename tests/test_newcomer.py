@@ -252,3 +252,29 @@ def test_relative_data_path_resolves_beside_the_recipe(tmp_path, monkeypatch, ca
 def test_squad_v1_recipe_header_names_itself_and_its_data():
     head = (ROOT / "recipes/cpu/squad_v1.yaml").read_text(encoding="utf-8").split("task:")[0]
     assert "recipes/cpu/squad_v1.yaml" in head and "squad.yaml " not in head and "TRAINING data" in head
+
+
+# ---- item 7: the loss plot gets points, a resume honours --logging_steps, one clean line per log event -----------
+def _losses(run: Path) -> list[int]:
+    lines = (run / "trainer_log.jsonl").read_text(encoding="utf-8").splitlines()
+    return [e["step"] for e in map(json.loads, lines) if "loss" in e]
+
+
+@pytest.mark.slow
+def test_logging_interval_plot_and_resume(tmp_path, capsys):
+    recipe = tmp_path / "mcq.yaml"
+    text = (ROOT / "recipes/tiny/mcq.yaml").read_text(encoding="utf-8")
+    recipe.write_text("\n".join(x for x in text.splitlines() if not x.startswith("logging_steps")), encoding="utf-8")
+    data = ["--dataset_path", str(ROOT / "data/tiny/zh_mcq.xlsx"), "--save_steps", "3"]
+    unset = tmp_path / "unset"
+    assert train_main([str(recipe), *data, "--output_dir", str(unset), "--max_steps", "6"]) == 0
+    assert _losses(unset) == [1, 2, 3, 4, 5, 6] and (unset / "training_loss.png").is_file()
+    out = capsys.readouterr().out
+    assert "step 3/6  loss " in out and "{'loss'" not in out
+
+    run = tmp_path / "run"
+    assert train_main([str(recipe), *data, "--output_dir", str(run), "--max_steps", "3", "--logging_steps", "5"]) == 0
+    assert "no loss plot: no loss was logged in 3 steps" in capsys.readouterr().out
+    assert not (run / "training_loss.png").exists()
+    assert train_main([str(recipe), *data, "--output_dir", str(run), "--max_steps", "6", "--logging_steps", "2"]) == 0
+    assert _losses(run) == [4, 6] and "logging_steps 5 -> 2" in capsys.readouterr().out
