@@ -302,13 +302,29 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
     return 0
 
 
+#: how an answer was read back from the model's output (`Task.read_answer`), in words
+READ_AS = {"exact": "are exact spans of their context",
+           "normalized": "were found in their context after normalisation (case, spacing, punctuation)",
+           "not_in_context": "are not in their context (kept as generated)",
+           "no_answer": "are the no-answer text (scored as an empty answer)",
+           "span": "are spans the span head picked", "label_score": "are labels picked by scoring the option labels",
+           "generate": "were generated freely and parsed", "unparseable": "could not be read as a valid answer"}
+
+
+def how_lines(how: dict[str, int], total: int) -> list[str]:
+    """`20 of 20 answers are exact spans of their context`, one line per way answers were read back."""
+    return [f"{n} of {total} answers {READ_AS.get(k, f'were read as {k}')}" for k, n in how.items()]
+
+
 def write_outputs(args: argparse.Namespace, qa, task, rows: list[dict[str, Any]], store: PredictionStore,
                   out: Path) -> None:
     """The submission CSV (or SQuAD JSON) from the stored predictions, and the metrics when the rows have golds."""
     ids = [r["id"] for r in rows]
     answers = {i: store.records[i]["answer"] for i in ids if i in store.records}
     how = dict(Counter(store.records[i]["how"] for i in ids if i in store.records))
-    print(f"[genqa] {len(answers)}/{len(ids)} rows predicted; {json.dumps(how, ensure_ascii=False)}")
+    print(f"[genqa] {len(answers)}/{len(ids)} rows predicted")
+    for line in how_lines(how, len(answers)):
+        print(f"[genqa] {line}")
     if out.suffix == ".json":
         write_json_predictions(out, ids, answers)
     else:
@@ -321,7 +337,7 @@ def write_outputs(args: argparse.Namespace, qa, task, rows: list[dict[str, Any]]
         from genqa.scoring.task_metrics import task_metrics
 
         metrics = task_metrics(task, rows, answers, args.lang or qa.metric_lang)
-        metrics["predictions"] = how
+        metrics["answers_read_as"] = {READ_AS.get(k, k): n for k, n in how.items()}
         write_atomic(out.with_name(out.name + ".metrics.json"), json.dumps(metrics, indent=2, ensure_ascii=False))
         print(json.dumps(metrics, indent=2, ensure_ascii=False))
 

@@ -278,3 +278,11 @@ def test_logging_interval_plot_and_resume(tmp_path, capsys):
     assert not (run / "training_loss.png").exists()
     assert train_main([str(recipe), *data, "--output_dir", str(run), "--max_steps", "6", "--logging_steps", "2"]) == 0
     assert _losses(run) == [4, 6] and "logging_steps 5 -> 2" in capsys.readouterr().out
+
+
+# ---- item 8: how answers were read back, in words ------------------------------------------------------------------
+def test_how_answers_were_read_is_said_in_words():
+    from genqa.generate import how_lines
+
+    assert how_lines({"exact": 20}, 20) == ["20 of 20 answers are exact spans of their context"]
+    assert how_lines({"label_score": 10}, 10) == ["10 of 10 answers are labels picked by scoring the option labels"]
