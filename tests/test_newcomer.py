@@ -286,3 +286,15 @@ def test_how_answers_were_read_is_said_in_words():
 
     assert how_lines({"exact": 20}, 20) == ["20 of 20 answers are exact spans of their context"]
     assert how_lines({"label_score": 10}, 10) == ["10 of 10 answers are labels picked by scoring the option labels"]
+
+
+# ---- item 10: eval of a spreadsheet without --task -----------------------------------------------------------------
+def test_eval_of_a_spreadsheet_without_task_says_pass_task_mcq(tmp_path, capsys):
+    from genqa.evaluate import main as eval_main
+
+    gold = write_exam(tmp_path / "my_test_gold.xlsx")
+    (tmp_path / "submission.csv").write_text("id,answer\n000,A\n", encoding="utf-8")
+    assert eval_main(["--data", str(gold), "--predictions", str(tmp_path / "submission.csv")]) == 2
+    err = capsys.readouterr().err
+    assert "is a table (.xlsx), not SQuAD JSON" in err and "--task mcq --recipe RECIPE.yaml" in err
+    assert "UTF-8" not in err
