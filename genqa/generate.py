@@ -69,6 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "recipe's metric_lang).")
     p.add_argument("--limit", type=int, help="Predict only the first N rows (a quick look).")
     p.add_argument("--no_progress", action="store_true", help="No progress bar.")
+    p.add_argument("--overwrite", action="store_true", help="Start over: drop the predictions an earlier run left for "
+                   "this --out (OUT.predictions.jsonl) instead of resuming them; needed after changing a setting "
+                   "that shapes predictions (e.g. --mcq_mode).")
     return p
 
 
@@ -295,6 +298,10 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
     args.template_overridden = any(a.split("=", 1)[0] == "--template" for a in overrides)
     with output_lock(out.with_name(out.name + ".lock"), f"--out {out}", main_only=False):
         setup = prepare(args, qa, sft, task)
+        stored = out.with_name(out.name + ".predictions.jsonl")
+        if args.overwrite and stored.exists():
+            stored.unlink()
+            print(f"[genqa] --overwrite: removed {stored}; predicting every row again")
         store = PredictionStore(out.with_name(out.name + ".predictions.jsonl"),
                                 fingerprint(args, qa, sft, model_args, setup))
         predict(args, task, model_args, setup, rows, store)
@@ -316,6 +323,18 @@ def how_lines(how: dict[str, int], total: int) -> list[str]:
     return [f"{n} of {total} answers {READ_AS.get(k, f'were read as {k}')}" for k, n in how.items()]
 
 
+def next_command(args: argparse.Namespace, task, out: Path) -> str:
+    """How to score predictions of an unlabelled test file once its answers are known."""
+    if task.name in ("mcq", "mcq_generation"):
+        from genqa.run_dir import RECIPE_FILE
+
+        recipe = args.recipe or next((str(Path(f) / RECIPE_FILE) for f in (args.adapter, args.base)
+                                      if f and (Path(f) / RECIPE_FILE).is_file()), "RECIPE.yaml")
+        return (f"submit {out}, or score it against a labelled copy of the test file: genqa eval --task {task.name} "
+                f"--recipe {recipe} --data YOUR_GOLD_FILE --predictions {out}")
+    return f"submit {out}, or score it: genqa eval --data YOUR_GOLD_FILE.json --predictions {out}"
+
+
 def write_outputs(args: argparse.Namespace, qa, task, rows: list[dict[str, Any]], store: PredictionStore,
                   out: Path) -> None:
     """The submission CSV (or SQuAD JSON) from the stored predictions, and the metrics when the rows have golds."""
@@ -333,6 +352,8 @@ def write_outputs(args: argparse.Namespace, qa, task, rows: list[dict[str, Any]]
         if stats["filled"]:
             print(f"[genqa] {stats['filled']} missing/invalid answers filled with {args.fill_missing!r}")
     print(f"[genqa] wrote {out}")
+    if not task.has_gold(rows):
+        print(f"[genqa] next: {next_command(args, task, out)}")
     if task.has_gold(rows):
         from genqa.scoring.task_metrics import task_metrics
 

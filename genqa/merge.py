@@ -178,6 +178,7 @@ def save_merged(model, tokenizer, run: Path, out: Path, args, qa, sft, model_arg
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     print(f"[genqa] merged model saved to {out}")
+    print(f"[genqa] next: genqa predict --base {out} --data YOUR_TEST_FILE --out submission.csv")
 
 
 def push_to_hub(folder: Path, repo: str, private: bool = False) -> str:

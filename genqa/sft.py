@@ -219,8 +219,16 @@ def run(argv: list[str]) -> int:
                                                 model_args.trust_remote_code))
         out = backbone.train(qa, sft, model_args, recipe_path)
     say(f"[genqa] run folder: {out}")
+    say(f"[genqa] next: {next_command(out, bool(model_args.use_peft))}")
     end_process_group(wait_for_all=True)
     return 0
+
+
+def next_command(run: str, adapter: bool) -> str:
+    """What a user runs after training: merge an adapter (checked), or predict with a fully trained model."""
+    if adapter:
+        return f"genqa merge --adapter {run} --out {Path(run) / 'merged'}"
+    return f"genqa predict --base {run} --data YOUR_TEST_FILE --out submission.csv"
 
 
 def main(argv: list[str] | None = None) -> int:

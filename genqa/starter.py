@@ -124,8 +124,8 @@ def template_for(model: str, task: str) -> str | None:
 
 
 def recipe_entries(args: argparse.Namespace, columns: dict[str, Any], rows: list[dict[str, Any]]) -> list[tuple]:
-    """(key, value, comment) of the starter recipe, in the order it is written."""
-    stem = Path(args.data).stem
+    """(key, value, comment) of the starter recipe, in the order it is written (`output_dir`: runs/<recipe name>)."""
+    stem = Path(args.out).stem
     entries: list[tuple] = [("task", args.task, ""), ("dataset_path", args.data, "")]
     entries += [(key, value, "guessed from the header") for key, value in columns.items()]
     if args.task == "mcq":
@@ -151,10 +151,10 @@ def recipe_entries(args: argparse.Namespace, columns: dict[str, Any], rows: list
     return entries
 
 
-def recipe_text(entries: list[tuple], data: str) -> str:
+def recipe_text(entries: list[tuple], data: str, out: str) -> str:
     """The recipe as YAML, one key a line with its comment (values written as JSON, which YAML reads as is)."""
     lines = [f"# Starter recipe written by `genqa init` from the header of {data}; check the guesses, then run",
-             "# `genqa train THIS.yaml --dry_run` and `genqa preview THIS.yaml -n 2`."]
+             f"# `genqa train {out} --dry_run` and `genqa preview {out} -n 2`."]
     for key, value, comment in entries:
         line = f"{key}: {json.dumps(value, ensure_ascii=False)}"
         lines.append(f"{line:<40} # {comment}" if comment else line)
@@ -192,7 +192,8 @@ def build_parser() -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     from genqa.data.sources import header_columns, read_records
 
-    out = Path(args.out or f"{Path(args.data).stem}.yaml")
+    args.out = args.out or f"{Path(args.data).stem}.yaml"
+    out = Path(args.out)
     if out.exists():
         raise StarterError(f"{out} already exists; genqa init never overwrites a recipe. Pass another --out.")
     if not Path(args.data).is_file():
@@ -200,7 +201,7 @@ def run(args: argparse.Namespace) -> int:
     header = header_columns(args.data) or []
     columns = guess_columns(header, args.task, args.data)
     rows = read_records(args.data)[:50]
-    text = recipe_text(recipe_entries(args, columns, rows), args.data)
+    text = recipe_text(recipe_entries(args, columns, rows), args.data, args.out)
     check_recipe(text, out)
     from genqa.files import write_atomic
 

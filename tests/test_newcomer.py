@@ -298,3 +298,82 @@ def test_eval_of_a_spreadsheet_without_task_says_pass_task_mcq(tmp_path, capsys)
     err = capsys.readouterr().err
     assert "is a table (.xlsx), not SQuAD JSON" in err and "--task mcq --recipe RECIPE.yaml" in err
     assert "UTF-8" not in err
+
+
+# ---- Done means: the README's "Bring your own data" section, walked literally with a tiny model -------------------
+def readme_section() -> tuple[list[str], str, list[str]]:
+    """(the init command, the recipe block, the commands) of the README's "Bring your own data" section."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = text.split("### Bring your own data", 1)[1].split("\n### ", 1)[0]
+    blocks = section.split("```")[1::2]
+    bash = [b.removeprefix("bash\n") for b in blocks if b.startswith("bash\n")]
+    (recipe,) = [b.removeprefix("yaml\n") for b in blocks if b.startswith("yaml\n")]
+    commands = [line.split("  #")[0].strip() for line in bash[1].splitlines() if line.strip()]
+    return bash[0].strip().split(), recipe, commands
+
+
+@pytest.mark.slow
+def test_readme_walkthrough_from_a_spreadsheet(tmp_path, monkeypatch, capsys):
+    import shlex
+    import shutil
+
+    from huggingface_hub import ModelCard
+
+    from genqa.cli import main as genqa
+
+    monkeypatch.chdir(tmp_path)
+    write_exam(tmp_path / "my_exam.xlsx", rows=16)
+    write_exam(tmp_path / "my_test.xlsx", rows=4, answer=False)
+    write_exam(tmp_path / "my_test_gold.xlsx", rows=4)
+    init, block, commands = readme_section()
+    assert genqa(init[1:]) == 0 and "context_column = passage" in capsys.readouterr().out
+    written = (tmp_path / "my_mcq.yaml").read_text(encoding="utf-8")
+    assert written == block  # the README's recipe is genqa init's, byte for byte
+    (tmp_path / "my_mcq.yaml").write_text(written.replace('"Qwen/Qwen2.5-0.5B-Instruct"', '"tiny:llama"'), "utf-8")
+    (tmp_path / "typo.yaml").write_text(written.replace('"passage"', '"pasage"'), encoding="utf-8")
+    assert genqa(["train", "typo.yaml", "--dry_run"]) == 2
+    assert "`pasage` (recipe key `context_column`) is missing; the source has id, passage" in capsys.readouterr().err
+
+    promised = ["is valid", "[[", "trainable parameters of", "merged model saved", "wrote submission.csv",
+                '"accuracy"']
+    for command, promise in zip(commands, promised, strict=True):
+        assert genqa(shlex.split(command)[1:]) == 0, command
+        out = capsys.readouterr().out
+        assert promise in out, (command, out[-2000:])
+        if " train my_mcq.yaml" in f" {command} " and "--dry_run" not in command:
+            assert out.splitlines()[0].startswith("[genqa] training: LoRA: r=16 alpha=32 on all-linear")
+            assert "[genqa] next: genqa merge --adapter runs/my_mcq --out runs/my_mcq/merged" in out
+        if command.startswith("genqa merge"):
+            assert "[genqa] next: genqa predict --base runs/my_mcq/merged" in out
+        if command.startswith("genqa predict"):
+            assert "4 of 4 answers are labels picked by scoring the option labels" in out and "genqa eval" in out
+    run = tmp_path / "runs" / "my_mcq"
+    assert (tmp_path / "submission.csv").read_text(encoding="utf-8").splitlines()[0] == "id,answer"
+    card = ModelCard.load(run / "README.md")
+    assert card.data.library_name == "peft" and str(tmp_path) not in card.text
+    assert "genqa merge --adapter runs/my_mcq --out runs/my_mcq/merged" in card.text
+
+    # the adapter folder loads on another path, with only its base's name resolved
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    for name in ("adapter_config.json", "adapter_model.safetensors"):
+        shutil.copy2(run / name, elsewhere / name)
+    base = json.loads((elsewhere / "adapter_config.json").read_text(encoding="utf-8"))["base_model_name_or_path"]
+    assert base == "tiny:llama"
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from genqa.backbones.loading import resolve_model_path
+
+    PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(resolve_model_path(base)), str(elsewhere))
+
+    # item 11: another --mcq_mode on the same --out is refused with the way out, which works
+    predict = shlex.split(commands[4])[1:]
+    assert genqa([*predict, "--mcq_mode", "generate"]) == 2 and "--overwrite" in capsys.readouterr().err
+    assert genqa([*predict, "--mcq_mode", "generate", "--overwrite", "--fill_missing", "A"]) == 0
+    capsys.readouterr()
+
+    # item 12: after more training, the merged folder inside the run says it is stale
+    assert genqa(["train", "my_mcq.yaml", "--num_train_epochs", "4"]) == 0
+    assert "was merged from an earlier state of this run" in capsys.readouterr().out
+    assert "**Stale:**" in ModelCard.load(run / "merged" / "README.md").text
