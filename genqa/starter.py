@@ -48,7 +48,7 @@ LABEL_JOINERS = {"en": (", ", " or "), "zh": ("、", "或"), "vi": (", ", " ho�
 #: model name fragment -> template (the first match wins; `tokenizer`: the model's own chat template)
 TEMPLATES = (("qwen", "chatml"), ("smollm", "chatml"), ("chatml", "chatml"), ("llama-3", "llama3"),
              ("llama3", "llama3"), ("alpaca-2", "llama2"), ("llama-2", "llama2"), ("tiny:llama", "chatml"),
-             ("alpaca", "alpaca"), ("t5", "t5"))
+             ("gemma", "gemma"), ("alpaca", "alpaca"), ("t5", "t5"))
 ENCODERS = ("bert", "roberta", "xlm-r", "minilm", "deberta", "electra")
 
 DEFAULT_MODEL = "Qwen/Qwen2.5-0.5B-Instruct"

