@@ -46,18 +46,16 @@ def packaged_name(hub_id: str) -> str | None:
     return next((name for name, (repo, _) in PACKAGED_MODELS.items() if repo == hub_id), None)
 
 
-def portable_base(name: str) -> str:
-    """The base an adapter names in `adapter_config.json`: its Hub id where there is one, else the name the recipe
-    wrote (`tiny:llama`, a folder), which genqa resolves -- never the cache folder it was loaded from."""
-    return hub_base(name)[0] or name
-
-
 def make_adapter_portable(folder: Path, base: str) -> None:
-    """Point a saved adapter's `base_model_name_or_path` at `portable_base(base)` (PEFT writes the resolved path)."""
+    """Point a saved adapter's `base_model_name_or_path` at the Hub id of a packaged or GGUF base (PEFT writes the
+    cache folder genqa converted it into, which exists on no other machine; genqa resolves the Hub id back to the
+    installed package, `genqa.backbones.loading.local_package_for`). Bases without a Hub id (`tiny:`, a local folder)
+    keep the path PEFT wrote, which loads on this machine."""
+    hub_id = hub_base(base)[0]
     path = folder / "adapter_config.json"
-    if path.is_file():
+    if hub_id and path.is_file():
         config = json.loads(path.read_text(encoding="utf-8"))
-        config["base_model_name_or_path"] = portable_base(base)
+        config["base_model_name_or_path"] = hub_id
         write_atomic(path, json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 

