@@ -29,6 +29,7 @@ from genqa.messages import VERBOSE_ENV, quiet_known_noise
 
 #: subcommand -> ("module:function" taking argv and returning an exit code, one-line summary)
 COMMANDS: dict[str, tuple[str, str]] = {
+    "init": ("genqa.starter:main", "write a starter recipe from a data file's header (columns guessed, LoRA on)"),
     "train": ("genqa.sft:main", "train a recipe (LoRA / QLoRA / full) into a run folder"),
     "preview": ("genqa.preview:main", "show rows as training encodes them, trained tokens marked (no model loaded)"),
     "merge": ("genqa.merge:main", "fold a run's adapter into its base, checked against the adapter"),
@@ -120,7 +121,8 @@ def top_parser() -> argparse.ArgumentParser:
         prog="genqa", formatter_class=argparse.RawDescriptionHelpFormatter,
         usage="genqa [--verbose] COMMAND [ARGS ...]",
         description="genqa: fine-tuning recipes for question answering.",
-        epilog=f"commands:\n{listing}\n\n`genqa COMMAND --help` for a command's options. `python -m genqa` works too.")
+        epilog=f"commands:\n{listing}\n\n`genqa COMMAND --help` (or `genqa help COMMAND`) for a command's options. "
+               "`python -m genqa` works too.")
     p.add_argument("--verbose", action="store_true", help="show every library message and progress bar")
     p.add_argument("--version", action="version", version=f"genqa {version()}")
     return p
@@ -159,6 +161,11 @@ def main(argv: list[str] | None = None) -> int:
     if command is None:
         parser.print_help(sys.stderr)
         return 2
+    if command == "help":  # `genqa help [COMMAND]`, as `llamafactory-cli help` and `git help`
+        if not rest:
+            parser.print_help()
+            return 0
+        command, rest = rest[0], ["--help"]
     if command not in COMMANDS:
         close = difflib.get_close_matches(command, COMMANDS, n=1)
         hint = f" Did you mean `{close[0]}`?" if close else ""

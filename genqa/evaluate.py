@@ -157,6 +157,11 @@ def _evaluate_squad(args: argparse.Namespace) -> dict[str, Any]:
 
     data_path = _existing(args.data, "--data", "an official-layout SQuAD JSON file (e.g. dev-v2.0.json)")
     pred_path = _existing(args.predictions, "--predictions", "a JSON map {qid: answer} or a CSV with id/answer")
+    if data_path.suffix.lower() in (".xlsx", ".xls", ".csv", ".tsv", ".parquet", ".jsonl"):
+        raise EvaluateError(f"--data file '{data_path}' is a table ({data_path.suffix}), not SQuAD JSON, and "
+                            f"--task is {args.task}. For multiple-choice answers (e.g. a submission CSV) pass "
+                            "`--task mcq --recipe RECIPE.yaml` (the recipe you trained with: its columns and option "
+                            "labels), or `--task mcq --gold_column COLUMN --labels A,B,C,D`.")
     data = _read_json(data_path, "--data")
     if not is_squad_json(data):
         raise EvaluateError(f"--data file '{data_path}' is not official SQuAD JSON "

@@ -31,23 +31,33 @@ from genqa.submission import PredictionStore, SubmissionError, write_json_predic
 # none of them.
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """The module docstring as written, and an option's default after its help where it has one the help does not
+    already state."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if action.default in (None, False, argparse.SUPPRESS) or "default" in text.lower():
+            return text
+        return f"{text} (default: %(default)s)".strip()
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Command-line options of genqa.generate (unknown `--key value` pairs are recipe overrides)."""
-    p = argparse.ArgumentParser(prog="genqa predict", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="genqa predict", description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--base", required=True, help="Merged model folder, a base model, or tiny:llama.")
     p.add_argument("--data", required=True, help="Test data: any source genqa trains from (xlsx, json, SQuAD...).")
     p.add_argument("--out", required=True, help="Submission CSV (or .json for a SQuAD {id: answer} map).")
     p.add_argument("--recipe", help="Recipe YAML (default: the one saved in --adapter or --base).")
     p.add_argument("--adapter", help="A run folder holding a LoRA adapter to apply on --base.")
     p.add_argument("--split", help="Split of --data to predict (default: its only/first split).")
-    p.add_argument("--batch_size", type=int, default=16)
+    p.add_argument("--batch_size", type=int, default=16, help="Prompts per forward pass (does not change answers).")
     p.add_argument("--max_new_tokens", type=int, help="Default: the recipe's max_new_tokens, else by task: mcq 8, "
                    "extractive 48, abstractive 64, mcq_generation 256.")
     p.add_argument("--mcq_mode", choices=("score", "generate"), default="score",
                    help="MCQ answering: score the option labels in one forward pass (default), or generate freely "
                    "and parse the label.")
-    p.add_argument("--num_beams", type=int, default=1)
+    p.add_argument("--num_beams", type=int, default=1, help="Beam search width of free generation (1: greedy).")
     p.add_argument("--do_sample", action="store_true", help="Sample instead of greedy decoding.")
     p.add_argument("--dtype", default=None, help="float32 / bfloat16 / float16 (default: the recipe's dtype).")
     p.add_argument("--autocast", choices=("none", "bf16", "auto"), default="none",
@@ -59,6 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "recipe's metric_lang).")
     p.add_argument("--limit", type=int, help="Predict only the first N rows (a quick look).")
     p.add_argument("--no_progress", action="store_true", help="No progress bar.")
+    p.add_argument("--overwrite", action="store_true", help="Start over: drop the predictions an earlier run left for "
+                   "this --out (OUT.predictions.jsonl) instead of resuming them; needed after changing a setting "
+                   "that shapes predictions (e.g. --mcq_mode).")
     return p
 
 
@@ -285,11 +298,41 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
     args.template_overridden = any(a.split("=", 1)[0] == "--template" for a in overrides)
     with output_lock(out.with_name(out.name + ".lock"), f"--out {out}", main_only=False):
         setup = prepare(args, qa, sft, task)
+        stored = out.with_name(out.name + ".predictions.jsonl")
+        if args.overwrite and stored.exists():
+            stored.unlink()
+            print(f"[genqa] --overwrite: removed {stored}; predicting every row again")
         store = PredictionStore(out.with_name(out.name + ".predictions.jsonl"),
                                 fingerprint(args, qa, sft, model_args, setup))
         predict(args, task, model_args, setup, rows, store)
         write_outputs(args, qa, task, rows, store, out)
     return 0
+
+
+#: how an answer was read back from the model's output (`Task.read_answer`), in words
+READ_AS = {"exact": "are exact spans of their context",
+           "normalized": "were found in their context after normalisation (case, spacing, punctuation)",
+           "not_in_context": "are not in their context (kept as generated)",
+           "no_answer": "are the no-answer text (scored as an empty answer)",
+           "span": "are spans the span head picked", "label_score": "are labels picked by scoring the option labels",
+           "generate": "were generated freely and parsed", "unparseable": "could not be read as a valid answer"}
+
+
+def how_lines(how: dict[str, int], total: int) -> list[str]:
+    """`20 of 20 answers are exact spans of their context`, one line per way answers were read back."""
+    return [f"{n} of {total} answers {READ_AS.get(k, f'were read as {k}')}" for k, n in how.items()]
+
+
+def next_command(args: argparse.Namespace, task, out: Path) -> str:
+    """How to score predictions of an unlabelled test file once its answers are known."""
+    if task.name in ("mcq", "mcq_generation"):
+        from genqa.run_dir import RECIPE_FILE
+
+        recipe = args.recipe or next((str(Path(f) / RECIPE_FILE) for f in (args.adapter, args.base)
+                                      if f and (Path(f) / RECIPE_FILE).is_file()), "RECIPE.yaml")
+        return (f"submit {out}, or score it against a labelled copy of the test file: genqa eval --task {task.name} "
+                f"--recipe {recipe} --data YOUR_GOLD_FILE --predictions {out}")
+    return f"submit {out}, or score it: genqa eval --data YOUR_GOLD_FILE.json --predictions {out}"
 
 
 def write_outputs(args: argparse.Namespace, qa, task, rows: list[dict[str, Any]], store: PredictionStore,
@@ -298,7 +341,9 @@ def write_outputs(args: argparse.Namespace, qa, task, rows: list[dict[str, Any]]
     ids = [r["id"] for r in rows]
     answers = {i: store.records[i]["answer"] for i in ids if i in store.records}
     how = dict(Counter(store.records[i]["how"] for i in ids if i in store.records))
-    print(f"[genqa] {len(answers)}/{len(ids)} rows predicted; {json.dumps(how, ensure_ascii=False)}")
+    print(f"[genqa] {len(answers)}/{len(ids)} rows predicted")
+    for line in how_lines(how, len(answers)):
+        print(f"[genqa] {line}")
     if out.suffix == ".json":
         write_json_predictions(out, ids, answers)
     else:
@@ -307,11 +352,13 @@ def write_outputs(args: argparse.Namespace, qa, task, rows: list[dict[str, Any]]
         if stats["filled"]:
             print(f"[genqa] {stats['filled']} missing/invalid answers filled with {args.fill_missing!r}")
     print(f"[genqa] wrote {out}")
+    if not task.has_gold(rows):
+        print(f"[genqa] next: {next_command(args, task, out)}")
     if task.has_gold(rows):
         from genqa.scoring.task_metrics import task_metrics
 
         metrics = task_metrics(task, rows, answers, args.lang or qa.metric_lang)
-        metrics["predictions"] = how
+        metrics["answers_read_as"] = {READ_AS.get(k, k): n for k, n in how.items()}
         write_atomic(out.with_name(out.name + ".metrics.json"), json.dumps(metrics, indent=2, ensure_ascii=False))
         print(json.dumps(metrics, indent=2, ensure_ascii=False))
 

@@ -97,7 +97,9 @@ def merge(args: argparse.Namespace) -> dict[str, Any]:
     run = Path(args.adapter)
     if not (run / "adapter_config.json").is_file():
         raise RecipeError(f"{run}: no adapter_config.json; nothing to merge (a fully fine-tuned run is already a "
-                          "complete model: pass it to genqa.generate --base directly).")
+                          "complete model: predict with it directly, "
+                          f"`genqa predict --base {run} --data TEST --out OUT.csv`; "
+                          "to train an adapter instead, set `use_peft: true` in the recipe).")
     out = Path(args.out)
     if out.exists() and not args.overwrite:
         raise RecipeError(f"{out} already exists; choose another --out or pass --overwrite.")
@@ -109,7 +111,10 @@ def merge(args: argparse.Namespace) -> dict[str, Any]:
     tokenizer = ensure_pad_token(AutoTokenizer.from_pretrained(run))
     batch = backbone.check_batch(get_task(qa), tokenizer, tokenizer.chat_template, sft,
                                  check_rows(str(run), qa, args.check_rows))
-    report: dict[str, Any] = {"adapter": str(run), "base": base, "dtype": args.dtype, "check_rows": args.check_rows}
+    from genqa.hub_names import adapter_fingerprint
+
+    report: dict[str, Any] = {"adapter": str(run), "base": base, "dtype": args.dtype, "check_rows": args.check_rows,
+                              "adapter_fingerprint": adapter_fingerprint(run)}
 
     model = PeftModel.from_pretrained(auto.from_pretrained(resolve_model_path(base), dtype=dtype), run)
     adapter_logits = logits_of(model.eval(), batch)
@@ -173,6 +178,7 @@ def save_merged(model, tokenizer, run: Path, out: Path, args, qa, sft, model_arg
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     print(f"[genqa] merged model saved to {out}")
+    print(f"[genqa] next: genqa predict --base {out} --data YOUR_TEST_FILE --out submission.csv")
 
 
 def push_to_hub(folder: Path, repo: str, private: bool = False) -> str:

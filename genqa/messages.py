@@ -84,7 +84,7 @@ def begin_run_log() -> None:
 def open_run_log(run_dir: str | os.PathLike) -> Path:
     """Start writing genqa's lines (and library warnings) to `RUN/genqa.log`; earlier lines are written first."""
     global _log_path
-    path = Path(run_dir) / LOG_FILE
+    path = Path(run_dir).resolve() / LOG_FILE  # absolute: a later change of working directory keeps the log
     if not is_main_process():
         return path
     path.parent.mkdir(parents=True, exist_ok=True)

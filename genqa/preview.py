@@ -187,6 +187,8 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
     color = args.color == "always" or (args.color == "auto" and sys.stdout.isatty() and "NO_COLOR" not in os.environ)
     print(f"[genqa] {args.recipe}: {backbone}, template {qa.template}, max_length {sft.max_length}; "
           f"{args.split}: {len(rows)} rows; trained tokens {'in green' if color else 'between [[ ]]'}\n")
+    for warning in task.recipe_warnings():
+        print(f"[genqa] warning: {args.recipe}: {warning}", file=sys.stderr)
     for i in range(min(args.rows, len(rows))):
         print(show_row(i, rows[i], preview_row(encoder, rows[i]), encoder, color))
     print(length_stats(encoder, rows, args.stats_rows))

@@ -19,6 +19,7 @@ import os
 import sys
 import types
 import typing
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -213,13 +214,13 @@ def parse_recipe(argv: list[str] | None = None) -> tuple[QAArguments, SFTConfig,
     Returns the three argument dataclasses and the recipe path (None when everything came from the command line).
     """
     argv = _normalise_argv(list(sys.argv[1:] if argv is None else argv))
-    recipe_path = None
+    recipe_path, written = None, {a[2:].split("=", 1)[0].replace("-", "_") for a in argv if a.startswith("--")}
     if "--config" in argv:
         i = argv.index("--config")
         if i + 1 >= len(argv):
             raise RecipeError("--config needs the path of a YAML recipe.")
         recipe_path = argv[i + 1]
-        load_recipe_file(recipe_path)
+        written |= set(load_recipe_file(recipe_path))
     _check_cli_keys(argv)
     parser = TrlParser(RECIPE_DATACLASSES)
     where = recipe_path or "command line"
@@ -229,15 +230,38 @@ def parse_recipe(argv: list[str] | None = None) -> tuple[QAArguments, SFTConfig,
 
     parser.error = argparse_error  # argparse would print the usage and exit; name the key like every other error
     try:
-        qa, sft, model = parser.parse_args_and_config(args=argv)
+        with warnings.catch_warnings():
+            if not {"gradient_checkpointing", "gradient_checkpointing_kwargs"} & written:
+                # TRL's own SFTConfig default sets the deprecated alias; only a recipe that writes it hears of it
+                warnings.filterwarnings("ignore", message="`gradient_checkpointing` is deprecated",
+                                        category=FutureWarning)
+            qa, sft, model = parser.parse_args_and_config(args=argv)
     except RecipeError:
         raise
     except (ValueError, TypeError) as err:
         raise RecipeError(f"{where}: {err}") from err
     check_ranges((qa, sft, model), where)
+    if recipe_path and "--dataset_path" not in argv:
+        qa.dataset_path = beside_recipe(qa.dataset_path, recipe_path)
     if qa.gguf_file and model.model_name_or_path and not model.model_name_or_path.endswith(".gguf"):
         model.model_name_or_path = f"{model.model_name_or_path.rstrip('/')}/{qa.gguf_file.lstrip('/')}"
     return qa, sft, model, recipe_path
+
+
+def beside_recipe(path: str | None, recipe_path: str) -> str | None:
+    """A relative data path of a recipe file, read from the working directory where it exists there, else from the
+    recipe's own folder (said, with the path used) where it exists there; otherwise unchanged (a hub id, or a file
+    that is missing either way, which the reader then reports)."""
+    import glob
+
+    if not path or os.path.isabs(path) or glob.glob(path):
+        return path
+    candidate = os.path.join(os.path.dirname(recipe_path), path)
+    if os.path.dirname(recipe_path) and glob.glob(candidate):
+        print(f"[genqa] dataset_path {path}: not found from the working directory ({os.getcwd()}); using {candidate}, "
+              "relative to the recipe's folder.", file=sys.stderr)
+        return candidate
+    return path
 
 
 def resolved_recipe(qa: QAArguments, sft: SFTConfig, model: ModelConfig) -> dict[str, Any]:
@@ -275,6 +299,29 @@ def non_default_items(obj: Any) -> dict[str, Any]:
         if value != _plain(default):
             out[f.name] = value
     return out
+
+
+def training_mode(model: ModelConfig) -> str:
+    """What trains, in one line, for the first lines of every run and `--dry_run`: LoRA, QLoRA or the whole model."""
+    if not model.use_peft:
+        return ("full fine-tune: every weight of the model trains (the recipe has no `use_peft: true`); the run "
+                "folder will hold a whole model, not an adapter")
+    targets = model.lora_target_modules or "the model's default projections"
+    targets = ", ".join(targets) if isinstance(targets, list) else targets
+    kind = "LoRA"
+    if model.use_rslora or model.use_dora:
+        kind = "rsLoRA" if model.use_rslora else "DoRA"
+    if model.load_in_4bit or model.load_in_8bit:
+        bits = f"4-bit {model.bnb_4bit_quant_type.upper()}" if model.load_in_4bit else "8-bit"
+        return f"QLoRA: {kind} r={model.lora_r} alpha={model.lora_alpha} on {targets}, base loaded in {bits}, frozen"
+    return f"{kind}: r={model.lora_r} alpha={model.lora_alpha} on {targets}; the base model stays frozen"
+
+
+def trainable_parameters(model: Any) -> str:
+    """`N trainable parameters of M (p%)` for a built model (PEFT-wrapped or not)."""
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    return f"{trainable:,} trainable parameters of {total:,} ({100 * trainable / max(total, 1):.2f}%)"
 
 
 def dump_recipe(data: dict[str, Any], path: str | os.PathLike) -> None:

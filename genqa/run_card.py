@@ -14,15 +14,16 @@
 from __future__ import annotations
 
 import json
-import re
 import shutil
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from transformers import TrainerCallback
+from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
 from genqa.files import write_atomic
+from genqa.hub_names import BASE_LICENSES, adapter_fingerprint, hub_base, is_hub_id, make_adapter_portable
 from genqa.messages import is_main_process, log_line, say
 
 MODEL_CARD_FILE = "genqa_model_card.md"
@@ -52,6 +53,40 @@ class RunLogCallback(TrainerCallback):
         log_line(" ".join(f"{k}={_short(v)}" for k, v in event.items()))
 
 
+    def on_train_begin(self, args, state, control, **kwargs):
+        """A resumed run logs, evaluates and saves at the intervals of this command, as the README promises
+        (transformers keeps the checkpoint's, `logging_steps: 2 (from args) != 10 (from trainer_state.json)`)."""
+        before = (state.logging_steps, state.eval_steps, state.save_steps)
+        state.compute_steps(args, state.max_steps)
+        after = (state.logging_steps, state.eval_steps, state.save_steps)
+        if state.global_step and before != after:
+            say("[genqa] resumed with this command's intervals: " + ", ".join(
+                f"{k}_steps {b} -> {a}" for k, b, a in zip(("logging", "eval", "save"), before, after, strict=True)
+                if a != b))
+
+
+def event_line(state, logs: dict[str, Any]) -> str:
+    """One trainer log event as a line of text: `step 10/30  loss 2.345  grad_norm 1.2  learning_rate 0.002`."""
+    shown = {k: v for k, v in logs.items() if k != "total_flos" and isinstance(v, (int, float, str))}
+    return f"step {state.global_step}/{state.max_steps}  " + "  ".join(f"{k} {_short(v)}" for k, v in shown.items())
+
+
+class CleanProgressCallback(ProgressCallback):
+    """transformers' progress bar, printing each log event as one line (`event_line`), not a dict of strings."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if state.is_world_process_zero and self.training_bar is not None and logs:
+            self.training_bar.write(event_line(state, logs))
+
+
+class CleanPrinterCallback(PrinterCallback):
+    """transformers' printer (`disable_tqdm`), one line per log event."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if state.is_local_process_zero and logs:
+            print(event_line(state, logs), flush=True)
+
+
 def _short(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
@@ -68,6 +103,9 @@ def model_kind(model) -> str:
 def attach(trainer, qa, sft, model_args, reports: list) -> None:
     """Before training: log every event to the run folder, and make the trainer's model card genqa's."""
     trainer.add_callback(RunLogCallback(sft.output_dir))
+    for library, clean in ((ProgressCallback, CleanProgressCallback), (PrinterCallback, CleanPrinterCallback)):
+        if trainer.pop_callback(library) is not None:
+            trainer.add_callback(clean)
 
     def create_model_card(*args, **kwargs) -> None:  # replaces TRL's stub wherever transformers asks for a card
         if trainer.is_world_process_zero():
@@ -124,8 +162,13 @@ def finish(trainer, qa, sft, model_args, reports: list) -> dict[str, Any]:
     best_step = int(best.rsplit("-", 1)[1]) if best and best.rsplit("-", 1)[-1].isdigit() else None
     if plot_losses(state.log_history, out / LOSS_PLOT_FILE, best_step):
         say(f"[genqa] loss plot: {out / LOSS_PLOT_FILE}")
+    else:
+        say(f"[genqa] no loss plot: no loss was logged in {state.global_step} steps (logging every "
+            f"{state.logging_steps}); lower logging_steps, or leave it out to log 20 times per run.")
     write_card(out, qa, sft, model_args, reports_as_dicts(reports),
                {**final_metrics(state.log_history), **train, **eval_metrics}, backbone=model_kind(trainer.model))
+    make_adapter_portable(out, model_args.model_name_or_path)
+    mark_stale_merges(out)
     return {**train, **eval_metrics}
 
 
@@ -182,9 +225,36 @@ def plot_losses(log_history: list[dict[str, Any]], path: Path, best_step: int | 
 
 
 # ---- the card ------------------------------------------------------------------------------------------------------
-def is_hub_id(name: str | None) -> bool:
-    """True for a Hub repository id (`org/name`), not a local folder, `tiny:` or `pkg:` model."""
-    return bool(name) and re.fullmatch(r"[\w.-]+/[\w.-]+", name) is not None and not Path(name).exists()
+STALE_NOTE = "> **Stale:** the run this model was merged from has trained further since; it is not this model. "
+
+
+def mark_stale_merges(run: Path) -> list[Path]:
+    """Merged folders inside `run` (`RUN/merged`) made from other adapter weights than the run now holds: their cards
+    get a warning at the top, and genqa says how to merge again. Returns them."""
+    stale, current = [], adapter_fingerprint(run)
+    for report_path in sorted(run.glob(f"*/{MERGE_REPORT_FILE}")):
+        report = json.loads(report_path.read_text(encoding="utf-8"))
+        if report.get("adapter_fingerprint") == current:
+            continue
+        folder = report_path.parent
+        note = f"{STALE_NOTE}Merge again: `genqa merge --adapter {shown_path(run)} --out {shown_path(folder)} " \
+               "--overwrite`.\n\n"
+        for name in (MODEL_CARD_FILE, HUB_CARD_FILE):
+            path = folder / name
+            text = path.read_text(encoding="utf-8") if path.is_file() else ""
+            if STALE_NOTE not in text:
+                head, sep, body = text.partition("\n---\n") if text.startswith("---\n") else ("", "", text)
+                write_atomic(path, head + sep + note + body)
+        say(f"[genqa] warning: {folder} was merged from an earlier state of this run; its card now says so. "
+            f"Merge again: genqa merge --adapter {shown_path(run)} --out {shown_path(folder)} --overwrite")
+        stale.append(folder)
+    return stale
+
+
+def _base_note(base: str) -> str:
+    """` (`HuggingFaceTB/SmolLM2-135M-Instruct`, dequantized from GGUF Q4_1)` for a packaged or GGUF base."""
+    hub_id, how = hub_base(base)
+    return f" ({f'`{hub_id}`, ' if hub_id else ''}{how})" if how else ""
 
 
 def _fine_tuning(model_args) -> str:
@@ -199,7 +269,8 @@ def _fine_tuning(model_args) -> str:
 
 
 def _data_lines(qa, reports: list[dict[str, Any]]) -> list[str]:
-    lines = [f"- source: `{qa.dataset_path}`" + (f" (config {qa.dataset_config})" if qa.dataset_config else "")]
+    source = qa.dataset_path if is_hub_id(qa.dataset_path) else Path(qa.dataset_path or "").name
+    lines = [f"- source: `{source}`" + (f" (config {qa.dataset_config})" if qa.dataset_config else "")]
     for r in reports:
         detail = [f"{r.get('kept', r.get('windows', '?'))} {'windows' if 'windows' in r else 'kept'}"]
         for key, what in (("context_truncated", "context truncated"), ("dropped_too_long", "dropped (too long)"),
@@ -220,6 +291,15 @@ def _metric_rows(metrics: dict[str, Any]) -> list[str]:
                                                                                           (int, float))]
 
 
+def shown_path(folder: Path) -> str:
+    """How a card names its folder in commands: relative to the working directory (`runs/my_mcq`), not an absolute
+    path, where the folder lies under it."""
+    try:
+        return str(Path(folder).resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(folder)
+
+
 def _usage(folder: Path, qa, base: str, merged: bool) -> list[str]:
     data = "TEST_FILE" if not qa.dataset_path else f"YOUR_TEST_FILE{Path(qa.dataset_path).suffix or '.json'}"
     if merged:
@@ -235,12 +315,13 @@ def card_text(folder: Path, qa, sft, model_args, reports: list[dict[str, Any]], 
     """The card's Markdown body (no YAML header); `final` is where the folder ends up (default: `folder`)."""
     merged = merge_report is not None
     shown = final or folder
+    named = Path(shown_path(shown))
     title = f"{qa.task} QA, fine-tuned from {base}" + (" (adapter merged)" if merged else "")
     lines = [f"# {shown.name}: {title}", "",
              "Trained with genqa (`genqa train`): prompt -> answer text, response-only loss." +
              (" A tiny model genqa builds offline: a pipeline check, not a useful model." if base.startswith("tiny:")
               else ""), "",
-             "| | |", "|---|---|", f"| base model | `{base}` |", f"| task | {qa.task} |",
+             "| | |", "|---|---|", f"| base model | `{base}`{_base_note(base)} |", f"| task | {qa.task} |",
              f"| backbone | {backbone} |",
              f"| template | {qa.template}{f', system prompt: {qa.system_prompt}' if qa.system_prompt else ''} |",
              f"| fine-tuning | {_fine_tuning(model_args)} |",
@@ -260,21 +341,28 @@ def card_text(folder: Path, qa, sft, model_args, reports: list[dict[str, Any]], 
         lines.append("")
     if (folder / LOSS_PLOT_FILE).is_file():
         lines += [f"![training loss]({LOSS_PLOT_FILE})", ""]
-    lines += ["## Use it", "", *_usage(shown, qa, base, merged), ""]
+    lines += ["## Use it", "", *_usage(named, qa, base, merged), ""]
     return "\n".join(lines)
 
 
 def hub_header(qa, model_args, base: str, backbone: str, merged: bool) -> str:
-    """The README's YAML header: library, base model (Hub ids only: never a local path), tags, pipeline."""
+    """The README's YAML header, written by huggingface_hub's `ModelCardData`: library, base model (a Hub id only,
+    never a local or cache path; a packaged or GGUF model's source repository), license of a known base, datasets
+    (a Hub dataset only), tags, pipeline."""
+    from huggingface_hub import ModelCardData
+
+    hub_id, how = hub_base(base)
     tags = ["genqa", "question-answering", qa.task.replace("_", "-")]
     if model_args.use_peft and not merged:
         tags.append("qlora" if model_args.load_in_4bit else "lora")
-    lines = ["---", f"library_name: {'peft' if model_args.use_peft and not merged else 'transformers'}"]
-    if is_hub_id(base):
-        lines.append(f"base_model: {base}")
-    lines += ["tags:", *[f"- {t}" for t in tags]]
-    lines += [f"pipeline_tag: {PIPELINE_TAGS.get(backbone, 'text-generation')}", "---", ""]
-    return "\n".join(lines)
+    if how:
+        tags.append("gguf-dequantized")
+    dataset = getattr(qa, "dataset_path", None)
+    data = ModelCardData(library_name="peft" if model_args.use_peft and not merged else "transformers",
+                         base_model=hub_id, license=BASE_LICENSES.get(hub_id or ""), tags=tags,
+                         datasets=[dataset] if dataset and is_hub_id(dataset) else None,
+                         pipeline_tag=PIPELINE_TAGS.get(backbone, "text-generation"))
+    return f"---\n{data.to_yaml()}\n---\n"
 
 
 def write_card(folder: Path, qa, sft, model_args, reports: list[dict[str, Any]], metrics: dict[str, Any],
@@ -285,8 +373,11 @@ def write_card(folder: Path, qa, sft, model_args, reports: list[dict[str, Any]],
     base = base or model_args.model_name_or_path
     backbone = backbone or qa.backbone
     body = card_text(folder, qa, sft, model_args, reports, metrics, base, backbone, merge_report, final)
+    from huggingface_hub import ModelCard
+
+    card = ModelCard(hub_header(qa, model_args, base, backbone, merge_report is not None) + body)  # parsed: valid YAML
     write_atomic(folder / MODEL_CARD_FILE, body)
-    write_atomic(folder / HUB_CARD_FILE, hub_header(qa, model_args, base, backbone, merge_report is not None) + body)
+    write_atomic(folder / HUB_CARD_FILE, str(card))
 
 
 def write_merged_card(folder: Path, final: Path, run: Path, qa, sft, model_args, base: str, backbone: str,

@@ -40,7 +40,7 @@ from genqa.config import QAArguments
 from genqa.data.tasks import CANONICAL_FEATURES
 from genqa.files import write_atomic
 from genqa.messages import is_main_process, open_run_log, say
-from genqa.recipe import RecipeError, dump_recipe, parse_recipe, resolved_recipe
+from genqa.recipe import RecipeError, dump_recipe, parse_recipe, resolved_recipe, trainable_parameters
 from genqa.run_card import (  # noqa: F401  (the files genqa writes for people: named in run_card, listed here)
     ALL_RESULTS_FILE,
     HUB_CARD_FILE,
@@ -357,6 +357,7 @@ def train_and_finish(trainer, resume: str | bool | None, tokenizer, qa: QAArgume
     then save everything with `finish_run` and mark the run finished; returns the run folder. Every trainer (causal,
     seq2seq, extractive) ends here."""
     check_fsdp(trainer)
+    say(f"[genqa] model: {trainable_parameters(trainer.model)}")
     if is_main_process():  # the final files are about to change: the run is not finished until they are all written
         (Path(sft.output_dir) / FINISHED_FILE).unlink(missing_ok=True)
     attach_run_card(trainer, qa, sft, model_args, reports)

@@ -16,12 +16,12 @@ import yaml
 from genqa.backbones.loading import check_model_name
 from genqa.backbones.tiny import is_tiny
 from genqa.config import QAArguments
-from genqa.data.sources import DataError, detect_format
+from genqa.data.sources import DataError, detect_format, header_columns
 from genqa.data.tasks import get_task
 from genqa.data.templates import TemplateError, load_template
 from genqa.errors import report_errors
 from genqa.messages import begin_run_log, quiet_known_noise, say
-from genqa.recipe import RecipeError, load_recipe_file, non_default_items, parse_recipe
+from genqa.recipe import RecipeError, load_recipe_file, non_default_items, parse_recipe, training_mode
 from genqa.stopping import early_stopping_problems
 
 
@@ -58,10 +58,7 @@ def validate(qa: QAArguments, sft, model_args, recipe_path: str | None) -> list[
             load_template(qa.template)
         except TemplateError as err:
             problems.append(f"{where}: template: {err}")
-    try:
-        problems += [f"{where}: {p}" for p in get_task(qa).recipe_problems()]
-    except DataError as err:
-        problems.append(f"{where}: {err}")
+    problems += task_problems(qa, where)
     if sft.max_length is not None and sft.max_length < 16:
         problems.append(f"{where}: max_length={sft.max_length} leaves no room for a prompt and an answer.")
     if (model_args.load_in_4bit or model_args.load_in_8bit) and not model_args.use_peft:
@@ -69,6 +66,33 @@ def validate(qa: QAArguments, sft, model_args, recipe_path: str | None) -> list[
     problems += [f"{where}: {p}" for p in report_to_problems(sft.report_to)]
     problems += [f"{where}: {p}" for p in early_stopping_problems(qa, sft)]
     return problems
+
+
+def task_problems(qa: QAArguments, where: str) -> list[str]:
+    """What the task lacks in the recipe and the data's header; its warnings are printed."""
+    try:
+        task = get_task(qa)
+        problems = task.recipe_problems() + column_problems(qa, task)
+    except DataError as err:
+        return [f"{where}: {err}"]
+    for warning in task.recipe_warnings():
+        print(f"[genqa] warning: {where}: {warning}", file=sys.stderr)
+    return [f"{where}: {p}" for p in problems]
+
+
+def column_problems(qa: QAArguments, task) -> list[str]:
+    """A column the recipe maps that the training data's header lacks, named with the columns it has (the header
+    only: no rows are read). Empty when the columns are only known after loading (hub, SQuAD, C3, saved folders) or
+    the file is not there."""
+    if not qa.dataset_path or qa.dataset_format == "hub":
+        return []
+    try:
+        columns = header_columns(qa.dataset_path, qa.dataset_format)
+        if columns is not None:
+            task.check_columns(columns, qa.dataset_path, require_answer=True)
+    except DataError as err:
+        return [] if "not found" in str(err) or "no file matches" in str(err) else [str(err)]
+    return []
 
 
 def report_to_problems(report_to: list[str] | str | None) -> list[str]:
@@ -118,11 +142,14 @@ def apply_precision(sft, explicit: set[str], saved: dict | None = None) -> None:
     say(f"[genqa] {fit_threads()}")
     if sft.fp16:
         return
+    kept = "bf16" not in explicit and (saved or {}).get("bf16") is not None  # decided when the run first started
     requested = bool(sft.bf16) if "bf16" in explicit else (saved or {}).get("bf16")
     choice = precision_for(requested, use_cpu=bool(sft.use_cpu))
     sft.bf16 = choice.bf16
     sft.mixed_precision = "bf16" if choice.bf16 else "no"
-    say(f"[genqa] precision: {'bf16 autocast' if choice.bf16 else 'fp32'} -- {choice.reason}")
+    reason = (f"as this run started (its genqa_recipe.yaml records bf16: {str(choice.bf16).lower()}; the recipe does "
+              "not set bf16)") if kept else choice.reason
+    say(f"[genqa] precision: {'bf16 autocast' if choice.bf16 else 'fp32'} -- {reason}")
     if choice.warning:
         print(f"[genqa] warning: {choice.warning}", file=sys.stderr)
 
@@ -134,6 +161,9 @@ def saved_recipe(output_dir: str | None) -> dict:
     path = Path(output_dir or "") / RECIPE_FILE
     return (yaml.safe_load(path.read_text(encoding="utf-8")) or {}) if output_dir and path.is_file() else {}
 
+
+#: where the recipe does not say: log every 5% of the training steps (transformers reads a value below 1 as a ratio)
+DEFAULT_LOGGING_STEPS = 0.05
 
 #: the keys that say how activation checkpointing runs; a recipe that sets none of them gets genqa's default
 CHECKPOINTING_KEYS = {"activation_checkpointing", "gradient_checkpointing", "activation_checkpointing_kwargs",
@@ -150,6 +180,8 @@ def apply_speed_defaults(sft, explicit: set[str]) -> None:
     `benchmarks/train_speed.py` measures them against plain TRL and the padded loop."""
     saved = saved_recipe(sft.output_dir)
     apply_precision(sft, explicit, saved)
+    if "logging_steps" not in explicit:  # 20 points on the loss plot, however long the run (a ratio of its steps)
+        sft.logging_steps = saved.get("logging_steps", DEFAULT_LOGGING_STEPS)
     if "train_sampling_strategy" not in explicit and not sft.packing and not sft.padding_free:
         sft.train_sampling_strategy = saved.get("train_sampling_strategy", "group_by_length")
     if not CHECKPOINTING_KEYS & explicit and sft.activation_checkpointing and not sft.activation_checkpointing_kwargs:
@@ -164,6 +196,7 @@ def run(argv: list[str]) -> int:
     problems = validate(qa, sft, model_args, recipe_path)
     if problems:
         raise RecipeError("\n".join(problems))
+    say(f"[genqa] training: {training_mode(model_args)}")
     apply_speed_defaults(sft, explicit_keys(argv, recipe_path))
     if qa.dry_run:
         print_resolved(qa, sft, model_args, recipe_path)
@@ -186,8 +219,16 @@ def run(argv: list[str]) -> int:
                                                 model_args.trust_remote_code))
         out = backbone.train(qa, sft, model_args, recipe_path)
     say(f"[genqa] run folder: {out}")
+    say(f"[genqa] next: {next_command(out, bool(model_args.use_peft))}")
     end_process_group(wait_for_all=True)
     return 0
+
+
+def next_command(run: str, adapter: bool) -> str:
+    """What a user runs after training: merge an adapter (checked), or predict with a fully trained model."""
+    if adapter:
+        return f"genqa merge --adapter {run} --out {Path(run) / 'merged'}"
+    return f"genqa predict --base {run} --data YOUR_TEST_FILE --out submission.csv"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -46,11 +46,13 @@ class PredictionStore:
         wanted = self.fingerprint
         if wanted is not None and saved is None and self.records:
             raise SubmissionError(f"{self.path} holds predictions with no record of what made them; resuming could "
-                                  "mix them with this run's. Delete it or choose another --out.")
+                                  "mix them with this run's. Pass --overwrite to predict again from scratch, or "
+                                  "choose another --out.")
         if wanted is not None and saved is not None and saved != wanted:
             changed = sorted(k for k in set(saved) | set(wanted) if saved.get(k) != wanted.get(k))
             raise SubmissionError(f"{self.path} holds predictions made with other settings (changed: "
-                                  f"{', '.join(changed)}); resuming would mix them. Delete it or choose another --out.")
+                                  f"{', '.join(changed)}); resuming would mix them. Pass --overwrite to predict "
+                                  "again from scratch, or choose another --out.")
         self.fingerprint = saved if wanted is None else wanted
         self._rewrite()  # drop a torn last line so appends stay valid JSONL
 

@@ -14,7 +14,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "genqa"
 # Lower number = earlier stage. A module may import its own stage or an earlier one.
 STAGES = {
     "genqa.errors": 0, "genqa.files": 0, "genqa.resources": 0, "genqa.messages": 0, "genqa.config": 0,
-    "genqa.locks": 0, "genqa.hardware": 0,
+    "genqa.locks": 0, "genqa.hardware": 0, "genqa.hub_names": 0,
     "genqa.recipe": 1,
     "genqa.data": 2,
     "genqa.scoring": 3,

@@ -68,6 +68,13 @@ def test_wheel_install_runs_every_command_outside_the_repo(venv, tmp_path):
     assert all(p.startswith(str(venv)) for p in where), where  # the installed package, its own resources
     data = Path(where[2])
     assert (Path(where[1]) / "llama2.jinja").is_file() and (data / "zh_mcq.xlsx").is_file()
+    shipped = _run(venv, work, "python", "-c", "import genqa.resources as r; print(r.resource_dir('recipes')); "
+                   "print(r.resource_dir('accelerate_configs'))").stdout.split()
+    assert all(p.startswith(str(venv)) for p in shipped), shipped  # recipes and launch configs ship in the wheel
+    assert (Path(shipped[0]) / "tiny" / "mcq.yaml").is_file() and (Path(shipped[0]) / "cpu" / "squad_v1.yaml").is_file()
+    assert (Path(shipped[1]) / "ddp.yaml").is_file() and (Path(shipped[1]) / "zero3.json").is_file()
+    metadata = next(venv.glob("lib/python*/site-packages/genqa-*.dist-info/METADATA")).read_text(encoding="utf-8")
+    assert len(metadata.split("\n\n", 1)[1].splitlines()) < 20  # a short description, not the whole README
     recipe = yaml.safe_load((ROOT / "recipes/tiny/mcq.yaml").read_text(encoding="utf-8"))
     recipe.update(dataset_path=str(data / "zh_mcq.xlsx"), output_dir="run", max_steps=2, save_steps=2)
     (work / "mcq.yaml").write_text(yaml.safe_dump(recipe, allow_unicode=True), encoding="utf-8")

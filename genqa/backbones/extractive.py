@@ -237,10 +237,7 @@ def train(qa: QAArguments, sft: SFTConfig, model_args: ModelConfig, recipe_path:
     model = load_model(model_args)
     if model_args.use_peft:
         model = attach_lora(model, model_args, sft)
-        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        total = sum(p.numel() for p in model.parameters())
-        say(f"[genqa] LoRA: {trainable:,} trainable parameters of {total:,} ({100 * trainable / total:.2f}%), span "
-            f"head `{QA_HEAD}` in full")
+        say(f"[genqa] LoRA: the span head `{QA_HEAD}` trains in full")
     elif activation_checkpointing(sft)[0]:
         model.config.use_cache = False
     if sft.label_names is None:

@@ -10,6 +10,7 @@ token, the task type of the backbone) and the one place where LoRA is attached t
 from __future__ import annotations
 
 import copy
+import importlib.util
 import logging
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from trl import ModelConfig, get_peft_config, get_quantization_config
 
 from genqa.backbones import gguf_chunks, tiny
 from genqa.files import cache_dir
+from genqa.messages import say
 from genqa.recipe import RecipeError
 
 logger = logging.getLogger(__name__)
@@ -34,11 +36,31 @@ def resolve_model_path(name: str) -> str:
     installed distribution, a `.gguf` file is converted once to a safetensors folder; other names pass through."""
     if name and name.startswith(PACKAGE_PREFIX):
         return resolve_package_model(name)
+    packaged = local_package_for(name)
+    if packaged:
+        return resolve_package_model(packaged)
     if tiny.is_tiny(name):
         return tiny.build(name)
     if name and name.endswith(".gguf"):
         return convert_gguf(Path(name) if Path(name).is_file() else hub_gguf(name))
     return name
+
+
+def local_package_for(name: str | None) -> str | None:
+    """`pkg:<package>` for a Hub id that is not in the Hub cache when an installed package holds that model (the
+    portable base a genqa adapter names, `genqa.hub_names`): said, since the package's copy may be quantized."""
+    from huggingface_hub import try_to_load_from_cache
+
+    from genqa.hub_names import hub_base, packaged_name
+
+    packaged = packaged_name(name) if name else None
+    if not packaged or isinstance(try_to_load_from_cache(name, "config.json"), str):
+        return None
+    if importlib.util.find_spec(packaged[len(PACKAGE_PREFIX):]) is None:
+        return None
+    say(f"[genqa] {name}: not in the Hub cache; using the installed package `{packaged}` "
+        f"({hub_base(packaged)[1]})")
+    return packaged
 
 
 def _missing_local_gguf(name: str) -> bool:

@@ -215,7 +215,6 @@ def train(qa: QAArguments, sft: SFTConfig, model_args: ModelConfig, recipe_path:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
     if model_args.use_peft:
         model = attach_lora(model, model_args, args, "SEQ_2_SEQ_LM")
-        model.print_trainable_parameters()
     collator = DataCollatorForSeq2Seq(tokenizer, model=model, label_pad_token_id=-100,
                                       pad_to_multiple_of=getattr(sft, "pad_to_multiple_of", None))
     trainer = resumable_length_grouping(Seq2SeqTrainer)(model=model, args=args, data_collator=collator,

@@ -38,8 +38,8 @@ from genqa.data.layouts import (
     squad_version,
 )
 
-__all__ = ["DataError", "detect_format", "is_c3_json", "is_squad_json", "iter_squad_rows", "load_source",
-           "read_records", "squad_examples", "squad_question_id", "squad_version"]
+__all__ = ["DataError", "detect_format", "header_columns", "is_c3_json", "is_squad_json", "iter_squad_rows",
+           "load_source", "read_records", "squad_examples", "squad_question_id", "squad_version"]
 
 SUFFIX_FORMATS = {".json": "json", ".jsonl": "jsonl", ".csv": "csv", ".parquet": "parquet", ".xlsx": "xlsx",
                   ".xls": "xlsx"}
@@ -203,6 +203,35 @@ def read_frame(path: str | os.PathLike):
         raise DataError(f"{path}: could not read it as {suffix[1:]} ({type(err).__name__}: {err}).") from err
     frame.columns = [str(c).strip() for c in frame.columns]
     return frame
+
+
+def header_columns(path: str, fmt: str = "auto") -> list[str] | None:
+    """The column names of a local data file without reading its rows (a table's header; the keys of a JSON / JSONL
+    file's first row object), so `--dry_run` can name a missing column cheaply. None where the columns are only known
+    after loading (hub ids, `save_to_disk` folders, SQuAD / C3 layouts, whose rows genqa builds itself); for a glob
+    pattern, the first file's."""
+    import pandas as pd
+
+    files = matched_files(path)
+    path = files[0] if files else path
+    fmt = detect_format(path) if fmt == "auto" else fmt
+    suffix = Path(path).suffix.lower()
+    try:
+        if fmt == "xlsx":
+            return [str(c).strip() for c in pd.read_excel(path, nrows=0).columns]
+        if fmt == "csv" and suffix in (".csv", ".tsv"):
+            return [str(c).strip() for c in pd.read_csv(path, nrows=0, sep="\t" if suffix == ".tsv" else ",").columns]
+        if fmt == "parquet":
+            import pyarrow.parquet as pq
+
+            return list(pq.read_schema(path).names)
+    except Exception as err:  # noqa: BLE001 - pandas raises many types; name the file either way
+        raise DataError(f"{path}: could not read its header as {fmt} ({type(err).__name__}: {err}).") from err
+    if fmt in ("json", "jsonl"):
+        rows = json_rows(path)
+        first = rows[0] if isinstance(rows, list) and rows else rows
+        return list(first) if isinstance(first, dict) else None
+    return None
 
 
 def read_records(path: str | os.PathLike) -> list[dict[str, Any]]:

@@ -178,6 +178,10 @@ class Task:
         """True when the rows carry gold answers to score against (unlabelled test sets do not)."""
         return any(r["answers"] for r in rows)
 
+    def recipe_warnings(self) -> list[str]:
+        """Recipe settings that run but probably not as meant (printed by `--dry_run` and `preview`)."""
+        return []
+
     def is_valid_answer(self, answer: str | None) -> bool:
         """Whether `answer` may go into a submission."""
         return answer is not None

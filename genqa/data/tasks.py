@@ -284,6 +284,30 @@ class MCQTask(Task):
     def is_valid_answer(self, answer):
         return answer in self.args.option_labels
 
+    def recipe_warnings(self) -> list[str]:
+        """The instruction names answer labels of another kind than `option_labels` (`1-4` for labels A-D): the
+        model is told one thing and trained on another."""
+        labels, text = self.args.option_labels, self.instruction
+        named = [kind for kind in LABEL_KINDS if labels[0] not in kind and _names_labels(text, kind[:len(labels)])]
+        if not named:
+            return []
+        return [f"the instruction names the labels {', '.join(named[0][:len(labels)])} but `option_labels` is "
+                f"{', '.join(labels)}: the model is trained to answer {labels[0]}... Rewrite `instruction` to name "
+                f"{', '.join(labels)} (instruction: {text[:80]!r})."]
+
+
+#: kinds of option labels an instruction may name
+LABEL_KINDS = ("123456789", "ABCDEFGHI")
+
+
+def _names_labels(text: str, labels: str) -> bool:
+    """Whether `text` names these labels: a range (`1-4`, `A–D`, `1到4`) or the first two as a list (`1、2`, `A, B`)."""
+    first, second, last = re.escape(labels[0]), re.escape(labels[1]), re.escape(labels[-1])
+    before, after = r"(?<![A-Za-z0-9])", r"(?![A-Za-z0-9])"
+    pattern = (rf"{before}{first}\s*(?:-|–|—|~|到|至|to)\s*{last}{after}|"
+               rf"{before}{first}\s*[,、，/;]?\s*(?:or|和|或)?\s*{second}{after}")
+    return re.search(pattern, text) is not None
+
 
 @dataclass
 class MCQGenerationTask(MCQTask):
