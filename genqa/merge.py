@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import re
 import shutil
 import sys
 import tempfile
@@ -101,8 +102,6 @@ def merge(args: argparse.Namespace) -> dict[str, Any]:
                           f"`genqa predict --base {run} --data TEST --out OUT.csv`; "
                           "to train an adapter instead, set `use_peft: true` in the recipe).")
     out = Path(args.out)
-    if out.exists() and not args.overwrite:
-        raise RecipeError(f"{out} already exists; choose another --out or pass --overwrite.")
     qa, sft, model_args = load_run(run, ["--use_cpu", "true"])
     base = args.base or model_args.model_name_or_path
     backbone = get_backbone(detect_backbone(base, qa.backbone))
@@ -150,6 +149,61 @@ def merge(args: argparse.Namespace) -> dict[str, Any]:
     return report
 
 
+def _temp_folders(out: Path) -> list[Path]:
+    """Hidden folders a merge into `out` writes beside it (`tempfile.mkdtemp(prefix=".OUT-")`)."""
+    pattern = re.compile(rf"\.{re.escape(out.name)}-[A-Za-z0-9_]{{8}}")
+    if not out.parent.is_dir():
+        return []
+    return [p for p in out.parent.iterdir() if pattern.fullmatch(p.name) and p.is_dir() and not p.is_symlink()]
+
+
+def clean_stale_temp_folders(out: Path) -> None:
+    """Remove the temp folders of killed merges into `out` (called under the merge's lock, so none is in use)."""
+    for folder in _temp_folders(out):
+        print(f"[genqa] removing {folder}: left by a merge into {out} that was killed")
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def check_out_folder(out: Path, run: Path, overwrite: bool) -> None:
+    """Refuse an `--out` whose replacement would destroy work: the run folder or a folder holding it, a file or link,
+    and (even with `--overwrite`) any folder that is not a merged model genqa wrote (its marker file lists every
+    file in it). An empty folder is used as it is."""
+    from genqa.run_card import MERGE_REPORT_FILE
+
+    if out.resolve() == run.resolve() or out.resolve() in run.resolve().parents:
+        raise MergeError(f"--out {out} is the adapter's run folder {run} or a folder holding it: writing the merged "
+                         "model there would delete the run. Choose another --out (e.g. a new folder beside the run).")
+    if out.is_symlink() or (out.exists() and not out.is_dir()):
+        raise MergeError(f"--out {out} exists and is not a folder (a file or a link); choose another --out.")
+    if not out.exists() or not any(out.iterdir()):
+        return
+    if not overwrite:
+        raise MergeError(f"--out {out} already exists; choose another --out, or pass --overwrite to replace a "
+                         "merged model genqa wrote there.")
+    try:
+        written = set(json.loads((out / MERGE_REPORT_FILE).read_text(encoding="utf-8")).get("files") or ())
+    except (OSError, ValueError, AttributeError):
+        written = set()
+    others = sorted(p.name for p in out.iterdir() if p.name not in written or p.is_dir() or p.is_symlink())
+    if not written or others:
+        what = f"holds files genqa's merge did not write ({', '.join(others[:5])})" if written else (
+            f"is not a merged model written by genqa merge (no readable {MERGE_REPORT_FILE} listing its files)")
+        raise MergeError(f"--out {out} {what}: --overwrite only replaces a folder genqa merge wrote, never anything "
+                         "else. Nothing was changed; choose another --out, or move that folder away yourself.")
+
+
+def replace_folder(new: Path, out: Path) -> None:
+    """Move the finished folder `new` to `out`; an existing `out` (checked by `check_out_folder`) is first renamed
+    aside, so there is never a moment without a complete folder on disk, then deleted."""
+    if not out.exists():
+        new.rename(out)
+        return
+    aside = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    out.rename(aside / out.name)
+    new.rename(out)
+    shutil.rmtree(aside, ignore_errors=True)
+
+
 def save_merged(model, tokenizer, run: Path, out: Path, args, qa, sft, model_args, report: dict[str, Any]) -> None:
     """Write the merged model, tokenizer, recipe and report to a temp folder, then move it into place."""
     from genqa.files import write_atomic
@@ -169,11 +223,11 @@ def save_merged(model, tokenizer, run: Path, out: Path, args, qa, sft, model_arg
         for name in CARRIED_FILES:
             if (run / name).is_file():
                 shutil.copy2(run / name, tmp / name)
-        write_atomic(tmp / MERGE_REPORT_FILE, json.dumps(report, indent=2))
         write_merged_card(tmp, out, run, qa, sft, model_args, report["base"], model_kind(model), report, REPORT_FILE)
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
+        # the marker, written last: it lists what this merge wrote, so --overwrite can tell the folder is only that
+        files = sorted([p.name for p in tmp.iterdir()] + [MERGE_REPORT_FILE])
+        write_atomic(tmp / MERGE_REPORT_FILE, json.dumps({**report, "files": files}, indent=2))
+        replace_folder(tmp, out)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
@@ -202,7 +256,15 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 
     def run() -> int:
-        merge(args)
+        from genqa.locks import output_lock
+
+        out, adapter = Path(args.out).absolute(), Path(args.adapter)
+        check_out_folder(out, adapter, args.overwrite)
+        out = out.resolve()  # a name for the lock and the temp folders even for `--out .`
+        with output_lock(out.with_name(f".{out.name}.merge.lock"), f"--out {args.out}", main_only=False):
+            clean_stale_temp_folders(out)
+            check_out_folder(out, adapter, args.overwrite)
+            merge(args)
         if args.push_to_hub:
             push_to_hub(Path(args.out), args.push_to_hub, args.private)
         return 0
