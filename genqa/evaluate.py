@@ -26,6 +26,7 @@ from typing import Any
 
 from genqa.data.mcq_format import DEFAULT_LABELS, PREFIXES
 from genqa.errors import GenqaError, report_errors
+from genqa.files import write_atomic
 from genqa.scoring.metrics import LANGS, mcq_accuracy, mcq_generation_quality, normalize_choice, squad_scores
 from genqa.submission import FINGERPRINT_KEY
 
@@ -292,7 +293,7 @@ def run(args: argparse.Namespace) -> int:
     if args.out:
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(text + "\n", encoding="utf-8")
+        write_atomic(out, text + "\n")
     return 0
 
 

@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
 from collections.abc import Iterable
@@ -22,7 +23,7 @@ from typing import Any
 from transformers import TrainerCallback
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
-from genqa.files import write_atomic
+from genqa.files import open_append, write_atomic
 from genqa.hub_names import BASE_LICENSES, adapter_fingerprint, hub_base, is_hub_id, make_adapter_portable
 from genqa.messages import is_main_process, log_line, say
 
@@ -48,7 +49,7 @@ class RunLogCallback(TrainerCallback):
         if not state.is_world_process_zero or not logs:
             return
         event = {"step": state.global_step, **{k: v for k, v in logs.items() if isinstance(v, (int, float, str))}}
-        with open(self.path, "a", encoding="utf-8") as fh:
+        with open_append(self.path) as fh:
             fh.write(json.dumps(event, ensure_ascii=False) + "\n")
         log_line(" ".join(f"{k}={_short(v)}" for k, v in event.items()))
 
@@ -218,9 +219,9 @@ def plot_losses(log_history: list[dict[str, Any]], path: Path, best_step: int | 
             a.axvline(best_step, color="gray", linestyle="--", linewidth=1, label=f"best checkpoint (step {best_step})")
         a.grid(alpha=0.3)
         a.legend()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp)
-    tmp.replace(path)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    write_atomic(path, buf.getvalue())
     return True
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from genqa.errors import GenqaError
-from genqa.files import write_atomic
+from genqa.files import open_append, write_atomic
 
 
 class SubmissionError(GenqaError, ValueError):
@@ -101,7 +101,7 @@ class PredictionStore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if not self.path.exists():
             self._rewrite()
-        with open(self.path, "a", encoding="utf-8") as fh:
+        with open_append(self.path) as fh:
             for rec in records:
                 fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
                 self.records[str(rec["id"])] = rec
