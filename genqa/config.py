@@ -11,6 +11,7 @@ A recipe is one YAML file holding keys of three dataclasses, parsed together by 
 from __future__ import annotations
 
 import functools
+import math
 import re
 import string
 from dataclasses import dataclass, field
@@ -26,15 +27,21 @@ MINIMUM = {"validation_size": 0, "split_seed": 0, "max_train_samples": 1, "max_e
            "max_answer_length": 1, "n_best_size": 1, "max_target_length": 1, "generation_eval_samples": 0,
            "generation_eval_max_new_tokens": 1, "max_new_tokens": 1}
 
+#: highest value of genqa's numeric keys (seeds: numpy takes 32 bits)
+MAXIMUM = {"split_seed": 2**32 - 1}
+
 
 def out_of_range(key: str, value: object, low: float | None, high: float | None = None) -> str | None:
-    """Why a numeric recipe value is outside [low, high] (None when it is inside, or not a number: None = unset)."""
+    """Why a numeric recipe value is outside [low, high] or not finite (None when it is inside, or not a number:
+    None = unset)."""
     if not isinstance(value, int | float) or isinstance(value, bool):
         return None
+    if not math.isfinite(value):
+        return f"`{key}: {value}` is not a finite number; give a real value."
     if (low is None or value >= low) and (high is None or value <= high):
         return None
     bounds = [] if low is None else ["> 0" if 0 < low < 1e-6 else f">= {low:g}"]
-    bounds += [] if high is None else [f"<= {high:g}"]
+    bounds += [] if high is None else [f"<= {high}" if isinstance(high, int) else f"<= {high:g}"]
     return f"`{key}: {value}` is out of range; it must be {' and '.join(bounds)}."
 
 
@@ -293,7 +300,7 @@ class QAArguments:
     def _check_values(self) -> None:
         """Numeric keys at or above their `MINIMUM`, and a `prompt_format` that `prompt_format_problem` accepts."""
         for key, low in MINIMUM.items():
-            problem = out_of_range(key, getattr(self, key), low)
+            problem = out_of_range(key, getattr(self, key), low, MAXIMUM.get(key))
             if problem:
                 raise ValueError(problem)
         if self.prompt_format is not None:

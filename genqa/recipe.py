@@ -77,21 +77,103 @@ def _normalise_argv(argv: list[str]) -> list[str]:
     return argv
 
 
+#: how many values a recipe may expand to once YAML aliases are followed (a real recipe has a few hundred)
+MAX_YAML_VALUES = 100_000
+
+
+class _RecipeLoader(yaml.SafeLoader):
+    """PyYAML's safe loader that refuses a key written twice in one mapping (the last one would silently win)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            if isinstance(key, typing.Hashable) and key in seen:
+                raise RecipeError(f"{self.name}: key `{key}` is written twice (lines {seen[key]} and {line}); only "
+                                  "one can hold. Delete one of them.")
+            if isinstance(key, typing.Hashable):
+                seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+def _expanded_size(node, sizes: dict[int, int]) -> int:
+    """How many values `node` stands for once every alias is expanded (memoised: a billion laughs costs nothing)."""
+    if id(node) in sizes:
+        return sizes[id(node)]
+    sizes[id(node)] = 1  # a node that contains itself (a recursive alias) counts once
+    children = []
+    if isinstance(node, yaml.MappingNode):
+        children = [n for pair in node.value for n in pair]
+    elif isinstance(node, yaml.SequenceNode):
+        children = node.value
+    sizes[id(node)] = min(1 + sum(_expanded_size(c, sizes) for c in children), MAX_YAML_VALUES + 1)
+    return sizes[id(node)]
+
+
+def read_yaml(path: Path) -> Any:
+    """A YAML file genqa reads (a recipe, a run's saved recipe), refused with a message naming the file when it is
+    not UTF-8, not YAML, nested too deeply, writes a key twice, or expands through aliases past `MAX_YAML_VALUES`."""
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise RecipeError(f"{path}: not UTF-8 text (byte {err.start}: {raw[err.start:err.start + 1]!r}); save the "
+                          "recipe as UTF-8.") from None
+    loader = _RecipeLoader(text)
+    loader.name = str(path)
+    try:
+        node = loader.get_single_node()
+        if node is not None and _expanded_size(node, {}) > MAX_YAML_VALUES:
+            raise RecipeError(f"{path}: expands to more than {MAX_YAML_VALUES:,} values through YAML aliases "
+                              "(`*name`); a recipe that large is a mistake or an attack. Write the values out.")
+        return (loader.construct_document(node) if node is not None else None) or {}
+    except yaml.YAMLError as err:
+        raise RecipeError(f"{path}: not valid YAML: {err}") from err
+    except RecursionError:
+        raise RecipeError(f"{path}: values nested too deeply to read; a recipe is a flat mapping of key: value.") \
+            from None
+    finally:
+        loader.dispose()
+
+
+#: environment variables a recipe's `env:` may not set: where genqa and the Hugging Face libraries read and write,
+#: and whether they go online. A shared recipe must not change those behind the user's back.
+_ENV_PREFIXES = ("GENQA_", "HF_", "HUGGINGFACE_", "TRANSFORMERS_", "DATASETS_", "XDG_", "LD_", "PYTHON", "WANDB_",
+                 "MLFLOW_", "COMET_", "NEPTUNE_", "AWS_", "GOOGLE_", "AZURE_")
+_ENV_SUFFIXES = ("_OFFLINE", "_CACHE", "_HOME", "_DIR", "_PATH", "_ENDPOINT", "_TOKEN", "_URL", "_URI", "_KEY",
+                 "_PROXY")
+_ENV_NAMES = {"HOME", "PATH", "TMPDIR", "TMP", "TEMP", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "ALL_PROXY"}
+
+
+def check_env(env: Any, where: str) -> None:
+    """A recipe's `env:` (TRL sets each entry as a process environment variable): a mapping of names to scalar
+    values, none of which may change where genqa reads or writes or whether it goes online."""
+    if env is None:
+        return
+    if not isinstance(env, dict) or not all(isinstance(v, str | int | float | bool) for v in env.values()):
+        raise RecipeError(f"{where}: `env:` must be a mapping of variable names to plain values.")
+    refused = sorted(str(k) for k in env if str(k).upper() in _ENV_NAMES or str(k).upper().startswith(_ENV_PREFIXES)
+                     or str(k).upper().endswith(_ENV_SUFFIXES))
+    if refused:
+        raise RecipeError(f"{where}: `env:` may not set {', '.join(refused)}: a recipe must not change where genqa "
+                          "reads or writes (caches, home, temp folders, credentials) or whether it goes online. Set "
+                          "them in your shell instead (e.g. `export HF_HUB_OFFLINE=1`) and remove them from `env:`.")
+
+
 def load_recipe_file(path: str | os.PathLike) -> dict[str, Any]:
     """Read a recipe YAML file and check every key against the recipe schema."""
     path = Path(path)
     if not path.is_file():
         raise RecipeError(f"Recipe file {path} not found. Pass the path of a YAML recipe, e.g. recipes/tiny/mcq.yaml.")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as err:
-        raise RecipeError(f"{path}: not valid YAML: {err}") from err
+    data = read_yaml(path)
     if not isinstance(data, dict):
         raise RecipeError(f"{path}: a recipe must be a YAML mapping of key: value.")
     valid = recipe_keys() | {"env"}
     for key in data:
         if key not in valid:
             raise RecipeError(_unknown_key_message(str(key), str(path), valid))
+    check_env(data.get("env"), str(path))
     check_value_types(data, str(path))
     return data
 
@@ -184,7 +266,7 @@ RANGES: dict[str, tuple[float | None, float | None]] = {
     "num_train_epochs": (0, None), "learning_rate": (0, None), "warmup_steps": (0, None), "weight_decay": (0, None),
     "adam_beta1": (0, 1), "adam_beta2": (0, 1), "adam_epsilon": (0, None), "max_grad_norm": (0, None),
     "label_smoothing_factor": (0, 1), "logging_steps": (1e-9, None), "save_steps": (1e-9, None),
-    "eval_steps": (1e-9, None), "save_total_limit": (0, None), "seed": (0, None), "data_seed": (0, None),
+    "eval_steps": (1e-9, None), "save_total_limit": (0, None), "seed": (0, 2**32 - 1), "data_seed": (0, 2**32 - 1),
     "dataloader_num_workers": (0, None), "dataset_num_proc": (1, None), "max_length": (1, None),
     "lora_r": (1, None), "lora_alpha": (1e-9, None), "lora_dropout": (0, 1),
 }
@@ -197,6 +279,10 @@ def check_ranges(objs: tuple[Any, ...], where: str) -> None:
             problem = out_of_range(key, getattr(obj, key, None), low, high)
             if problem:
                 raise RecipeError(f"{where}: {problem}")
+    sft = next((o for o in objs if hasattr(o, "num_train_epochs")), None)
+    if sft is not None and sft.max_steps <= 0 and sft.num_train_epochs == 0:
+        raise RecipeError(f"{where}: `max_steps: {sft.max_steps}` with `num_train_epochs: 0` trains no step; set "
+                          "max_steps or num_train_epochs above 0.")
 
 
 def _check_cli_keys(argv: list[str]) -> None:

@@ -21,7 +21,7 @@ from genqa.data.tasks import get_task
 from genqa.data.templates import TemplateError, load_template
 from genqa.errors import report_errors
 from genqa.messages import begin_run_log, quiet_known_noise, say
-from genqa.recipe import RecipeError, load_recipe_file, non_default_items, parse_recipe, training_mode
+from genqa.recipe import RecipeError, load_recipe_file, non_default_items, parse_recipe, read_yaml, training_mode
 from genqa.stopping import early_stopping_problems
 
 
@@ -159,7 +159,7 @@ def saved_recipe(output_dir: str | None) -> dict:
     from genqa.run_dir import RECIPE_FILE
 
     path = Path(output_dir or "") / RECIPE_FILE
-    return (yaml.safe_load(path.read_text(encoding="utf-8")) or {}) if output_dir and path.is_file() else {}
+    return read_yaml(path) if output_dir and path.is_file() else {}
 
 
 #: where the recipe does not say: log every 5% of the training steps (transformers reads a value below 1 as a ratio)
