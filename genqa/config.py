@@ -10,11 +10,14 @@ A recipe is one YAML file holding keys of three dataclasses, parsed together by 
 
 from __future__ import annotations
 
+import argparse
 import functools
 import math
 import re
 import string
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 TASKS = ("extractive", "mcq", "mcq_generation", "abstractive")
 BACKBONES = ("auto", "causal_lm", "seq2seq", "extractive")
@@ -43,6 +46,24 @@ def out_of_range(key: str, value: object, low: float | None, high: float | None 
     bounds = [] if low is None else ["> 0" if 0 < low < 1e-6 else f">= {low:g}"]
     bounds += [] if high is None else [f"<= {high}" if isinstance(high, int) else f"<= {high:g}"]
     return f"`{key}: {value}` is out of range; it must be {' and '.join(bounds)}."
+
+
+def flag_at_least(low: float, kind: type = int) -> Callable[[str], Any]:
+    """An argparse `type` for a numeric command-line flag: the value as `kind`, refused (argparse's own one-line
+    error, exit 2) when it is not a finite number of that kind at or above `low`."""
+    def convert(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {'a whole number' if kind is int else 'a number'}") \
+                from None
+        problem = out_of_range("value", value, low)
+        if problem:
+            raise argparse.ArgumentTypeError(f"{text} is out of range: it must be a finite number >= {low:g}")
+        return value
+
+    convert.__name__ = kind.__name__  # argparse names the type in its messages
+    return convert
 
 
 @functools.lru_cache(maxsize=64)

@@ -55,6 +55,9 @@ def _read_json(path: Path, flag: str) -> Any:
                             "right suffix.") from err
     except UnicodeDecodeError as err:
         raise EvaluateError(f"{flag} file '{path}' is not UTF-8 text ({err}).") from err
+    except RecursionError:
+        raise EvaluateError(f"{flag} file '{path}' nests JSON values too deeply to read; it is not a predictions or "
+                            "dev file.") from None
 
 
 def _records(path: Path, flag: str) -> list[dict[str, Any]]:

@@ -34,6 +34,22 @@ def fsync_dir(folder: str | os.PathLike) -> None:
         os.close(fd)
 
 
+def unwritable(path: str | os.PathLike, folder: bool) -> str | None:
+    """Why genqa could not write `path` (a folder when `folder`, else a file), or None: it exists as the wrong kind,
+    a file stands where one of its folders belongs, or its nearest existing folder is not writable."""
+    path = Path(path)
+    if path.exists() and path.is_dir() != folder:
+        return f"{path} is {'a file' if folder else 'a folder'}, not {'a folder' if folder else 'a file'}"
+    parent = path if folder and path.exists() else path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        return f"{parent} is a file, so {path} cannot be made under it"
+    if not os.access(parent, os.W_OK | os.X_OK):
+        return f"{parent} is not writable by this user ({path} would be written there)"
+    return None
+
+
 def write_atomic(path: str | os.PathLike, data: str | bytes) -> None:
     """Replace `path` with `data` (text is written as UTF-8) atomically: unique exclusive temp file in the same
     folder, fsync, `os.replace`, fsync of the folder. On any failure the temp file is removed and the old file kept."""

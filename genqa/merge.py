@@ -19,6 +19,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from genqa.config import flag_at_least
 from genqa.errors import GenqaError, report_errors
 
 # torch, the recipe parser (TRL) and the run folder (datasets) are imported where used: `genqa merge --help` loads
@@ -39,8 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--base", help="Base model (default: the run's model_name_or_path).")
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"),
                    help="Precision of the reloaded base and the merged weights.")
-    p.add_argument("--check_rows", type=int, default=4, help="Validation rows used to check the merge.")
-    p.add_argument("--tolerance", type=float, help="Max abs logit difference accepted (default by dtype).")
+    p.add_argument("--check_rows", type=flag_at_least(1), default=4, help="Validation rows used to check the merge.")
+    p.add_argument("--tolerance", type=flag_at_least(0, float),
+                   help="Max abs logit difference accepted (default by dtype).")
     p.add_argument("--max_shard_size", default="5GB", help="Safetensors shard size.")
     p.add_argument("--merge_into_4bit", action="store_true",
                    help="Merge into the 4-bit quantized base instead (lossy: LoRA deltas get quantized). Only if you "

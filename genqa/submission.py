@@ -68,6 +68,8 @@ class PredictionStore:
                 if n == len(lines):  # a line cut short by a kill: predict that example again
                     continue
                 raise SubmissionError(f"{self.path}: line {n} is not JSON; remove it or the file.") from None
+            except RecursionError:
+                raise SubmissionError(f"{self.path}: line {n} nests JSON too deeply; remove it or the file.") from None
             if not isinstance(rec, dict):
                 raise SubmissionError(f"{self.path}: line {n} is not a JSON object (a prediction record is "
                                       '{"id": ..., "answer": ...}); remove it or the file.')
@@ -136,6 +138,11 @@ def write_submission(path: str | os.PathLike, ids: list[str], answers: dict[str,
         writer.writerow([i, fill if not is_valid(a) else a])
     write_atomic(path, buf.getvalue())
     return {"rows": len(ids), "filled": len(bad)}
+
+
+def writes_json(path: str | os.PathLike) -> bool:
+    """Whether `--out` asks for the SQuAD `{id: answer}` JSON map (`.json`, any case) rather than the CSV."""
+    return Path(path).suffix.lower() == ".json"
 
 
 def write_json_predictions(path: str | os.PathLike, ids: list[str], answers: dict[str, str | None]) -> None:

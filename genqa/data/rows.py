@@ -73,11 +73,22 @@ def load_rows(task: Task, data: str, split: str | None = None, require_answer: b
 
 
 def unique_ids(ids: Sequence[str]) -> tuple[list[str], int]:
-    """Make repeated ids unique (`id`, `id#2`, `id#3`); returns (ids, how many renamed). Prediction and scoring both
-    match ids this way."""
+    """Make repeated ids unique (`id`, `id#2`, `id#3`, skipping any name another row already has, so `a, a, a#2`
+    becomes `a, a#3, a#2`); returns (ids, how many renamed). Prediction and scoring both match ids this way."""
+    taken = set(ids)
     seen: dict[str, int] = {}
     out = []
+    renamed = 0
     for i in ids:
-        seen[i] = seen.get(i, 0) + 1
-        out.append(i if seen[i] == 1 else f"{i}#{seen[i]}")
-    return out, sum(n - 1 for n in seen.values())
+        if i not in seen:
+            seen[i] = 1
+            out.append(i)
+            continue
+        renamed += 1
+        n = seen[i] + 1
+        while f"{i}#{n}" in taken:
+            n += 1
+        seen[i] = n
+        taken.add(f"{i}#{n}")
+        out.append(f"{i}#{n}")
+    return out, renamed

@@ -57,6 +57,8 @@ def _read_json(path: str | os.PathLike) -> Any:
         raise DataError(f"{path}: not UTF-8 text ({err}); save the file as UTF-8.") from err
     except json.JSONDecodeError as err:
         raise DataError(f"{path}: not valid JSON ({err}).") from err
+    except RecursionError:
+        raise DataError(f"{path}: JSON values nested too deeply to read; a data file holds rows.") from None
 
 
 @functools.lru_cache(maxsize=1)
@@ -81,6 +83,9 @@ def _jsonl_records(path: str | os.PathLike) -> list[dict[str, Any]]:
                 row = json.loads(line)
             except json.JSONDecodeError as err:
                 raise DataError(f"{path}: line {n} is not valid JSON ({err}).") from err
+            except RecursionError:
+                raise DataError(f"{path}: line {n} nests JSON values too deeply to read; a line holds one row.") \
+                    from None
             if not isinstance(row, dict):
                 raise DataError(f"{path}: line {n} holds a JSON {'null' if row is None else type(row).__name__}, "
                                 "not a row object {\"column\": value}.")
