@@ -92,7 +92,7 @@ def _refuse_loaders(source: str, name: str) -> None:
 def _limited_environment():
     """transformers' sandbox with limits: `*` and `**` are computed at render time (never constant-folded while
     compiling) and refused past `TEMPLATE_LIMITS['value']`, and `range` shares one budget of items per render."""
-    import jinja2
+    from jinja2.exceptions import SecurityError
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 
     base = _transformers_environment()
@@ -102,13 +102,13 @@ def _limited_environment():
 
         def call_binop(self, context, operator, left, right):
             if operator == "**" and isinstance(right, int | float) and abs(right) > 64:
-                raise jinja2.exceptions.SecurityError(f"`** {right}`: exponent too large")
+                raise SecurityError(f"`** {right}`: exponent too large")
             if operator == "*":
                 seq, n = (left, right) if isinstance(left, str | list | tuple) else (right, left)
-                if isinstance(seq, str | list | tuple) and isinstance(n, int) and len(seq) * n > \
-                        TEMPLATE_LIMITS["value"]:
-                    raise jinja2.exceptions.SecurityError(f"a value of {len(seq) * n:,} items (`* {n}`) is over the limit of "
-                                               f"{TEMPLATE_LIMITS['value']:,}")
+                size = len(seq) * n if isinstance(seq, str | list | tuple) and isinstance(n, int) else 0
+                if size > TEMPLATE_LIMITS["value"]:
+                    raise SecurityError(f"a value of {size:,} items (`* {n}`) is over the limit of "
+                                        f"{TEMPLATE_LIMITS['value']:,}")
             return super().call_binop(context, operator, left, right)
 
     env = Limited(trim_blocks=True, lstrip_blocks=True, extensions=[type(e) for e in base.extensions.values()])
@@ -120,7 +120,7 @@ def _limited_environment():
         items = range(*args)
         budget[0] -= len(items)
         if budget[0] < 0:
-            raise jinja2.exceptions.SecurityError(f"`range` over more than {TEMPLATE_LIMITS['range']:,} items in all")
+            raise SecurityError(f"`range` over more than {TEMPLATE_LIMITS['range']:,} items in all")
         return items
 
     env.globals["range"] = limited_range
