@@ -231,13 +231,11 @@ def fingerprint(args: argparse.Namespace, qa, sft, model_args, setup: Setup) -> 
 def load_model_for(backbone, base: str, adapter: str | None, dtype):
     """The model to predict with: base (merged or not) plus an optional adapter, in eval mode."""
     from genqa.backbones import auto_class
-    from genqa.backbones.loading import resolve_model_path
+    from genqa.backbones.loading import apply_adapter, resolve_model_path
 
     model = auto_class(backbone).from_pretrained(resolve_model_path(base), dtype=dtype)
     if adapter:
-        from peft import PeftModel
-
-        model = PeftModel.from_pretrained(model, adapter)
+        model = apply_adapter(model, adapter, base)
     return model.eval()
 
 
@@ -294,6 +292,9 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
     if problem:
         raise SubmissionError(f"--out: {problem}; give the path of a submission file to write (e.g. "
                               f"{out / 'submission.csv' if out.is_dir() else 'submission.csv'}).")
+    from genqa.backbones.loading import refuse_adapter_as_base
+
+    refuse_adapter_as_base(args.base)
     qa, sft, model_args = resolve_recipe(args, overrides)
     task = get_task(qa)
     rows, renamed = load_rows(task, args.data, args.split, limit=args.limit)

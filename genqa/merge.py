@@ -92,7 +92,14 @@ def merge(args: argparse.Namespace) -> dict[str, Any]:
     from transformers import AutoTokenizer
 
     from genqa.backbones import auto_class, get_backbone
-    from genqa.backbones.loading import detect_backbone, ensure_pad_token, resolve_model_path, torch_dtype
+    from genqa.backbones.loading import (
+        apply_adapter,
+        detect_backbone,
+        ensure_pad_token,
+        refuse_adapter_as_base,
+        resolve_model_path,
+        torch_dtype,
+    )
     from genqa.data.tasks import get_task
     from genqa.recipe import RecipeError
     from genqa.run_dir import load_run
@@ -106,6 +113,7 @@ def merge(args: argparse.Namespace) -> dict[str, Any]:
     out = Path(args.out)
     qa, sft, model_args = load_run(run, ["--use_cpu", "true"])
     base = args.base or model_args.model_name_or_path
+    refuse_adapter_as_base(base)
     backbone = get_backbone(detect_backbone(base, qa.backbone))
     auto = auto_class(backbone)
     dtype = torch_dtype(args.dtype)
@@ -117,7 +125,7 @@ def merge(args: argparse.Namespace) -> dict[str, Any]:
     report: dict[str, Any] = {"adapter": str(run), "base": base, "dtype": args.dtype, "check_rows": args.check_rows,
                               "adapter_fingerprint": adapter_fingerprint(run)}
 
-    model = PeftModel.from_pretrained(auto.from_pretrained(resolve_model_path(base), dtype=dtype), run)
+    model = apply_adapter(auto.from_pretrained(resolve_model_path(base), dtype=dtype), run, base)
     adapter_logits = logits_of(model.eval(), batch)
     model = model.merge_and_unload()
     merged_logits = logits_of(model.eval(), batch)

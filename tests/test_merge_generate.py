@@ -160,6 +160,16 @@ def test_merged_model_generates_like_adapter(mcq_run, tmp_path):
     assert (tmp_path / "a.csv").read_text() == (tmp_path / "b.csv").read_text()
 
 
+def test_predict_with_an_adapter_of_another_architecture_or_a_run_as_base(mcq_run, tmp_path, capsys):
+    common = ["--data", "data/tiny/zh_mcq.xlsx", "--no_progress", "--out", str(tmp_path / "a.csv")]
+    assert generate_main(["--base", str(mcq_run), *common]) == 2
+    err = capsys.readouterr().err
+    assert f"--base {mcq_run} is a LoRA run folder" in err and f"--adapter {mcq_run} --base " in err
+    assert generate_main(["--base", "tiny:t5", "--adapter", str(mcq_run), *common]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and f"the adapter in {mcq_run} does not fit the base tiny:t5" in err, err
+
+
 def test_submission_refuses_invalid_answers_unless_filled(tmp_path):
     out = tmp_path / "s.csv"
     labels = {"1", "2", "3", "4"}
