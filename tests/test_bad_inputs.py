@@ -232,6 +232,11 @@ ROWS = [
     # item 11: predictions nested too deeply
     ("eval_nested_predictions", {"p.json": "[" * 100000 + "]" * 100000}, "eval --data "
      "tests/bad_inputs/squad_dev.json --predictions {tmp}/p.json", 2, ["p.json' nests JSON values too deeply"]),
+    # item 6: an absurd row is refused before any tokenizing, naming it
+    ("preview_absurd_row", {"big.jsonl": '{"id": "1", "question": "Q?", "answers": "A", "context": "A b"}\n'
+                            '{"id": "huge", "question": "Q?", "answers": "A", "context": "' + "ab " * 700_000 + '"}\n',
+                            "r.yaml": _with("task: abstractive\ndataset_path: {tmp}/big.jsonl\n")},
+     "preview {tmp}/r.yaml", 2, ["big.jsonl [train]: row 2 (id huge): its context holds 2,100,000 characters"]),
     # items 13, 14, 17: values that trained silently wrong
     ("learning_rate_inf", {"r.yaml": _with("learning_rate: .inf\n")}, "train {tmp}/r.yaml --dry_run", 2,
      ["`learning_rate: inf` is not a finite number"]),
