@@ -237,6 +237,12 @@ ROWS = [
                             '{"id": "huge", "question": "Q?", "answers": "A", "context": "' + "ab " * 700_000 + '"}\n',
                             "r.yaml": _with("task: abstractive\ndataset_path: {tmp}/big.jsonl\n")},
      "preview {tmp}/r.yaml", 2, ["big.jsonl [train]: row 2 (id huge): its context holds 2,100,000 characters"]),
+    # item 17: a SQuAD question both unanswerable and answered
+    ("squad_impossible_with_answers", {"s.json": '{"version": "v2.0", "data": [{"title": "t", "paragraphs": [{'
+                                       '"context": "A b c.", "qas": [{"id": "q1", "question": "Q?", "is_impossible": '
+                                       'true, "answers": [{"text": "b", "answer_start": 2}]}]}]}]}',
+                                       "r.yaml": _with("dataset_path: {tmp}/s.json\n")},
+     "preview {tmp}/r.yaml", 2, ["s.json", "qas[0] (id 'q1'): `is_impossible` is true but it has 1 answer(s)"]),
     # items 13, 14, 17: values that trained silently wrong
     ("learning_rate_inf", {"r.yaml": _with("learning_rate: .inf\n")}, "train {tmp}/r.yaml --dry_run", 2,
      ["`learning_rate: inf` is not a finite number"]),
