@@ -101,7 +101,8 @@ class QAArguments:
         default="auto", metadata={"help": f"How to read `dataset_path`: one of {DATASET_FORMATS}. `auto` decides "
                                           "from the path (a SQuAD layout is detected inside .json files)."}
     )
-    dataset_config: str | None = field(default=None, metadata={"help": "Hub dataset configuration name."})
+    dataset_config: str | None = field(default=None, metadata={
+        "help": "Hub dataset configuration name; for an xlsx file, the sheet to read (default: the first)."})
     train_split: str = field(default="train", metadata={"help": "Split trained on."})
     eval_split: str | None = field(
         default=None,

@@ -172,6 +172,16 @@ def _with(line: str) -> str:
     return "".join(x for x in BASE.splitlines(True) if x.split(":")[0] not in keys) + line
 
 
+def _two_sheets(path: Path) -> None:
+    """A workbook whose first sheet is empty and whose rows sit on its second sheet."""
+    import pandas as pd
+
+    with pd.ExcelWriter(path) as book:
+        pd.DataFrame().to_excel(book, sheet_name="notes", index=False)
+        pd.DataFrame({"id": ["1"], "question": ["Q?"], "answers": ["A"], "context": ["A b"]}).to_excel(
+            book, sheet_name="data", index=False)
+
+
 ROWS = [
     # issue 21 item 1: merge --overwrite never deletes a run, its parent or a folder genqa did not write
     ("merge_out_is_the_run", FAKE_RUN, "merge --adapter {tmp}/runs/r --out {tmp}/runs/r --overwrite", 2,
@@ -243,6 +253,13 @@ ROWS = [
                                        'true, "answers": [{"text": "b", "answer_start": 2}]}]}]}]}',
                                        "r.yaml": _with("dataset_path: {tmp}/s.json\n")},
      "preview {tmp}/r.yaml", 2, ["s.json", "qas[0] (id 'q1'): `is_impossible` is true but it has 1 answer(s)"]),
+    # item 18: rows on a workbook's second sheet
+    ("xlsx_rows_on_second_sheet", {"b.xlsx": _two_sheets,
+                                   "r.yaml": _with("task: abstractive\ndataset_path: {tmp}/b.xlsx\n")},
+     "preview {tmp}/r.yaml", 2, ["b.xlsx: its first sheet 'notes' holds no rows", "`dataset_config: data`"]),
+    ("xlsx_sheet_picked", {"b.xlsx": _two_sheets, "r.yaml": _with("task: abstractive\ndataset_path: {tmp}/b.xlsx\n"
+                                                                   "dataset_config: data\n")},
+     "preview {tmp}/r.yaml", 0, ["Q?"]),
     # items 13, 14, 17: values that trained silently wrong
     ("learning_rate_inf", {"r.yaml": _with("learning_rate: .inf\n")}, "train {tmp}/r.yaml --dry_run", 2,
      ["`learning_rate: inf` is not a finite number"]),
@@ -281,7 +298,9 @@ def test_bad_inputs_through_the_genqa_command(tmp_path):
         for name, content in files.items():
             path = folder / name
             path.parent.mkdir(parents=True, exist_ok=True)
-            if isinstance(content, bytes):
+            if callable(content):
+                content(path)
+            elif isinstance(content, bytes):
                 path.write_bytes(content)
             else:
                 path.write_text(content.replace("{tmp}", str(folder)), encoding="utf-8")
