@@ -260,6 +260,11 @@ ROWS = [
     ("xlsx_sheet_picked", {"b.xlsx": _two_sheets, "r.yaml": _with("task: abstractive\ndataset_path: {tmp}/b.xlsx\n"
                                                                    "dataset_config: data\n")},
      "preview {tmp}/r.yaml", 0, ["Q?"]),
+    ("mcq_empty_gold_skipped", {"m.csv": "id,context,question,a,b,c,d,answer\n1,C1.,Q1?,r,b,g,k,A\n"
+                                         "2,C2.,Q2?,r,b,g,k,\n",
+                                "r.yaml": _with("task: mcq\ndataset_path: {tmp}/m.csv\noptions_columns: [a, b, c, d]\n"
+                                                "answer_column: answer\non_bad_row: skip\n")},
+     "preview {tmp}/r.yaml", 0, ["m.csv [train]: skipped 1 bad rows", "row 1 (id 2): the answer (answer) is empty"]),
     # items 13, 14, 17: values that trained silently wrong
     ("learning_rate_inf", {"r.yaml": _with("learning_rate: .inf\n")}, "train {tmp}/r.yaml --dry_run", 2,
      ["`learning_rate: inf` is not a finite number"]),
