@@ -101,12 +101,38 @@ def model_kind(model) -> str:
         getattr(model, "base_model", model), "qa_outputs") else "causal_lm"
 
 
+class WholeRunTokens(TrainerCallback):
+    """TRL counts `num_tokens` from 0 in every process; a resumed run continues the count its checkpoint logged."""
+
+    def __init__(self, trainer) -> None:
+        self.trainer = trainer
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        logged = [e["num_tokens"] for e in state.log_history if isinstance(e.get("num_tokens"), int | float)]
+        if logged and getattr(self.trainer, "_total_train_tokens", None) == 0:
+            self.trainer._total_train_tokens = logged[-1]
+
+
+def run_mean_loss(log_history: list[dict[str, Any]]) -> float | None:
+    """The mean train loss over every logged step of the run, however many processes it took (each logged loss is
+    the mean since the previous log, so it is weighted by its steps); Trainer's own `train_loss` covers only the
+    steps of the last process."""
+    points = sorted((e["step"], float(e["loss"])) for e in log_history
+                    if isinstance(e.get("loss"), int | float) and isinstance(e.get("step"), int))
+    total, previous = 0.0, 0
+    for step, loss in points:
+        total += loss * (step - previous)
+        previous = step
+    return total / previous if previous else None
+
+
 def attach(trainer, qa, sft, model_args, reports: list) -> None:
     """Before training: log every event to the run folder, and make the trainer's model card genqa's."""
     trainer.add_callback(RunLogCallback(sft.output_dir))
     for library, clean in ((ProgressCallback, CleanProgressCallback), (PrinterCallback, CleanPrinterCallback)):
         if trainer.pop_callback(library) is not None:
             trainer.add_callback(clean)
+    trainer.add_callback(WholeRunTokens(trainer))
 
     def create_model_card(*args, **kwargs) -> None:  # replaces TRL's stub wherever transformers asks for a card
         if trainer.is_world_process_zero():
@@ -143,6 +169,9 @@ def finish(trainer, qa, sft, model_args, reports: list) -> dict[str, Any]:
     card (main process). Returns the metrics written to `all_results.json`."""
     state = trainer.state
     train = {k: v for k, v in final_metrics(state.log_history).items() if k.startswith("train_") or k == "epoch"}
+    mean = run_mean_loss(state.log_history)
+    if mean is not None:  # the whole run's, also when the last process trained no step
+        train.update(train_loss=mean, epoch=state.epoch)
     evaluated = trainer.eval_dataset is not None and sft.eval_strategy != "no"
     eval_metrics: dict[str, Any] = {}
     if evaluated:
