@@ -146,7 +146,7 @@ def export_folder(folder: Path, merged_from: str | None, out: Path, args: argpar
     from transformers import AutoConfig, AutoModelForCausalLM
 
     from genqa.export_check import ExportCheck
-    from genqa.files import write_atomic
+    from genqa.files import fsync_dir, temp_file_beside, write_atomic
     from genqa.gguf_file import GGUFContent, architecture, write_gguf
     from genqa.modelfile import modelfile_text, ollama_template, readme_text
     from genqa.run_dir import RECIPE_FILE, load_run
@@ -160,7 +160,7 @@ def export_folder(folder: Path, merged_from: str | None, out: Path, args: argpar
             "recipe_sha256": hashlib.sha256((folder / RECIPE_FILE).read_bytes()).hexdigest()}
     content = GGUFContent(setup.template, setup.eot_token_id(), meta, source_gguf(base))
     gguf_path, modelfile_path, readme_path = outputs(out)
-    tmp = out.with_name(f".{out.stem}.{os.getpid()}.tmp.gguf")
+    tmp = temp_file_beside(gguf_path, ".tmp.gguf")  # unique and exclusive: never a planted link
     try:
         summary = write_gguf(tmp, model, setup.encoder.tokenizer, args.quant, content, folder)
         check = setup.verify(tmp, model, args.quant, args.tolerance)
@@ -171,6 +171,7 @@ def export_folder(folder: Path, merged_from: str | None, out: Path, args: argpar
         modelfile = modelfile_text(gguf_path.name, tmpl)
         readme = readme_text(gguf_path.name, modelfile_path.name, report)
         os.replace(tmp, gguf_path)
+        fsync_dir(gguf_path.parent)
     finally:
         tmp.unlink(missing_ok=True)
     write_atomic(modelfile_path, modelfile)

@@ -69,6 +69,16 @@ def write_atomic(path: str | os.PathLike, data: str | bytes) -> None:
     fsync_dir(path.parent)
 
 
+def temp_file_beside(path: str | os.PathLike, suffix: str = ".tmp") -> Path:
+    """A new empty file with a unique name in `path`'s folder, created exclusively (never a planted link), for a
+    writer that needs a file name (a library that writes to a path); `os.replace` it over `path` when complete and
+    unlink it on failure."""
+    path = Path(path)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    os.close(fd)
+    return Path(name)
+
+
 def open_append(path: str | os.PathLike):
     """Open `path` for appending text without following a symlink at its name (`O_NOFOLLOW`): a link planted there
     is refused (`OSError`) instead of written through."""
