@@ -29,6 +29,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from genqa.config import flag_at_least
 from genqa.errors import report_errors
 from genqa.gguf_file import QUANTS, ExportError
 
@@ -44,8 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quant", default="f16", choices=QUANTS,
                    help="Weight type (default f16). These are the types the gguf library writes; K-quants "
                    "(q4_k_m, ...) need llama.cpp's `llama-quantize` on the f16 export.")
-    p.add_argument("--check_rows", type=int, default=4, help="Validation rows the export is checked on.")
-    p.add_argument("--tolerance", type=float,
+    p.add_argument("--check_rows", type=flag_at_least(1), default=4, help="Validation rows the export is checked on.")
+    p.add_argument("--tolerance", type=flag_at_least(0, float),
                    help="Max |logit diff| accepted, relative to the largest |logit| (default by --quant).")
     p.add_argument("--overwrite", action="store_true", help="Replace an existing --out (and its Modelfile, README).")
     return p

@@ -235,6 +235,10 @@ ROWS = [
      ["argument --limit: -1 is out of range"]),
     ("merge_check_rows_0", FAKE_RUN, "merge --adapter {tmp}/runs/r --out {tmp}/m --check_rows 0", 2,
      ["argument --check_rows: 0 is out of range"]),
+    ("export_check_rows_negative", FAKE_RUN, "export --adapter {tmp}/runs/r --out {tmp}/x.gguf --check_rows -1", 2,
+     ["argument --check_rows: -1 is out of range"]),
+    ("export_tolerance_nan", FAKE_RUN, "export --adapter {tmp}/runs/r --out {tmp}/x.gguf --tolerance nan", 2,
+     ["argument --tolerance: nan is out of range"]),
     ("preview_rows_0", {"base.yaml": BASE}, "preview {tmp}/base.yaml -n 0", 2, ["argument -n/--rows: 0 is out"]),
     # item 10: a LoRA run folder where a complete model belongs
     ("predict_base_is_a_lora_run", {**FAKE_RUN}, "predict --base {tmp}/runs/r --data data/tiny/squad_tiny.json "
