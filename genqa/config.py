@@ -48,6 +48,31 @@ def out_of_range(key: str, value: object, low: float | None, high: float | None 
     return f"`{key}: {value}` is out of range; it must be {' and '.join(bounds)}."
 
 
+#: environment variables a recipe's `env:` may not set: where genqa and the Hugging Face libraries read and write,
+#: and whether they go online. A shared recipe must not change those behind the user's back.
+_ENV_PREFIXES = ("GENQA_", "HF_", "HUGGINGFACE_", "TRANSFORMERS_", "DATASETS_", "XDG_", "LD_", "PYTHON", "WANDB_",
+                 "MLFLOW_", "COMET_", "NEPTUNE_", "AWS_", "GOOGLE_", "AZURE_")
+_ENV_SUFFIXES = ("_OFFLINE", "_CACHE", "_HOME", "_DIR", "_PATH", "_ENDPOINT", "_TOKEN", "_URL", "_URI", "_KEY",
+                 "_PROXY")
+_ENV_NAMES = {"HOME", "PATH", "TMPDIR", "TMP", "TEMP", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "ALL_PROXY"}
+
+
+def env_problem(env: Any) -> str | None:
+    """Why a recipe's `env:` cannot be used (None when it can): it must map names to scalar values, none of which
+    may change where genqa reads or writes (caches, home, temp folders, credentials) or whether it goes online."""
+    if env is None:
+        return None
+    if not isinstance(env, dict) or not all(isinstance(v, str | int | float | bool) for v in env.values()):
+        return "`env:` must be a mapping of variable names to plain values."
+    refused = sorted(str(k) for k in env if str(k).upper() in _ENV_NAMES or str(k).upper().startswith(_ENV_PREFIXES)
+                     or str(k).upper().endswith(_ENV_SUFFIXES))
+    if refused:
+        return (f"`env:` may not set {', '.join(refused)}: a recipe must not change where genqa reads or writes "
+                "(caches, home, temp folders, credentials) or whether it goes online. Set them in your shell instead "
+                "(e.g. `export HF_HUB_OFFLINE=1`) and remove them from `env:`.")
+    return None
+
+
 def flag_at_least(low: float, kind: type = int) -> Callable[[str], Any]:
     """An argparse `type` for a numeric command-line flag: the value as `kind`, refused (argparse's own one-line
     error, exit 2) when it is not a finite number of that kind at or above `low`."""

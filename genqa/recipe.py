@@ -26,7 +26,7 @@ from typing import Any
 import yaml
 from trl import ModelConfig, SFTConfig, TrlParser
 
-from genqa.config import QAArguments, out_of_range
+from genqa.config import QAArguments, env_problem, out_of_range
 from genqa.errors import GenqaError
 from genqa.files import write_atomic
 
@@ -137,28 +137,11 @@ def read_yaml(path: Path) -> Any:
         loader.dispose()
 
 
-#: environment variables a recipe's `env:` may not set: where genqa and the Hugging Face libraries read and write,
-#: and whether they go online. A shared recipe must not change those behind the user's back.
-_ENV_PREFIXES = ("GENQA_", "HF_", "HUGGINGFACE_", "TRANSFORMERS_", "DATASETS_", "XDG_", "LD_", "PYTHON", "WANDB_",
-                 "MLFLOW_", "COMET_", "NEPTUNE_", "AWS_", "GOOGLE_", "AZURE_")
-_ENV_SUFFIXES = ("_OFFLINE", "_CACHE", "_HOME", "_DIR", "_PATH", "_ENDPOINT", "_TOKEN", "_URL", "_URI", "_KEY",
-                 "_PROXY")
-_ENV_NAMES = {"HOME", "PATH", "TMPDIR", "TMP", "TEMP", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "ALL_PROXY"}
-
-
 def check_env(env: Any, where: str) -> None:
-    """A recipe's `env:` (TRL sets each entry as a process environment variable): a mapping of names to scalar
-    values, none of which may change where genqa reads or writes or whether it goes online."""
-    if env is None:
-        return
-    if not isinstance(env, dict) or not all(isinstance(v, str | int | float | bool) for v in env.values()):
-        raise RecipeError(f"{where}: `env:` must be a mapping of variable names to plain values.")
-    refused = sorted(str(k) for k in env if str(k).upper() in _ENV_NAMES or str(k).upper().startswith(_ENV_PREFIXES)
-                     or str(k).upper().endswith(_ENV_SUFFIXES))
-    if refused:
-        raise RecipeError(f"{where}: `env:` may not set {', '.join(refused)}: a recipe must not change where genqa "
-                          "reads or writes (caches, home, temp folders, credentials) or whether it goes online. Set "
-                          "them in your shell instead (e.g. `export HF_HUB_OFFLINE=1`) and remove them from `env:`.")
+    """A recipe's `env:` (TRL sets each entry as a process environment variable), checked by `env_problem`."""
+    problem = env_problem(env)
+    if problem:
+        raise RecipeError(f"{where}: {problem}")
 
 
 def load_recipe_file(path: str | os.PathLike) -> dict[str, Any]:
