@@ -10,10 +10,14 @@ A recipe is one YAML file holding keys of three dataclasses, parsed together by 
 
 from __future__ import annotations
 
+import argparse
 import functools
+import math
 import re
 import string
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 TASKS = ("extractive", "mcq", "mcq_generation", "abstractive")
 BACKBONES = ("auto", "causal_lm", "seq2seq", "extractive")
@@ -26,16 +30,65 @@ MINIMUM = {"validation_size": 0, "split_seed": 0, "max_train_samples": 1, "max_e
            "max_answer_length": 1, "n_best_size": 1, "max_target_length": 1, "generation_eval_samples": 0,
            "generation_eval_max_new_tokens": 1, "max_new_tokens": 1}
 
+#: highest value of genqa's numeric keys (seeds: numpy takes 32 bits)
+MAXIMUM = {"split_seed": 2**32 - 1}
+
 
 def out_of_range(key: str, value: object, low: float | None, high: float | None = None) -> str | None:
-    """Why a numeric recipe value is outside [low, high] (None when it is inside, or not a number: None = unset)."""
+    """Why a numeric recipe value is outside [low, high] or not finite (None when it is inside, or not a number:
+    None = unset)."""
     if not isinstance(value, int | float) or isinstance(value, bool):
         return None
+    if not math.isfinite(value):
+        return f"`{key}: {value}` is not a finite number; give a real value."
     if (low is None or value >= low) and (high is None or value <= high):
         return None
     bounds = [] if low is None else ["> 0" if 0 < low < 1e-6 else f">= {low:g}"]
-    bounds += [] if high is None else [f"<= {high:g}"]
+    bounds += [] if high is None else [f"<= {high}" if isinstance(high, int) else f"<= {high:g}"]
     return f"`{key}: {value}` is out of range; it must be {' and '.join(bounds)}."
+
+
+#: environment variables a recipe's `env:` may not set: where genqa and the Hugging Face libraries read and write,
+#: and whether they go online. A shared recipe must not change those behind the user's back.
+_ENV_PREFIXES = ("GENQA_", "HF_", "HUGGINGFACE_", "TRANSFORMERS_", "DATASETS_", "XDG_", "LD_", "PYTHON", "WANDB_",
+                 "MLFLOW_", "COMET_", "NEPTUNE_", "AWS_", "GOOGLE_", "AZURE_")
+_ENV_SUFFIXES = ("_OFFLINE", "_CACHE", "_HOME", "_DIR", "_PATH", "_ENDPOINT", "_TOKEN", "_URL", "_URI", "_KEY",
+                 "_PROXY")
+_ENV_NAMES = {"HOME", "PATH", "TMPDIR", "TMP", "TEMP", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "ALL_PROXY"}
+
+
+def env_problem(env: Any) -> str | None:
+    """Why a recipe's `env:` cannot be used (None when it can): it must map names to scalar values, none of which
+    may change where genqa reads or writes (caches, home, temp folders, credentials) or whether it goes online."""
+    if env is None:
+        return None
+    if not isinstance(env, dict) or not all(isinstance(v, str | int | float | bool) for v in env.values()):
+        return "`env:` must be a mapping of variable names to plain values."
+    refused = sorted(str(k) for k in env if str(k).upper() in _ENV_NAMES or str(k).upper().startswith(_ENV_PREFIXES)
+                     or str(k).upper().endswith(_ENV_SUFFIXES))
+    if refused:
+        return (f"`env:` may not set {', '.join(refused)}: a recipe must not change where genqa reads or writes "
+                "(caches, home, temp folders, credentials) or whether it goes online. Set them in your shell instead "
+                "(e.g. `export HF_HUB_OFFLINE=1`) and remove them from `env:`.")
+    return None
+
+
+def flag_at_least(low: float, kind: type = int) -> Callable[[str], Any]:
+    """An argparse `type` for a numeric command-line flag: the value as `kind`, refused (argparse's own one-line
+    error, exit 2) when it is not a finite number of that kind at or above `low`."""
+    def convert(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {'a whole number' if kind is int else 'a number'}") \
+                from None
+        problem = out_of_range("value", value, low)
+        if problem:
+            raise argparse.ArgumentTypeError(f"{text} is out of range: it must be a finite number >= {low:g}")
+        return value
+
+    convert.__name__ = kind.__name__  # argparse names the type in its messages
+    return convert
 
 
 @functools.lru_cache(maxsize=64)
@@ -73,7 +126,8 @@ class QAArguments:
         default="auto", metadata={"help": f"How to read `dataset_path`: one of {DATASET_FORMATS}. `auto` decides "
                                           "from the path (a SQuAD layout is detected inside .json files)."}
     )
-    dataset_config: str | None = field(default=None, metadata={"help": "Hub dataset configuration name."})
+    dataset_config: str | None = field(default=None, metadata={
+        "help": "Hub dataset configuration name; for an xlsx file, the sheet to read (default: the first)."})
     train_split: str = field(default="train", metadata={"help": "Split trained on."})
     eval_split: str | None = field(
         default=None,
@@ -293,7 +347,7 @@ class QAArguments:
     def _check_values(self) -> None:
         """Numeric keys at or above their `MINIMUM`, and a `prompt_format` that `prompt_format_problem` accepts."""
         for key, low in MINIMUM.items():
-            problem = out_of_range(key, getattr(self, key), low)
+            problem = out_of_range(key, getattr(self, key), low, MAXIMUM.get(key))
             if problem:
                 raise ValueError(problem)
         if self.prompt_format is not None:

@@ -26,6 +26,7 @@ from typing import Any
 
 from genqa.data.mcq_format import DEFAULT_LABELS, PREFIXES
 from genqa.errors import GenqaError, report_errors
+from genqa.files import write_atomic
 from genqa.scoring.metrics import LANGS, mcq_accuracy, mcq_generation_quality, normalize_choice, squad_scores
 from genqa.submission import FINGERPRINT_KEY
 
@@ -54,6 +55,9 @@ def _read_json(path: Path, flag: str) -> Any:
                             "right suffix.") from err
     except UnicodeDecodeError as err:
         raise EvaluateError(f"{flag} file '{path}' is not UTF-8 text ({err}).") from err
+    except RecursionError:
+        raise EvaluateError(f"{flag} file '{path}' nests JSON values too deeply to read; it is not a predictions or "
+                            "dev file.") from None
 
 
 def _records(path: Path, flag: str) -> list[dict[str, Any]]:
@@ -292,7 +296,7 @@ def run(args: argparse.Namespace) -> int:
     if args.out:
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(text + "\n", encoding="utf-8")
+        write_atomic(out, text + "\n")
     return 0
 
 

@@ -29,6 +29,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from genqa.config import flag_at_least
 from genqa.errors import report_errors
 from genqa.gguf_file import QUANTS, ExportError
 
@@ -44,8 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quant", default="f16", choices=QUANTS,
                    help="Weight type (default f16). These are the types the gguf library writes; K-quants "
                    "(q4_k_m, ...) need llama.cpp's `llama-quantize` on the f16 export.")
-    p.add_argument("--check_rows", type=int, default=4, help="Validation rows the export is checked on.")
-    p.add_argument("--tolerance", type=float,
+    p.add_argument("--check_rows", type=flag_at_least(1), default=4, help="Validation rows the export is checked on.")
+    p.add_argument("--tolerance", type=flag_at_least(0, float),
                    help="Max |logit diff| accepted, relative to the largest |logit| (default by --quant).")
     p.add_argument("--overwrite", action="store_true", help="Replace an existing --out (and its Modelfile, README).")
     return p
@@ -146,7 +147,7 @@ def export_folder(folder: Path, merged_from: str | None, out: Path, args: argpar
     from transformers import AutoConfig, AutoModelForCausalLM
 
     from genqa.export_check import ExportCheck
-    from genqa.files import write_atomic
+    from genqa.files import fsync_dir, temp_file_beside, write_atomic
     from genqa.gguf_file import GGUFContent, architecture, write_gguf
     from genqa.modelfile import modelfile_text, ollama_template, readme_text
     from genqa.run_dir import RECIPE_FILE, load_run
@@ -160,7 +161,7 @@ def export_folder(folder: Path, merged_from: str | None, out: Path, args: argpar
             "recipe_sha256": hashlib.sha256((folder / RECIPE_FILE).read_bytes()).hexdigest()}
     content = GGUFContent(setup.template, setup.eot_token_id(), meta, source_gguf(base))
     gguf_path, modelfile_path, readme_path = outputs(out)
-    tmp = out.with_name(f".{out.stem}.{os.getpid()}.tmp.gguf")
+    tmp = temp_file_beside(gguf_path, ".tmp.gguf")  # unique and exclusive: never a planted link
     try:
         summary = write_gguf(tmp, model, setup.encoder.tokenizer, args.quant, content, folder)
         check = setup.verify(tmp, model, args.quant, args.tolerance)
@@ -171,6 +172,7 @@ def export_folder(folder: Path, merged_from: str | None, out: Path, args: argpar
         modelfile = modelfile_text(gguf_path.name, tmpl)
         readme = readme_text(gguf_path.name, modelfile_path.name, report)
         os.replace(tmp, gguf_path)
+        fsync_dir(gguf_path.parent)
     finally:
         tmp.unlink(missing_ok=True)
     write_atomic(modelfile_path, modelfile)

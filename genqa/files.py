@@ -1,8 +1,17 @@
-"""Writing files so that a crash never leaves a half-written one behind."""
+"""Writing files so that a crash, a full disk or a planted link never leaves a half-written or redirected one.
+
+`write_atomic` is the one way genqa replaces a file: the bytes go to a temp file created exclusively
+(`tempfile.mkstemp`: `O_CREAT | O_EXCL`, a unique random name, so a symlink planted at a predictable name is never
+followed) in the target's own folder, are fsynced, and the temp file is renamed over the target (`os.replace`: a link
+at the target's name is replaced, never written through); the folder is then fsynced so the rename survives a power
+cut. A failed write (a full disk) removes its temp file and leaves the old file as it was.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import tempfile
 from pathlib import Path
 
 
@@ -12,9 +21,66 @@ def cache_dir() -> Path:
     return Path(os.environ.get("GENQA_CACHE", Path.home() / ".cache" / "genqa"))
 
 
-def write_atomic(path: str | os.PathLike, text: str) -> None:
-    """Write a text file atomically (temp file + rename)."""
+def fsync_dir(folder: str | os.PathLike) -> None:
+    """Make a rename or a new file in `folder` durable (a no-op where folders cannot be opened, e.g. Windows)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        with contextlib.suppress(OSError):
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def unwritable(path: str | os.PathLike, folder: bool) -> str | None:
+    """Why genqa could not write `path` (a folder when `folder`, else a file), or None: it exists as the wrong kind,
+    a file stands where one of its folders belongs, or its nearest existing folder is not writable."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    if path.exists() and path.is_dir() != folder:
+        return f"{path} is {'a file' if folder else 'a folder'}, not {'a folder' if folder else 'a file'}"
+    parent = path if folder and path.exists() else path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        return f"{parent} is a file, so {path} cannot be made under it"
+    if not os.access(parent, os.W_OK | os.X_OK):
+        return f"{parent} is not writable by this user ({path} would be written there)"
+    return None
+
+
+def write_atomic(path: str | os.PathLike, data: str | bytes) -> None:
+    """Replace `path` with `data` (text is written as UTF-8) atomically: unique exclusive temp file in the same
+    folder, fsync, `os.replace`, fsync of the folder. On any failure the temp file is removed and the old file kept."""
+    path = Path(path)
+    payload = data.encode("utf-8") if isinstance(data, str) else data
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(payload)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    fsync_dir(path.parent)
+
+
+def temp_file_beside(path: str | os.PathLike, suffix: str = ".tmp") -> Path:
+    """A new empty file with a unique name in `path`'s folder, created exclusively (never a planted link), for a
+    writer that needs a file name (a library that writes to a path); `os.replace` it over `path` when complete and
+    unlink it on failure."""
+    path = Path(path)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    os.close(fd)
+    return Path(name)
+
+
+def open_append(path: str | os.PathLike):
+    """Open `path` for appending text without following a symlink at its name (`O_NOFOLLOW`): a link planted there
+    is refused (`OSError`) instead of written through."""
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
+    return os.fdopen(os.open(path, flags, 0o644), "a", encoding="utf-8")

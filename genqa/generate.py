@@ -20,12 +20,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from genqa.config import flag_at_least
 from genqa.errors import report_errors
-from genqa.files import write_atomic
+from genqa.files import unwritable, write_atomic
 from genqa.hardware import resolve_autocast
 from genqa.locks import output_lock
 from genqa.scoring.metrics import LANGS
-from genqa.submission import PredictionStore, SubmissionError, write_json_predictions, write_submission
+from genqa.submission import PredictionStore, SubmissionError, write_json_predictions, write_submission, writes_json
 
 # Data, templates, the recipe parser (TRL) and the run folder are imported where used: `genqa predict --help` loads
 # none of them.
@@ -51,13 +52,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--recipe", help="Recipe YAML (default: the one saved in --adapter or --base).")
     p.add_argument("--adapter", help="A run folder holding a LoRA adapter to apply on --base.")
     p.add_argument("--split", help="Split of --data to predict (default: its only/first split).")
-    p.add_argument("--batch_size", type=int, default=16, help="Prompts per forward pass (does not change answers).")
-    p.add_argument("--max_new_tokens", type=int, help="Default: the recipe's max_new_tokens, else by task: mcq 8, "
-                   "extractive 48, abstractive 64, mcq_generation 256.")
+    p.add_argument("--batch_size", type=flag_at_least(1), default=16,
+                   help="Prompts per forward pass (does not change answers).")
+    p.add_argument("--max_new_tokens", type=flag_at_least(1), help="Default: the recipe's max_new_tokens, else by "
+                   "task: mcq 8, extractive 48, abstractive 64, mcq_generation 256.")
     p.add_argument("--mcq_mode", choices=("score", "generate"), default="score",
                    help="MCQ answering: score the option labels in one forward pass (default), or generate freely "
                    "and parse the label.")
-    p.add_argument("--num_beams", type=int, default=1, help="Beam search width of free generation (1: greedy).")
+    p.add_argument("--num_beams", type=flag_at_least(1), default=1,
+                   help="Beam search width of free generation (1: greedy).")
     p.add_argument("--do_sample", action="store_true", help="Sample instead of greedy decoding.")
     p.add_argument("--dtype", default=None, help="float32 / bfloat16 / float16 (default: the recipe's dtype).")
     p.add_argument("--autocast", choices=("none", "bf16", "auto"), default="none",
@@ -67,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fill_missing", help="Answer written for ids without a valid prediction (otherwise refused).")
     p.add_argument("--lang", choices=LANGS, help="Metric normalisation language (default: the "
                    "recipe's metric_lang).")
-    p.add_argument("--limit", type=int, help="Predict only the first N rows (a quick look).")
+    p.add_argument("--limit", type=flag_at_least(1), help="Predict only the first N rows (a quick look).")
     p.add_argument("--no_progress", action="store_true", help="No progress bar.")
     p.add_argument("--overwrite", action="store_true", help="Start over: drop the predictions an earlier run left for "
                    "this --out (OUT.predictions.jsonl) instead of resuming them; needed after changing a setting "
@@ -162,7 +165,7 @@ def prepare(args: argparse.Namespace, qa, sft, task) -> Setup:
     passed = {a[2:].split("=", 1)[0] for a in args.overrides if a.startswith("--")}
     options = PredictOptions(
         max_length=sft.max_length, batch_size=args.batch_size,
-        max_new_tokens=args.max_new_tokens or task.answer_budget,
+        max_new_tokens=task.answer_budget if args.max_new_tokens is None else args.max_new_tokens,
         num_beams=args.num_beams, do_sample=args.do_sample, mcq_mode=args.mcq_mode, progress=not args.no_progress,
         settings=backbone.prediction_settings([args.adapter, args.base], qa, sft, passed))
     if not (task.scores_labels and args.mcq_mode == "score"):
@@ -228,13 +231,11 @@ def fingerprint(args: argparse.Namespace, qa, sft, model_args, setup: Setup) -> 
 def load_model_for(backbone, base: str, adapter: str | None, dtype):
     """The model to predict with: base (merged or not) plus an optional adapter, in eval mode."""
     from genqa.backbones import auto_class
-    from genqa.backbones.loading import resolve_model_path
+    from genqa.backbones.loading import apply_adapter, resolve_model_path
 
     model = auto_class(backbone).from_pretrained(resolve_model_path(base), dtype=dtype)
     if adapter:
-        from peft import PeftModel
-
-        model = PeftModel.from_pretrained(model, adapter)
+        model = apply_adapter(model, adapter, base)
     return model.eval()
 
 
@@ -286,11 +287,18 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
     from genqa.data.rows import load_rows
     from genqa.data.tasks import get_task
 
+    out = Path(args.out)
+    problem = unwritable(out, folder=False)
+    if problem:
+        raise SubmissionError(f"--out: {problem}; give the path of a submission file to write (e.g. "
+                              f"{out / 'submission.csv' if out.is_dir() else 'submission.csv'}).")
+    from genqa.backbones.loading import refuse_adapter_as_base
+
+    refuse_adapter_as_base(args.base)
     qa, sft, model_args = resolve_recipe(args, overrides)
     task = get_task(qa)
     rows, renamed = load_rows(task, args.data, args.split, limit=args.limit)
-    out = Path(args.out)
-    if renamed and out.suffix != ".json":
+    if renamed and not writes_json(out):
         raise SubmissionError(f"{args.data}: {renamed} repeated ids; a submission needs one row per id. Set "
                               "--id_column to a column with unique ids (or write --out X.json for evaluation).")
     args.overrides = overrides
@@ -344,7 +352,7 @@ def write_outputs(args: argparse.Namespace, qa, task, rows: list[dict[str, Any]]
     print(f"[genqa] {len(answers)}/{len(ids)} rows predicted")
     for line in how_lines(how, len(answers)):
         print(f"[genqa] {line}")
-    if out.suffix == ".json":
+    if writes_json(out):
         write_json_predictions(out, ids, answers)
     else:
         stats = write_submission(out, ids, answers, qa.submission_id_column, qa.submission_answer_column,

@@ -104,10 +104,15 @@ class OutputLock:
             fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
             return False
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(json.dumps(self._record()))
-            fh.flush()
-            os.fsync(fh.fileno())
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                fh.write(json.dumps(self._record()))
+                fh.flush()
+                os.fsync(fh.fileno())
+        except OSError:  # a full disk: no empty lock file left behind to refuse the next run
+            with contextlib.suppress(OSError):
+                self.path.unlink()
+            raise
         return True
 
     def _take_over_stale(self, seen: dict[str, Any] | None) -> None:

@@ -12,12 +12,14 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import re
 import shutil
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
+from genqa.config import flag_at_least
 from genqa.errors import GenqaError, report_errors
 
 # torch, the recipe parser (TRL) and the run folder (datasets) are imported where used: `genqa merge --help` loads
@@ -38,8 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--base", help="Base model (default: the run's model_name_or_path).")
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"),
                    help="Precision of the reloaded base and the merged weights.")
-    p.add_argument("--check_rows", type=int, default=4, help="Validation rows used to check the merge.")
-    p.add_argument("--tolerance", type=float, help="Max abs logit difference accepted (default by dtype).")
+    p.add_argument("--check_rows", type=flag_at_least(1), default=4, help="Validation rows used to check the merge.")
+    p.add_argument("--tolerance", type=flag_at_least(0, float),
+                   help="Max abs logit difference accepted (default by dtype).")
     p.add_argument("--max_shard_size", default="5GB", help="Safetensors shard size.")
     p.add_argument("--merge_into_4bit", action="store_true",
                    help="Merge into the 4-bit quantized base instead (lossy: LoRA deltas get quantized). Only if you "
@@ -89,7 +92,14 @@ def merge(args: argparse.Namespace) -> dict[str, Any]:
     from transformers import AutoTokenizer
 
     from genqa.backbones import auto_class, get_backbone
-    from genqa.backbones.loading import detect_backbone, ensure_pad_token, resolve_model_path, torch_dtype
+    from genqa.backbones.loading import (
+        apply_adapter,
+        detect_backbone,
+        ensure_pad_token,
+        refuse_adapter_as_base,
+        resolve_model_path,
+        torch_dtype,
+    )
     from genqa.data.tasks import get_task
     from genqa.recipe import RecipeError
     from genqa.run_dir import load_run
@@ -101,10 +111,9 @@ def merge(args: argparse.Namespace) -> dict[str, Any]:
                           f"`genqa predict --base {run} --data TEST --out OUT.csv`; "
                           "to train an adapter instead, set `use_peft: true` in the recipe).")
     out = Path(args.out)
-    if out.exists() and not args.overwrite:
-        raise RecipeError(f"{out} already exists; choose another --out or pass --overwrite.")
     qa, sft, model_args = load_run(run, ["--use_cpu", "true"])
     base = args.base or model_args.model_name_or_path
+    refuse_adapter_as_base(base)
     backbone = get_backbone(detect_backbone(base, qa.backbone))
     auto = auto_class(backbone)
     dtype = torch_dtype(args.dtype)
@@ -116,7 +125,7 @@ def merge(args: argparse.Namespace) -> dict[str, Any]:
     report: dict[str, Any] = {"adapter": str(run), "base": base, "dtype": args.dtype, "check_rows": args.check_rows,
                               "adapter_fingerprint": adapter_fingerprint(run)}
 
-    model = PeftModel.from_pretrained(auto.from_pretrained(resolve_model_path(base), dtype=dtype), run)
+    model = apply_adapter(auto.from_pretrained(resolve_model_path(base), dtype=dtype), run, base)
     adapter_logits = logits_of(model.eval(), batch)
     model = model.merge_and_unload()
     merged_logits = logits_of(model.eval(), batch)
@@ -150,6 +159,61 @@ def merge(args: argparse.Namespace) -> dict[str, Any]:
     return report
 
 
+def _temp_folders(out: Path) -> list[Path]:
+    """Hidden folders a merge into `out` writes beside it (`tempfile.mkdtemp(prefix=".OUT-")`)."""
+    pattern = re.compile(rf"\.{re.escape(out.name)}-[A-Za-z0-9_]{{8}}")
+    if not out.parent.is_dir():
+        return []
+    return [p for p in out.parent.iterdir() if pattern.fullmatch(p.name) and p.is_dir() and not p.is_symlink()]
+
+
+def clean_stale_temp_folders(out: Path) -> None:
+    """Remove the temp folders of killed merges into `out` (called under the merge's lock, so none is in use)."""
+    for folder in _temp_folders(out):
+        print(f"[genqa] removing {folder}: left by a merge into {out} that was killed")
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def check_out_folder(out: Path, run: Path, overwrite: bool) -> None:
+    """Refuse an `--out` whose replacement would destroy work: the run folder or a folder holding it, a file or link,
+    and (even with `--overwrite`) any folder that is not a merged model genqa wrote (its marker file lists every
+    file in it). An empty folder is used as it is."""
+    from genqa.run_card import MERGE_REPORT_FILE
+
+    if out.resolve() == run.resolve() or out.resolve() in run.resolve().parents:
+        raise MergeError(f"--out {out} is the adapter's run folder {run} or a folder holding it: writing the merged "
+                         "model there would delete the run. Choose another --out (e.g. a new folder beside the run).")
+    if out.is_symlink() or (out.exists() and not out.is_dir()):
+        raise MergeError(f"--out {out} exists and is not a folder (a file or a link); choose another --out.")
+    if not out.exists() or not any(out.iterdir()):
+        return
+    if not overwrite:
+        raise MergeError(f"--out {out} already exists; choose another --out, or pass --overwrite to replace a "
+                         "merged model genqa wrote there.")
+    try:
+        written = set(json.loads((out / MERGE_REPORT_FILE).read_text(encoding="utf-8")).get("files") or ())
+    except (OSError, ValueError, AttributeError):
+        written = set()
+    others = sorted(p.name for p in out.iterdir() if p.name not in written or p.is_dir() or p.is_symlink())
+    if not written or others:
+        what = f"holds files genqa's merge did not write ({', '.join(others[:5])})" if written else (
+            f"is not a merged model written by genqa merge (no readable {MERGE_REPORT_FILE} listing its files)")
+        raise MergeError(f"--out {out} {what}: --overwrite only replaces a folder genqa merge wrote, never anything "
+                         "else. Nothing was changed; choose another --out, or move that folder away yourself.")
+
+
+def replace_folder(new: Path, out: Path) -> None:
+    """Move the finished folder `new` to `out`; an existing `out` (checked by `check_out_folder`) is first renamed
+    aside, so there is never a moment without a complete folder on disk, then deleted."""
+    if not out.exists():
+        new.rename(out)
+        return
+    aside = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    out.rename(aside / out.name)
+    new.rename(out)
+    shutil.rmtree(aside, ignore_errors=True)
+
+
 def save_merged(model, tokenizer, run: Path, out: Path, args, qa, sft, model_args, report: dict[str, Any]) -> None:
     """Write the merged model, tokenizer, recipe and report to a temp folder, then move it into place."""
     from genqa.files import write_atomic
@@ -169,11 +233,11 @@ def save_merged(model, tokenizer, run: Path, out: Path, args, qa, sft, model_arg
         for name in CARRIED_FILES:
             if (run / name).is_file():
                 shutil.copy2(run / name, tmp / name)
-        write_atomic(tmp / MERGE_REPORT_FILE, json.dumps(report, indent=2))
         write_merged_card(tmp, out, run, qa, sft, model_args, report["base"], model_kind(model), report, REPORT_FILE)
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
+        # the marker, written last: it lists what this merge wrote, so --overwrite can tell the folder is only that
+        files = sorted([p.name for p in tmp.iterdir()] + [MERGE_REPORT_FILE])
+        write_atomic(tmp / MERGE_REPORT_FILE, json.dumps({**report, "files": files}, indent=2))
+        replace_folder(tmp, out)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
@@ -202,7 +266,15 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 
     def run() -> int:
-        merge(args)
+        from genqa.locks import output_lock
+
+        out, adapter = Path(args.out).absolute(), Path(args.adapter)
+        check_out_folder(out, adapter, args.overwrite)
+        out = out.resolve()  # a name for the lock and the temp folders even for `--out .`
+        with output_lock(out.with_name(f".{out.name}.merge.lock"), f"--out {args.out}", main_only=False):
+            clean_stale_temp_folders(out)
+            check_out_folder(out, adapter, args.overwrite)
+            merge(args)
         if args.push_to_hub:
             push_to_hub(Path(args.out), args.push_to_hub, args.private)
         return 0

@@ -19,6 +19,8 @@ import sys
 import warnings
 from pathlib import Path
 
+from genqa.files import open_append
+
 VERBOSE_ENV = "GENQA_VERBOSE"
 LOG_FILE = "genqa.log"
 
@@ -60,7 +62,7 @@ def log_line(message: str) -> None:
     if _log_path is None:
         _pending.append(message)
         return
-    with open(_log_path, "a", encoding="utf-8") as fh:
+    with open_append(_log_path) as fh:
         fh.write(message.rstrip("\n") + "\n")
 
 

@@ -19,6 +19,7 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
+from genqa.config import flag_at_least
 from genqa.errors import GenqaError, report_errors
 from genqa.messages import quiet_known_noise
 
@@ -51,9 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="genqa preview", description=__doc__.split("\n\n")[0],
                                 epilog="Any recipe key can be overridden: --max_length 256 --template chatml ...")
     p.add_argument("recipe", metavar="RECIPE", help="the YAML recipe, as for genqa train")
-    p.add_argument("-n", "--rows", type=int, default=3, help="rows shown (default 3)")
+    p.add_argument("-n", "--rows", type=flag_at_least(1), default=3, help="rows shown (default 3)")
     p.add_argument("--split", default="train", choices=("train", "validation"), help="split shown (default train)")
-    p.add_argument("--stats_rows", type=int, default=2000,
+    p.add_argument("--stats_rows", type=flag_at_least(0), default=2000,
                    help="rows the length statistics cover (default 2000; 0 = the whole split)")
     p.add_argument("--color", choices=("auto", "always", "never"), default="auto",
                    help="mark trained tokens in colour (auto: on a terminal) or with [[...]] brackets")

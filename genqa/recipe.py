@@ -26,7 +26,7 @@ from typing import Any
 import yaml
 from trl import ModelConfig, SFTConfig, TrlParser
 
-from genqa.config import QAArguments, out_of_range
+from genqa.config import QAArguments, env_problem, out_of_range
 from genqa.errors import GenqaError
 from genqa.files import write_atomic
 
@@ -77,21 +77,86 @@ def _normalise_argv(argv: list[str]) -> list[str]:
     return argv
 
 
+#: how many values a recipe may expand to once YAML aliases are followed (a real recipe has a few hundred)
+MAX_YAML_VALUES = 100_000
+
+
+class _RecipeLoader(yaml.SafeLoader):
+    """PyYAML's safe loader that refuses a key written twice in one mapping (the last one would silently win)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            if isinstance(key, typing.Hashable) and key in seen:
+                raise RecipeError(f"{self.name}: key `{key}` is written twice (lines {seen[key]} and {line}); only "
+                                  "one can hold. Delete one of them.")
+            if isinstance(key, typing.Hashable):
+                seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+def _expanded_size(node, sizes: dict[int, int]) -> int:
+    """How many values `node` stands for once every alias is expanded (memoised: a billion laughs costs nothing)."""
+    if id(node) in sizes:
+        return sizes[id(node)]
+    sizes[id(node)] = 1  # a node that contains itself (a recursive alias) counts once
+    children = []
+    if isinstance(node, yaml.MappingNode):
+        children = [n for pair in node.value for n in pair]
+    elif isinstance(node, yaml.SequenceNode):
+        children = node.value
+    sizes[id(node)] = min(1 + sum(_expanded_size(c, sizes) for c in children), MAX_YAML_VALUES + 1)
+    return sizes[id(node)]
+
+
+def read_yaml(path: Path) -> Any:
+    """A YAML file genqa reads (a recipe, a run's saved recipe), refused with a message naming the file when it is
+    not UTF-8, not YAML, nested too deeply, writes a key twice, or expands through aliases past `MAX_YAML_VALUES`."""
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise RecipeError(f"{path}: not UTF-8 text (byte {err.start}: {raw[err.start:err.start + 1]!r}); save the "
+                          "recipe as UTF-8.") from None
+    loader = _RecipeLoader(text)
+    loader.name = str(path)
+    try:
+        node = loader.get_single_node()
+        if node is not None and _expanded_size(node, {}) > MAX_YAML_VALUES:
+            raise RecipeError(f"{path}: expands to more than {MAX_YAML_VALUES:,} values through YAML aliases "
+                              "(`*name`); a recipe that large is a mistake or an attack. Write the values out.")
+        return (loader.construct_document(node) if node is not None else None) or {}
+    except yaml.YAMLError as err:
+        raise RecipeError(f"{path}: not valid YAML: {err}") from err
+    except RecursionError:
+        raise RecipeError(f"{path}: values nested too deeply to read; a recipe is a flat mapping of key: value.") \
+            from None
+    finally:
+        loader.dispose()
+
+
+def check_env(env: Any, where: str) -> None:
+    """A recipe's `env:` (TRL sets each entry as a process environment variable), checked by `env_problem`."""
+    problem = env_problem(env)
+    if problem:
+        raise RecipeError(f"{where}: {problem}")
+
+
 def load_recipe_file(path: str | os.PathLike) -> dict[str, Any]:
     """Read a recipe YAML file and check every key against the recipe schema."""
     path = Path(path)
     if not path.is_file():
         raise RecipeError(f"Recipe file {path} not found. Pass the path of a YAML recipe, e.g. recipes/tiny/mcq.yaml.")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as err:
-        raise RecipeError(f"{path}: not valid YAML: {err}") from err
+    data = read_yaml(path)
     if not isinstance(data, dict):
         raise RecipeError(f"{path}: a recipe must be a YAML mapping of key: value.")
     valid = recipe_keys() | {"env"}
     for key in data:
         if key not in valid:
             raise RecipeError(_unknown_key_message(str(key), str(path), valid))
+    check_env(data.get("env"), str(path))
     check_value_types(data, str(path))
     return data
 
@@ -184,7 +249,7 @@ RANGES: dict[str, tuple[float | None, float | None]] = {
     "num_train_epochs": (0, None), "learning_rate": (0, None), "warmup_steps": (0, None), "weight_decay": (0, None),
     "adam_beta1": (0, 1), "adam_beta2": (0, 1), "adam_epsilon": (0, None), "max_grad_norm": (0, None),
     "label_smoothing_factor": (0, 1), "logging_steps": (1e-9, None), "save_steps": (1e-9, None),
-    "eval_steps": (1e-9, None), "save_total_limit": (0, None), "seed": (0, None), "data_seed": (0, None),
+    "eval_steps": (1e-9, None), "save_total_limit": (0, None), "seed": (0, 2**32 - 1), "data_seed": (0, 2**32 - 1),
     "dataloader_num_workers": (0, None), "dataset_num_proc": (1, None), "max_length": (1, None),
     "lora_r": (1, None), "lora_alpha": (1e-9, None), "lora_dropout": (0, 1),
 }
@@ -197,6 +262,10 @@ def check_ranges(objs: tuple[Any, ...], where: str) -> None:
             problem = out_of_range(key, getattr(obj, key, None), low, high)
             if problem:
                 raise RecipeError(f"{where}: {problem}")
+    sft = next((o for o in objs if hasattr(o, "num_train_epochs")), None)
+    if sft is not None and sft.max_steps <= 0 and sft.num_train_epochs == 0:
+        raise RecipeError(f"{where}: `max_steps: {sft.max_steps}` with `num_train_epochs: 0` trains no step; set "
+                          "max_steps or num_train_epochs above 0.")
 
 
 def _check_cli_keys(argv: list[str]) -> None:

@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
 from collections.abc import Iterable
@@ -22,7 +23,7 @@ from typing import Any
 from transformers import TrainerCallback
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
-from genqa.files import write_atomic
+from genqa.files import open_append, write_atomic
 from genqa.hub_names import BASE_LICENSES, adapter_fingerprint, hub_base, is_hub_id, make_adapter_portable
 from genqa.messages import is_main_process, log_line, say
 
@@ -48,7 +49,7 @@ class RunLogCallback(TrainerCallback):
         if not state.is_world_process_zero or not logs:
             return
         event = {"step": state.global_step, **{k: v for k, v in logs.items() if isinstance(v, (int, float, str))}}
-        with open(self.path, "a", encoding="utf-8") as fh:
+        with open_append(self.path) as fh:
             fh.write(json.dumps(event, ensure_ascii=False) + "\n")
         log_line(" ".join(f"{k}={_short(v)}" for k, v in event.items()))
 
@@ -100,12 +101,38 @@ def model_kind(model) -> str:
         getattr(model, "base_model", model), "qa_outputs") else "causal_lm"
 
 
+class WholeRunTokens(TrainerCallback):
+    """TRL counts `num_tokens` from 0 in every process; a resumed run continues the count its checkpoint logged."""
+
+    def __init__(self, trainer) -> None:
+        self.trainer = trainer
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        logged = [e["num_tokens"] for e in state.log_history if isinstance(e.get("num_tokens"), int | float)]
+        if logged and getattr(self.trainer, "_total_train_tokens", None) == 0:
+            self.trainer._total_train_tokens = logged[-1]
+
+
+def run_mean_loss(log_history: list[dict[str, Any]]) -> float | None:
+    """The mean train loss over every logged step of the run, however many processes it took (each logged loss is
+    the mean since the previous log, so it is weighted by its steps); Trainer's own `train_loss` covers only the
+    steps of the last process."""
+    points = sorted((e["step"], float(e["loss"])) for e in log_history
+                    if isinstance(e.get("loss"), int | float) and isinstance(e.get("step"), int))
+    total, previous = 0.0, 0
+    for step, loss in points:
+        total += loss * (step - previous)
+        previous = step
+    return total / previous if previous else None
+
+
 def attach(trainer, qa, sft, model_args, reports: list) -> None:
     """Before training: log every event to the run folder, and make the trainer's model card genqa's."""
     trainer.add_callback(RunLogCallback(sft.output_dir))
     for library, clean in ((ProgressCallback, CleanProgressCallback), (PrinterCallback, CleanPrinterCallback)):
         if trainer.pop_callback(library) is not None:
             trainer.add_callback(clean)
+    trainer.add_callback(WholeRunTokens(trainer))
 
     def create_model_card(*args, **kwargs) -> None:  # replaces TRL's stub wherever transformers asks for a card
         if trainer.is_world_process_zero():
@@ -142,6 +169,9 @@ def finish(trainer, qa, sft, model_args, reports: list) -> dict[str, Any]:
     card (main process). Returns the metrics written to `all_results.json`."""
     state = trainer.state
     train = {k: v for k, v in final_metrics(state.log_history).items() if k.startswith("train_") or k == "epoch"}
+    mean = run_mean_loss(state.log_history)
+    if mean is not None:  # the whole run's, also when the last process trained no step
+        train.update(train_loss=mean, epoch=state.epoch)
     evaluated = trainer.eval_dataset is not None and sft.eval_strategy != "no"
     eval_metrics: dict[str, Any] = {}
     if evaluated:
@@ -218,9 +248,9 @@ def plot_losses(log_history: list[dict[str, Any]], path: Path, best_step: int | 
             a.axvline(best_step, color="gray", linestyle="--", linewidth=1, label=f"best checkpoint (step {best_step})")
         a.grid(alpha=0.3)
         a.legend()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp)
-    tmp.replace(path)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    write_atomic(path, buf.getvalue())
     return True
 
 

@@ -40,7 +40,7 @@ from genqa.config import QAArguments
 from genqa.data.tasks import CANONICAL_FEATURES
 from genqa.files import write_atomic
 from genqa.messages import is_main_process, open_run_log, say
-from genqa.recipe import RecipeError, dump_recipe, parse_recipe, resolved_recipe, trainable_parameters
+from genqa.recipe import RecipeError, dump_recipe, parse_recipe, read_yaml, resolved_recipe, trainable_parameters
 from genqa.run_card import (  # noqa: F401  (the files genqa writes for people: named in run_card, listed here)
     ALL_RESULTS_FILE,
     HUB_CARD_FILE,
@@ -261,12 +261,10 @@ RUN_CONTROL_KEYS = {
 
 def check_resumed_recipe(output_dir: str, recipe: dict[str, Any]) -> None:
     """Refuse to resume a run with a recipe that differs from the one it was trained with (except run control)."""
-    import yaml
-
     path = Path(output_dir) / RECIPE_FILE
     if not path.is_file():
         return
-    saved = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    saved = read_yaml(path)
     changed = sorted(k for k in set(saved) | set(recipe)
                      if k not in RUN_CONTROL_KEYS and saved.get(k) != recipe.get(k))
     if changed:

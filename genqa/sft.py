@@ -20,8 +20,9 @@ from genqa.data.sources import DataError, detect_format, header_columns
 from genqa.data.tasks import get_task
 from genqa.data.templates import TemplateError, load_template
 from genqa.errors import report_errors
+from genqa.files import unwritable
 from genqa.messages import begin_run_log, quiet_known_noise, say
-from genqa.recipe import RecipeError, load_recipe_file, non_default_items, parse_recipe, training_mode
+from genqa.recipe import RecipeError, load_recipe_file, non_default_items, parse_recipe, read_yaml, training_mode
 from genqa.stopping import early_stopping_problems
 
 
@@ -63,6 +64,7 @@ def validate(qa: QAArguments, sft, model_args, recipe_path: str | None) -> list[
         problems.append(f"{where}: max_length={sft.max_length} leaves no room for a prompt and an answer.")
     if (model_args.load_in_4bit or model_args.load_in_8bit) and not model_args.use_peft:
         problems.append(f"{where}: a quantized model cannot be trained in full; set `use_peft: true` (QLoRA).")
+    problems += [f"{where}: output_dir: {p}; choose another output_dir." for p in output_dir_problems(sft)]
     problems += [f"{where}: {p}" for p in report_to_problems(sft.report_to)]
     problems += [f"{where}: {p}" for p in early_stopping_problems(qa, sft)]
     return problems
@@ -93,6 +95,12 @@ def column_problems(qa: QAArguments, task) -> list[str]:
     except DataError as err:
         return [] if "not found" in str(err) or "no file matches" in str(err) else [str(err)]
     return []
+
+
+def output_dir_problems(sft) -> list[str]:
+    """Why the run folder could not be written (a file in its place or above it, a folder that is not writable)."""
+    problem = unwritable(sft.output_dir, folder=True) if sft.output_dir else None
+    return [problem] if problem else []
 
 
 def report_to_problems(report_to: list[str] | str | None) -> list[str]:
@@ -159,7 +167,7 @@ def saved_recipe(output_dir: str | None) -> dict:
     from genqa.run_dir import RECIPE_FILE
 
     path = Path(output_dir or "") / RECIPE_FILE
-    return (yaml.safe_load(path.read_text(encoding="utf-8")) or {}) if output_dir and path.is_file() else {}
+    return read_yaml(path) if output_dir and path.is_file() else {}
 
 
 #: where the recipe does not say: log every 5% of the training steps (transformers reads a value below 1 as a ratio)

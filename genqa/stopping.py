@@ -5,8 +5,12 @@
 - `early_stopping_patience`: transformers' own `EarlyStoppingCallback`, on the recipe's `metric_for_best_model`
   (`eval_loss`, or a task metric `eval_gen_f1` / `eval_gen_accuracy` with `generation_eval_samples`).
 
-A run that stops this way is finished: the run folder records it (`stopped_early`), and rerunning the same command
-changes nothing (`genqa.run_dir.finished_run_message`).
+- a training whose weights stop being finite numbers (a loss that became NaN or inf: a learning rate far too high,
+  fp16 overflow) stops at once with an error naming the step (`StopOnNonFinite`); no checkpoint of that step is
+  written and the run is not marked finished.
+
+A run that stops early on purpose is finished: the run folder records it (`stopped_early`), and rerunning the same
+command changes nothing (`genqa.run_dir.finished_run_message`).
 """
 
 from __future__ import annotations
@@ -14,6 +18,33 @@ from __future__ import annotations
 import time
 
 from transformers import TrainerCallback
+
+from genqa.errors import GenqaError
+
+
+class TrainingDiverged(GenqaError, RuntimeError):
+    """The trained weights became NaN or inf."""
+
+
+class StopOnNonFinite(TrainerCallback):
+    """Raises `TrainingDiverged` at the end of the first step after which a trained weight is NaN or inf (checked
+    before that step's checkpoint is saved). Trainer's own `logging_nan_inf_filter` hides such losses from the log,
+    so the weights are checked instead: the trainable ones only, which a LoRA run keeps small."""
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        import torch
+
+        if model is None:
+            return control
+        with torch.no_grad():
+            bad = next((name for name, p in model.named_parameters() if p.requires_grad and p.numel()
+                        and not bool(torch.isfinite(p).all())), None)
+        if bad is not None:
+            raise TrainingDiverged(
+                f"training diverged at step {state.global_step}: the weight {bad} is NaN or inf (the loss became NaN "
+                f"or inf; learning_rate {args.learning_rate:g} may be far too high). The run is not finished and no "
+                "checkpoint of this step was saved; lower learning_rate (or use another output_dir) and rerun.")
+        return control
 
 
 class TimeBudget(TrainerCallback):
@@ -33,8 +64,9 @@ class TimeBudget(TrainerCallback):
 
 
 def stopping_callbacks(qa) -> list[TrainerCallback]:
-    """The callbacks that end training early, as the recipe asks (`max_train_minutes`, `early_stopping_patience`)."""
-    callbacks: list[TrainerCallback] = []
+    """The callbacks that end training early: on weights that are no longer finite, and as the recipe asks
+    (`max_train_minutes`, `early_stopping_patience`)."""
+    callbacks: list[TrainerCallback] = [StopOnNonFinite()]
     if qa.max_train_minutes:
         callbacks.append(TimeBudget(qa.max_train_minutes))
     if qa.early_stopping_patience:

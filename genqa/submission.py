@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from genqa.errors import GenqaError
-from genqa.files import write_atomic
+from genqa.files import open_append, write_atomic
 
 
 class SubmissionError(GenqaError, ValueError):
@@ -68,6 +68,8 @@ class PredictionStore:
                 if n == len(lines):  # a line cut short by a kill: predict that example again
                     continue
                 raise SubmissionError(f"{self.path}: line {n} is not JSON; remove it or the file.") from None
+            except RecursionError:
+                raise SubmissionError(f"{self.path}: line {n} nests JSON too deeply; remove it or the file.") from None
             if not isinstance(rec, dict):
                 raise SubmissionError(f"{self.path}: line {n} is not a JSON object (a prediction record is "
                                       '{"id": ..., "answer": ...}); remove it or the file.')
@@ -101,7 +103,7 @@ class PredictionStore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if not self.path.exists():
             self._rewrite()
-        with open(self.path, "a", encoding="utf-8") as fh:
+        with open_append(self.path) as fh:
             for rec in records:
                 fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
                 self.records[str(rec["id"])] = rec
@@ -136,6 +138,11 @@ def write_submission(path: str | os.PathLike, ids: list[str], answers: dict[str,
         writer.writerow([i, fill if not is_valid(a) else a])
     write_atomic(path, buf.getvalue())
     return {"rows": len(ids), "filled": len(bad)}
+
+
+def writes_json(path: str | os.PathLike) -> bool:
+    """Whether `--out` asks for the SQuAD `{id: answer}` JSON map (`.json`, any case) rather than the CSV."""
+    return Path(path).suffix.lower() == ".json"
 
 
 def write_json_predictions(path: str | os.PathLike, ids: list[str], answers: dict[str, str | None]) -> None:

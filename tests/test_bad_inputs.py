@@ -137,3 +137,194 @@ def test_null_json_file_is_refused_not_a_segfault(recipe, tmp_path):
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
     assert "genqa.generate: error: " in proc.stderr and "null.json" in proc.stderr and "null" in proc.stderr
+
+
+# ---- the same promise through the real `genqa` command, in one subprocess -------------------------------------------
+# Each row: (case, files written under {tmp} first, the `genqa` command line, expected exit code, phrases of the
+# message). Every command runs through `genqa.cli.main` in one child process (imports paid once); an exception that
+# escapes it is printed as a traceback and fails its row.
+
+BASE = """model_name_or_path: tiny:llama
+dtype: float32
+use_peft: true
+lora_target_modules: all-linear
+max_length: 256
+per_device_train_batch_size: 2
+max_steps: 1
+save_strategy: "no"
+report_to: none
+validation_size: 0
+template: alpaca
+task: extractive
+dataset_path: data/tiny/squad_tiny.json
+"""
+LAUGHS = "model_init_kwargs:\n  a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
+    f"  a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]\n" for i in range(1, 9))
+LOOP = "{% for m in messages %}{% generation %}{{ m.content }}{% endgeneration %}{% endfor %}"
+FAKE_RUN = {"runs/r/adapter_config.json": '{"base_model_name_or_path": "tiny:llama"}',
+            "runs/r/checkpoint-2/trainer_state.json": "{}", "runs/r/genqa_recipe.yaml": BASE}
+PREDICT = "predict --base tiny:llama --recipe {tmp}/base.yaml --data data/tiny/squad_tiny.json --out {tmp}/o.csv"
+
+
+def _with(line: str) -> str:
+    """BASE with `line` in place of the keys it sets."""
+    keys = {x.split(":")[0] for x in line.splitlines() if ":" in x and not x.startswith(" ")}
+    return "".join(x for x in BASE.splitlines(True) if x.split(":")[0] not in keys) + line
+
+
+def _two_sheets(path: Path) -> None:
+    """A workbook whose first sheet is empty and whose rows sit on its second sheet."""
+    import pandas as pd
+
+    with pd.ExcelWriter(path) as book:
+        pd.DataFrame().to_excel(book, sheet_name="notes", index=False)
+        pd.DataFrame({"id": ["1"], "question": ["Q?"], "answers": ["A"], "context": ["A b"]}).to_excel(
+            book, sheet_name="data", index=False)
+
+
+ROWS = [
+    # issue 21 item 1: merge --overwrite never deletes a run, its parent or a folder genqa did not write
+    ("merge_out_is_the_run", FAKE_RUN, "merge --adapter {tmp}/runs/r --out {tmp}/runs/r --overwrite", 2,
+     ["is the adapter's run folder", "would delete the run"]),
+    ("merge_out_holds_the_run", FAKE_RUN, "merge --adapter {tmp}/runs/r --out {tmp}/runs --overwrite", 2,
+     ["or a folder holding it"]),
+    ("merge_out_user_folder", {**FAKE_RUN, "mine/model.safetensors": "x"},
+     "merge --adapter {tmp}/runs/r --out {tmp}/mine --overwrite", 2, ["only replaces a folder genqa merge wrote"]),
+    # item 3: env: may not move caches or go online
+    ("env_online_and_cache", {"r.yaml": _with("env: {HF_HUB_OFFLINE: '0', GENQA_CACHE: /tmp/elsewhere}\n")},
+     "train {tmp}/r.yaml --dry_run", 2, ["r.yaml: `env:` may not set GENQA_CACHE, HF_HUB_OFFLINE"]),
+    # item 4: a YAML billion laughs
+    ("yaml_billion_laughs", {"r.yaml": BASE + LAUGHS}, "train {tmp}/r.yaml --dry_run", 2,
+     ["r.yaml: expands to more than 100,000 values through YAML aliases"]),
+    # item 5: templates over the limits, or including another
+    ("template_nested_range", {"t.jinja": "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}"
+                               "{% endfor %}" + LOOP, "r.yaml": _with("template: {tmp}/t.jinja\n")},
+     "train {tmp}/r.yaml --dry_run", 2, ["t.jinja", "`range` over more than 100,000 items"]),
+    ("template_huge_constant", {"t.jinja": "{{ 'x' * 3000000000 }}" + LOOP,
+                                "r.yaml": _with("template: {tmp}/t.jinja\n")},
+     "train {tmp}/r.yaml --dry_run", 2, ["t.jinja", "3,000,000,000 items"]),
+    ("template_include", {"t.jinja": "{% include 'other.jinja' %}" + LOOP,
+                          "r.yaml": _with("template: {tmp}/t.jinja\n")},
+     "train {tmp}/r.yaml --dry_run", 2, ["t.jinja, line 1", "`{% include %}` is not allowed"]),
+    # item 7: outputs that cannot be written
+    ("output_dir_is_a_file", {"base.yaml": BASE, "afile": "x"}, "train {tmp}/base.yaml --output_dir {tmp}/afile "
+     "--dry_run", 2, ["output_dir:", "afile is a file, not a folder"]),
+    ("output_dir_under_a_file", {"base.yaml": BASE, "afile": "x"}, "train {tmp}/base.yaml --output_dir "
+     "{tmp}/afile/run --dry_run", 2, ["afile is a file, so", "cannot be made under it"]),
+    ("predict_out_is_a_folder", {"base.yaml": BASE, "sub/x": ""}, PREDICT.replace("{tmp}/o.csv", "{tmp}/sub"), 2,
+     ["--out:", "sub is a folder, not a file"]),
+    # item 8: recipes that are not UTF-8, nest too deeply, or hold a seed numpy cannot take
+    ("recipe_not_utf8", {"r.yaml": BASE.encode() + "instruction: 答\n".encode("gbk")},
+     "train {tmp}/r.yaml --dry_run", 2, ["r.yaml: not UTF-8 text"]),
+    ("recipe_nested_20000", {"r.yaml": BASE + "model_init_kwargs: " + "[" * 20000 + "]" * 20000 + "\n"},
+     "train {tmp}/r.yaml --dry_run", 2, ["nested too deeply"]),
+    ("recipe_huge_seed", {"r.yaml": _with("seed: 99999999999999999999999\n")}, "train {tmp}/r.yaml --dry_run", 2,
+     ["`seed: 99999999999999999999999` is out of range", "<= 4294967295"]),
+    # item 9 (and 15): numeric flags checked when the command line is parsed
+    ("predict_batch_size_0", {"base.yaml": BASE}, PREDICT + " --batch_size 0", 2,
+     ["argument --batch_size: 0 is out of range"]),
+    ("predict_batch_size_negative", {"base.yaml": BASE}, PREDICT + " --batch_size -3", 2,
+     ["argument --batch_size: -3 is out of range"]),
+    ("predict_max_new_tokens_negative", {"base.yaml": BASE}, PREDICT + " --max_new_tokens -5", 2,
+     ["argument --max_new_tokens: -5 is out of range"]),
+    ("predict_max_new_tokens_0", {"base.yaml": BASE}, PREDICT + " --max_new_tokens 0", 2,
+     ["argument --max_new_tokens: 0 is out of range"]),
+    ("predict_num_beams_0", {"base.yaml": BASE}, PREDICT + " --num_beams 0", 2,
+     ["argument --num_beams: 0 is out of range"]),
+    ("predict_limit_negative", {"base.yaml": BASE}, PREDICT + " --limit -1", 2,
+     ["argument --limit: -1 is out of range"]),
+    ("merge_check_rows_0", FAKE_RUN, "merge --adapter {tmp}/runs/r --out {tmp}/m --check_rows 0", 2,
+     ["argument --check_rows: 0 is out of range"]),
+    ("export_check_rows_negative", FAKE_RUN, "export --adapter {tmp}/runs/r --out {tmp}/x.gguf --check_rows -1", 2,
+     ["argument --check_rows: -1 is out of range"]),
+    ("export_tolerance_nan", FAKE_RUN, "export --adapter {tmp}/runs/r --out {tmp}/x.gguf --tolerance nan", 2,
+     ["argument --tolerance: nan is out of range"]),
+    ("preview_rows_0", {"base.yaml": BASE}, "preview {tmp}/base.yaml -n 0", 2, ["argument -n/--rows: 0 is out"]),
+    # item 10: a LoRA run folder where a complete model belongs
+    ("predict_base_is_a_lora_run", {**FAKE_RUN}, "predict --base {tmp}/runs/r --data data/tiny/squad_tiny.json "
+     "--out {tmp}/o.csv", 2, ["runs/r is a LoRA run folder", "--adapter {tmp}/runs/r --base tiny:llama"]),
+    # item 11: predictions nested too deeply
+    ("eval_nested_predictions", {"p.json": "[" * 100000 + "]" * 100000}, "eval --data "
+     "tests/bad_inputs/squad_dev.json --predictions {tmp}/p.json", 2, ["p.json' nests JSON values too deeply"]),
+    # item 6: an absurd row is refused before any tokenizing, naming it
+    ("preview_absurd_row", {"big.jsonl": '{"id": "1", "question": "Q?", "answers": "A", "context": "A b"}\n'
+                            '{"id": "huge", "question": "Q?", "answers": "A", "context": "' + "ab " * 700_000 + '"}\n',
+                            "r.yaml": _with("task: abstractive\ndataset_path: {tmp}/big.jsonl\n")},
+     "preview {tmp}/r.yaml", 2, ["big.jsonl [train]: row 2 (id huge): its context holds 2,100,000 characters"]),
+    # item 17: a SQuAD question both unanswerable and answered
+    ("squad_impossible_with_answers", {"s.json": '{"version": "v2.0", "data": [{"title": "t", "paragraphs": [{'
+                                       '"context": "A b c.", "qas": [{"id": "q1", "question": "Q?", "is_impossible": '
+                                       'true, "answers": [{"text": "b", "answer_start": 2}]}]}]}]}',
+                                       "r.yaml": _with("dataset_path: {tmp}/s.json\n")},
+     "preview {tmp}/r.yaml", 2, ["s.json", "qas[0] (id 'q1'): `is_impossible` is true but it has 1 answer(s)"]),
+    # item 18: rows on a workbook's second sheet
+    ("xlsx_rows_on_second_sheet", {"b.xlsx": _two_sheets,
+                                   "r.yaml": _with("task: abstractive\ndataset_path: {tmp}/b.xlsx\n")},
+     "preview {tmp}/r.yaml", 2, ["b.xlsx: its first sheet 'notes' holds no rows", "`dataset_config: data`"]),
+    ("xlsx_sheet_picked", {"b.xlsx": _two_sheets, "r.yaml": _with("task: abstractive\ndataset_path: {tmp}/b.xlsx\n"
+                                                                   "dataset_config: data\n")},
+     "preview {tmp}/r.yaml", 0, ["Q?"]),
+    ("mcq_empty_gold_skipped", {"m.csv": "id,context,question,a,b,c,d,answer\n1,C1.,Q1?,r,b,g,k,A\n"
+                                         "2,C2.,Q2?,r,b,g,k,\n",
+                                "r.yaml": _with("task: mcq\ndataset_path: {tmp}/m.csv\noptions_columns: [a, b, c, d]\n"
+                                                "answer_column: answer\non_bad_row: skip\n")},
+     "preview {tmp}/r.yaml", 0, ["m.csv [train]: skipped 1 bad rows", "row 1 (id 2): the answer (answer) is empty"]),
+    # items 13, 14, 17: values that trained silently wrong
+    ("learning_rate_inf", {"r.yaml": _with("learning_rate: .inf\n")}, "train {tmp}/r.yaml --dry_run", 2,
+     ["`learning_rate: inf` is not a finite number"]),
+    ("zero_steps", {"r.yaml": _with("max_steps: 0\nnum_train_epochs: 0\n")}, "train {tmp}/r.yaml --dry_run", 2,
+     ["trains no step"]),
+    ("duplicate_key", {"r.yaml": BASE + "max_steps: 5\n"}, "train {tmp}/r.yaml --dry_run", 2,
+     ["key `max_steps` is written twice (lines 7 and 14)"]),
+]
+
+DRIVER = r"""
+import contextlib, io, json, sys, traceback
+from genqa.cli import main
+results = {}
+for name, argv in json.loads(sys.stdin.read()).items():
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(buf):
+        try:
+            code = main(argv)
+        except SystemExit as exit_:
+            code = exit_.code if isinstance(exit_.code, int) else 1
+        except BaseException:
+            traceback.print_exc()
+            code = 1
+    results[name] = [code, buf.getvalue()]
+print("@@RESULTS@@" + json.dumps(results))
+"""
+
+
+def test_bad_inputs_through_the_genqa_command(tmp_path):
+    import json
+    import shlex
+
+    commands = {}
+    for case, files, command, _, _ in ROWS:
+        folder = tmp_path / case
+        for name, content in files.items():
+            path = folder / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if callable(content):
+                content(path)
+            elif isinstance(content, bytes):
+                path.write_bytes(content)
+            else:
+                path.write_text(content.replace("{tmp}", str(folder)), encoding="utf-8")
+        folder.mkdir(exist_ok=True)
+        commands[case] = shlex.split(command.replace("{tmp}", str(folder)))
+    proc = subprocess.run([sys.executable, "-c", DRIVER], input=json.dumps(commands), cwd=ROOT,
+                          capture_output=True, text=True, timeout=240)
+    assert "@@RESULTS@@" in proc.stdout, proc.stderr[-3000:]
+    results = json.loads(proc.stdout.split("@@RESULTS@@", 1)[1])
+    failures = []
+    for case, _, _, code, phrases in ROWS:
+        got, output = results[case]
+        output = output.replace(str(tmp_path / case), "{tmp}")
+        missing = [p.replace("{tmp}/", "") for p in phrases if p.replace("{tmp}/", "") not in output.replace(
+            "{tmp}/", "")]
+        if got != code or "Traceback" in output or missing:
+            failures.append(f"{case}: exit {got} (want {code}), missing {missing}:\n{output[-1500:]}")
+    assert not failures, "\n\n".join(failures)

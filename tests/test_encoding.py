@@ -125,6 +125,32 @@ def test_template_that_masks_everything_is_rejected(tmp_path, tiny_tokenizer):
         PromptEncoder(task, tiny_tokenizer, load_template(str(bad)), max_length=256)
 
 
+LOOP = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
+
+
+@pytest.mark.parametrize("body, words", [
+    ("{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}" + LOOP,
+     ["`range` over more than 100,000 items"]),
+    ("{{ 'x' * 3000000000 }}" + LOOP, ["3,000,000,000 items", "over the limit"]),
+    ("{{ 2 ** 99999999 }}" + LOOP, ["exponent too large"]),
+    ("{% for i in range(90000) %}{{ 'abcdefghijklmnopqrstuvwxyz' }}{% endfor %}" + LOOP,
+     ["more than 1,000,000 characters"]),
+    ("{% include 'other.jinja' %}" + LOOP, ["line 1", "`{% include %}` is not allowed"]),
+    ("{% extends 'base.jinja' %}", ["`{% extends %}` is not allowed"]),
+])
+def test_templates_over_the_limits_or_loading_others_are_refused_quickly(tmp_path, body, words):
+    import time
+
+    from genqa.data.templates import TemplateError
+    path = tmp_path / "t.jinja"
+    path.write_text(body, encoding="utf-8")
+    start = time.monotonic()
+    with pytest.raises(TemplateError) as err:
+        load_template(str(path))
+    assert time.monotonic() - start < 10 and str(path) in str(err.value)
+    assert all(w in str(err.value) for w in words), str(err.value)
+
+
 def test_shipped_chat_templates_carry_generation_markers():
     for name in ("alpaca", "alpaca_zh", "llama2", "llama3", "chatml"):
         src = load_template(name)

@@ -3,6 +3,7 @@ that came from a .gguf file (Llama, Gemma 3) has its metadata carried over; ever
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -185,7 +186,11 @@ def test_export_of_a_merged_folder(mcq_run, tmp_path):  # noqa: F811
 
     assert merge_main(["--adapter", str(mcq_run), "--out", str(tmp_path / "merged")]) == 0
     out = tmp_path / "m.gguf"
+    victim = tmp_path / "victim"
+    victim.write_text("precious")
+    out.with_name(f".{out.stem}.{os.getpid()}.tmp.gguf").symlink_to(victim)  # the temp name export used to write
     assert export_main(["--model", str(tmp_path / "merged"), "--out", str(out), "--quant", "q8_0"]) == 0
+    assert victim.read_text() == "precious" and not out.is_symlink()
     meta = _fields(out)
     assert meta["genqa.base"] == "tiny:llama" and meta["general.file_type"] == int(gguf.LlamaFileType.MOSTLY_Q8_0)
 

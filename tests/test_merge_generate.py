@@ -49,6 +49,50 @@ def test_lora_merge_matches_adapter(mcq_run, tmp_path):
     # the training data report travels with the merged model (generate reads the trained answers' length from it)
     assert (tmp_path / "m" / "genqa_data_report.json").read_text() == (mcq_run / "genqa_data_report.json").read_text()
     assert merge_main(["--adapter", str(mcq_run), "--out", str(tmp_path / "m")]) == 2  # never overwrites silently
+    # --overwrite replaces a folder genqa merge wrote (the old one moved aside first, nothing left beside it)
+    assert merge_main(["--adapter", str(mcq_run), "--out", str(tmp_path / "m"), "--overwrite"]) == 0
+    assert _report(tmp_path / "m")["files"] == sorted(p.name for p in (tmp_path / "m").iterdir())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
+    # ... but never one holding anything else: a file the user put there makes it theirs
+    (tmp_path / "m" / "notes.txt").write_text("mine")
+    assert merge_main(["--adapter", str(mcq_run), "--out", str(tmp_path / "m"), "--overwrite"]) == 2
+    assert (tmp_path / "m" / "notes.txt").read_text() == "mine"
+
+
+def _fake_run(root: Path) -> Path:
+    run = root / "runs" / "r"
+    (run / "checkpoint-2").mkdir(parents=True)
+    (run / "adapter_config.json").write_text("{}")
+    (run / "checkpoint-2" / "trainer_state.json").write_text("{}")
+    return run
+
+
+@pytest.mark.parametrize("target", ["run", "parent", "other"])
+def test_merge_overwrite_never_deletes_a_run_or_a_folder_it_did_not_write(tmp_path, capsys, target):
+    """`--out` = the run, a folder holding it, or a folder of the user's: refused before any model loads."""
+    run = _fake_run(tmp_path)
+    other = tmp_path / "mine"
+    other.mkdir()
+    (other / "model.safetensors").write_text("not genqa's")
+    out = {"run": run, "parent": run.parent, "other": other}[target]
+    before = sorted(str(p) for p in tmp_path.rglob("*"))
+    assert merge_main(["--adapter", str(run), "--out", str(out), "--overwrite"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and f"--out {out}" in err
+    assert ("delete the run" in err) if target != "other" else ("only replaces a folder genqa merge wrote" in err)
+    assert sorted(str(p) for p in tmp_path.rglob("*")) == before
+
+
+def test_merge_cleans_temp_folders_of_killed_merges(tmp_path, capsys):
+    """A killed merge leaves `.OUT-XXXXXXXX` beside `--out`; the next merge into it removes them (under its lock)."""
+    run = _fake_run(tmp_path)  # no genqa_recipe.yaml: the merge itself fails after the cleaning
+    left = tmp_path / ".merged-ab12cd34"
+    (left / "sub").mkdir(parents=True)
+    keep = tmp_path / ".merged-notours"
+    keep.mkdir()
+    merge_main(["--adapter", str(run), "--out", str(tmp_path / "merged")])
+    assert not left.exists() and keep.exists()
+    assert "left by a merge" in capsys.readouterr().out
 
 
 def test_merge_push_to_hub_uploads_the_checked_folder(mcq_run, tmp_path, monkeypatch, capsys):
@@ -114,6 +158,16 @@ def test_merged_model_generates_like_adapter(mcq_run, tmp_path):
     assert generate_main(["--base", "tiny:llama", "--adapter", str(mcq_run), *common,
                           "--out", str(tmp_path / "b.csv")]) == 0
     assert (tmp_path / "a.csv").read_text() == (tmp_path / "b.csv").read_text()
+
+
+def test_predict_with_an_adapter_of_another_architecture_or_a_run_as_base(mcq_run, tmp_path, capsys):
+    common = ["--data", "data/tiny/zh_mcq.xlsx", "--no_progress", "--out", str(tmp_path / "a.csv")]
+    assert generate_main(["--base", str(mcq_run), *common]) == 2
+    err = capsys.readouterr().err
+    assert f"--base {mcq_run} is a LoRA run folder" in err and f"--adapter {mcq_run} --base " in err
+    assert generate_main(["--base", "tiny:t5", "--adapter", str(mcq_run), *common]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and f"the adapter in {mcq_run} does not fit the base tiny:t5" in err, err
 
 
 def test_submission_refuses_invalid_answers_unless_filled(tmp_path):

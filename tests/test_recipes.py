@@ -122,6 +122,14 @@ def test_answer_not_in_context_names_row(tmp_path, capsys):
     ("lr_scheduler_type: cosinee", ["lr_scheduler_type", "cosine_with_restarts"]),
     ("bf16: maybe", ["bf16", "true/false"]),
     ("max_train_samples: 0", ["max_train_samples", ">= 1"]),
+    ("learning_rate: .inf", ["learning_rate", "not a finite number"]),
+    ("seed: 99999999999999999999999", ["seed", "<= 4294967295"]),
+    ("split_seed: 99999999999999999999999", ["split_seed", "<= 4294967295"]),
+    ("max_steps: 0\nnum_train_epochs: 0", ["max_steps: 0", "num_train_epochs: 0", "trains no step"]),
+    ("seed: 1\nseed: 2", ["`seed` is written twice", "(lines 41 and 42)"]),
+    ("env: {HF_HUB_OFFLINE: '0', GENQA_CACHE: /tmp/x, TOKENIZERS_PARALLELISM: 'false'}",
+     ["env:", "GENQA_CACHE, HF_HUB_OFFLINE", "export HF_HUB_OFFLINE"]),
+    ("model_init_kwargs: " + "[" * 20000 + "]" * 20000, ["nested too deeply"]),
 ])
 def test_wrong_typed_or_out_of_range_values_fail_the_dry_run(tmp_path, capsys, line, words):
     key = line.split(":")[0]
@@ -131,6 +139,21 @@ def test_wrong_typed_or_out_of_range_values_fail_the_dry_run(tmp_path, capsys, l
     assert main([str(tmp_path / "r.yaml"), "--dry_run"]) == 2
     err = capsys.readouterr().err
     assert "r.yaml" in err and all(w in err for w in words), err
+
+
+def test_billion_laughs_is_refused_without_expanding(tmp_path):
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    lines += [f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]" for i in range(1, 9)]
+    body = "\n".join("  " + line for line in lines)
+    (tmp_path / "r.yaml").write_text(f"model_init_kwargs:\n{body}\n", encoding="utf-8")
+    with pytest.raises(RecipeError, match="r.yaml: expands to more than 100,000 values through YAML aliases"):
+        parse_recipe([str(tmp_path / "r.yaml"), "--dry_run", "true"])
+
+
+def test_a_recipe_that_is_not_utf8_is_named(tmp_path):
+    (tmp_path / "r.yaml").write_bytes(b"instruction: " + "答".encode("gbk") + b"\n")
+    with pytest.raises(RecipeError, match=r"r.yaml: not UTF-8 text \(byte 13"):
+        parse_recipe([str(tmp_path / "r.yaml")])
 
 
 def test_yaml_strings_that_argparse_converts_are_accepted(tmp_path):

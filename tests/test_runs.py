@@ -95,6 +95,12 @@ def test_resume_skips_incomplete_checkpoints_and_sets_them_aside(ckpt_run, tmp_p
     assert state["global_step"] == 7
     steps = [h["step"] for h in state["log_history"] if "loss" in h]
     assert steps == list(range(1, 8))  # steps 5-7 trained once each after 1-4
+    # the run's summaries cover all 7 steps, not only the 3 of the last process
+    losses = [h["loss"] for h in state["log_history"] if "loss" in h]
+    results = json.loads((out / "train_results.json").read_text())
+    assert results["train_loss"] == pytest.approx(sum(losses) / 7)
+    tokens = [h["num_tokens"] for h in state["log_history"] if "num_tokens" in h]
+    assert tokens == sorted(tokens) and tokens[4] > tokens[3]  # counted on from the checkpoint, not from 0
 
 
 def test_explicit_incomplete_checkpoint_is_refused(ckpt_run, tmp_path, capsys):
@@ -135,6 +141,9 @@ def test_kill_before_the_final_files_trains_no_extra_step(ckpt_run, tmp_path, ca
     assert "already reached the end of training" in capsys.readouterr().out
     assert _state(out)["global_step"] == 4
     assert (out / FINISHED_FILE).is_file()
+    losses = [h["loss"] for h in _state(out)["log_history"] if "loss" in h]
+    assert json.loads((out / "train_results.json").read_text())["train_loss"] == pytest.approx(sum(losses) / 4)
+    assert "mean over the run" in (out / "genqa_model_card.md").read_text()
     final, ckpt = load_file(out / "adapter_model.safetensors"), load_file(ckpt_run / "checkpoint-4" /
                                                                             "adapter_model.safetensors")
     assert final.keys() == ckpt.keys() and all((final[k] == ckpt[k]).all() for k in final)

@@ -34,3 +34,14 @@ def test_early_stopping_needs_best_model_keys(capsys):
     rc = main(["recipes/tiny/mcq.yaml", "--early_stopping_patience", "2", "--dry_run", "true"])
     err = capsys.readouterr().err
     assert rc == 2 and "early_stopping_patience" in err and "load_best_model_at_end" in err
+
+
+def test_a_diverging_training_stops_naming_the_step_and_is_not_finished(tmp_path, capsys):
+    out = tmp_path / "run"
+    rc = main(["recipes/tiny/mcq.yaml", "--output_dir", str(out), "--max_steps", "6", "--save_steps", "1",
+               "--learning_rate", "1e30", "--max_grad_norm", "0"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "Traceback" not in err
+    assert "genqa.sft: error: training diverged at step 2" in err and "is NaN or inf" in err, err  # LoRA B is 0 at 1
+    assert not (out / "genqa_finished.json").exists() and not (out / "checkpoint-2").exists()
+    assert (out / "checkpoint-1").is_dir()  # the last finite step stays resumable

@@ -205,3 +205,11 @@ def test_answer_cut_inside_a_multibyte_character_maps_onto_its_context():
     assert map_to_context("Hồ Chí Minh đư\ufffd", ctx) == ("Hồ Chí Minh đư", "exact")
     assert map_to_context("\ufffd\ufffd", ctx) == ("", "not_in_context")
     assert map_to_context("tên năm 1976", ctx + " \ufffd") == ("tên năm 1976", "exact")
+
+
+def test_renamed_repeated_ids_never_collide_with_an_existing_id():
+    from genqa.data.rows import unique_ids
+
+    ids, renamed = unique_ids(["a", "a", "a#2", "b", "a", "a#2"])
+    assert renamed == 3 and len(set(ids)) == len(ids) == 6
+    assert ids[:4] == ["a", "a#3", "a#2", "b"]

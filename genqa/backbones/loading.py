@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import copy
 import importlib.util
+import json
 import logging
+import os
 from pathlib import Path
 
 import torch
@@ -379,3 +381,38 @@ def activation_checkpointing(sft) -> tuple[bool, dict | None]:
                                                                               None)
     kwargs = {k: v for k, v in (kwargs or {}).items() if k not in ("every_n_layers", "offload")}
     return on, kwargs or None
+
+
+def adapter_base(folder: str | os.PathLike) -> str | None:
+    """The base model a LoRA run folder was trained on (PEFT's `base_model_name_or_path`), or None when `folder`
+    holds no adapter."""
+    path = Path(folder) / "adapter_config.json"
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8")).get("base_model_name_or_path") or "its base model"
+    except (OSError, ValueError, AttributeError):
+        return "its base model"
+
+
+def refuse_adapter_as_base(base: str, flag: str = "--base") -> None:
+    """A LoRA run folder passed where a complete model belongs: say how to use it instead of `Unrecognized model`."""
+    trained_on = adapter_base(base)
+    if trained_on is not None:
+        raise RecipeError(f"{flag} {base} is a LoRA run folder (an adapter, not a complete model). Use it as "
+                          f"`--adapter {base} --base {trained_on}`, or merge it first: `genqa merge --adapter {base} "
+                          "--out merged/` and pass `--base merged/`.")
+
+
+def apply_adapter(model, adapter: str | os.PathLike, base: str):
+    """`PeftModel.from_pretrained(model, adapter)`; an adapter trained for another architecture or size is a
+    `RecipeError` naming both, not PEFT's `NoMatchingPeftModuleError` or a tensor size mismatch."""
+    from peft import PeftModel
+
+    try:
+        return PeftModel.from_pretrained(model, adapter)
+    except (ValueError, RuntimeError, KeyError) as err:  # PEFT's no-matching-module error is a ValueError
+        raise RecipeError(f"the adapter in {adapter} does not fit the base {base} (it was trained on "
+                          f"{adapter_base(adapter)}): {type(err).__name__}: {str(err).splitlines()[0][:200]}. Pass "
+                          "the base the adapter was trained on (or leave --base out where the run's recipe names it)."
+                          ) from err

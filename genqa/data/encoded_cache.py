@@ -24,6 +24,7 @@ import hashlib
 import json
 import os
 import shutil
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict
@@ -99,8 +100,7 @@ def _load(folder: Path, report_type: type):
 def _save(folder: Path, dataset: Dataset, report) -> None:
     from datasets.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
 
-    tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))  # unique, never a planted link
     quiet = are_progress_bars_disabled()
     disable_progress_bars()  # no "Saving the dataset" bar: the cache is bookkeeping, not a step of the run
     try:

@@ -73,7 +73,14 @@ def _squad_qa_row(qa: Any, a: int, p: int, q: int, context: str, title: str, whe
         problem = "has no `question`" if "question" not in qa else f"has a {_kind(qa['question'])} `question`"
         raise DataError(f"{place} {problem}; every question needs a `question` string.")
     texts, starts = _squad_answers(qa, place)
-    impossible = bool(qa.get("is_impossible", False)) or not texts
+    flagged = qa.get("is_impossible", False)
+    if not isinstance(flagged, bool):
+        raise DataError(f"{place}: `is_impossible` is {flagged!r}; write true or false.")
+    if flagged and texts:
+        raise DataError(f"{place}: `is_impossible` is true but it has {len(texts)} answer(s) ({texts[0]!r}); an "
+                        "unanswerable question has `answers: []` (SQuAD 2.0 keeps such spans in "
+                        "`plausible_answers`). Fix one of the two.")
+    impossible = flagged or not texts
     return {"id": str(qid if qid not in (None, "") else squad_question_id(a, p, q)), "title": title,
             "context": context, "question": qa["question"], "answers": [] if impossible else texts,
             "answer_starts": [] if impossible else starts, "is_impossible": impossible}

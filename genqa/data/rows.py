@@ -28,10 +28,39 @@ def load_canonical_splits(qa: QAArguments, task: Task) -> tuple[Dataset, Dataset
         train = train.select(range(min(qa.max_train_samples, len(train))))
     if val is not None and qa.max_eval_samples:
         val = val.select(range(min(qa.max_eval_samples, len(val))))
-    train = task.to_canonical(train, f"{qa.dataset_path} [{qa.train_split}]")
+    train = check_row_sizes(task.to_canonical(train, f"{qa.dataset_path} [{qa.train_split}]"),
+                            f"{qa.dataset_path} [{qa.train_split}]")
     if val is not None:
-        val = task.to_canonical(val, f"{qa.dataset_path} [validation]")
+        val = check_row_sizes(task.to_canonical(val, f"{qa.dataset_path} [validation]"),
+                              f"{qa.dataset_path} [validation]")
     return train, val, note
+
+
+#: the most characters one text field of a row may hold (about a 300-page book); beyond it a row is a mistake (a
+#: whole file pasted into one cell) and tokenizing it would take minutes before any step
+MAX_FIELD_CHARS = 1_000_000
+
+
+def check_row_sizes(rows: Dataset, where: str) -> Dataset:
+    """`rows`, or a `DataError` naming the first row whose text field is over `MAX_FIELD_CHARS` (measured in Arrow,
+    without reading the rows into Python)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    table = rows.with_format("arrow")[:] if len(rows) else None
+    for name in table.column_names if table is not None else []:
+        column = table.column(name)
+        if not pa.types.is_string(column.type) and not pa.types.is_large_string(column.type):
+            continue
+        lengths = pc.fill_null(pc.utf8_length(column), 0)
+        longest = pc.max(lengths).as_py() or 0
+        if longest > MAX_FIELD_CHARS:
+            index = pc.index(lengths, longest).as_py()
+            row_id = table.column("id")[index].as_py() if "id" in table.column_names else index
+            raise DataError(f"{where}: row {index + 1} (id {row_id}): its {name} holds {longest:,} characters, over "
+                            f"the {MAX_FIELD_CHARS:,} one row may hold (a whole file in one cell?). Shorten or remove "
+                            "that row.")
+    return rows
 
 
 ARTICLE_COLUMN = "title"  # the article a SQuAD-layout row comes from (genqa.data.sources.iter_squad_rows)
@@ -62,7 +91,8 @@ def load_rows(task: Task, data: str, split: str | None = None, require_answer: b
     ds = source[name]
     if limit:
         ds = ds.select(range(min(limit, len(ds))))
-    rows = task.to_canonical(ds, f"{data} [{name}]", require_answer=require_answer).to_list()
+    rows = check_row_sizes(task.to_canonical(ds, f"{data} [{name}]", require_answer=require_answer),
+                           f"{data} [{name}]").to_list()
     ids, renamed = unique_ids([r["id"] for r in rows])
     if renamed:
         print(f"[genqa] warning: {renamed} repeated ids in {data}; later copies are renamed id#2, id#3, ...",
@@ -73,11 +103,22 @@ def load_rows(task: Task, data: str, split: str | None = None, require_answer: b
 
 
 def unique_ids(ids: Sequence[str]) -> tuple[list[str], int]:
-    """Make repeated ids unique (`id`, `id#2`, `id#3`); returns (ids, how many renamed). Prediction and scoring both
-    match ids this way."""
+    """Make repeated ids unique (`id`, `id#2`, `id#3`, skipping any name another row already has, so `a, a, a#2`
+    becomes `a, a#3, a#2`); returns (ids, how many renamed). Prediction and scoring both match ids this way."""
+    taken = set(ids)
     seen: dict[str, int] = {}
     out = []
+    renamed = 0
     for i in ids:
-        seen[i] = seen.get(i, 0) + 1
-        out.append(i if seen[i] == 1 else f"{i}#{seen[i]}")
-    return out, sum(n - 1 for n in seen.values())
+        if i not in seen:
+            seen[i] = 1
+            out.append(i)
+            continue
+        renamed += 1
+        n = seen[i] + 1
+        while f"{i}#{n}" in taken:
+            n += 1
+        seen[i] = n
+        taken.add(f"{i}#{n}")
+        out.append(f"{i}#{n}")
+    return out, renamed

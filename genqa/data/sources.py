@@ -57,6 +57,8 @@ def _read_json(path: str | os.PathLike) -> Any:
         raise DataError(f"{path}: not UTF-8 text ({err}); save the file as UTF-8.") from err
     except json.JSONDecodeError as err:
         raise DataError(f"{path}: not valid JSON ({err}).") from err
+    except RecursionError:
+        raise DataError(f"{path}: JSON values nested too deeply to read; a data file holds rows.") from None
 
 
 @functools.lru_cache(maxsize=1)
@@ -81,6 +83,9 @@ def _jsonl_records(path: str | os.PathLike) -> list[dict[str, Any]]:
                 row = json.loads(line)
             except json.JSONDecodeError as err:
                 raise DataError(f"{path}: line {n} is not valid JSON ({err}).") from err
+            except RecursionError:
+                raise DataError(f"{path}: line {n} nests JSON values too deeply to read; a line holds one row.") \
+                    from None
             if not isinstance(row, dict):
                 raise DataError(f"{path}: line {n} holds a JSON {'null' if row is None else type(row).__name__}, "
                                 "not a row object {\"column\": value}.")
@@ -185,20 +190,42 @@ def detect_format(path: str) -> str:
 TABLE_SUFFIXES = (".csv", ".tsv", ".xlsx", ".xls", ".parquet")
 
 
-def read_frame(path: str | os.PathLike):
+def _excel_sheet(path: str | os.PathLike, sheet: str | None):
+    """The sheet of a workbook to read: `sheet` (the recipe's `dataset_config`), else the first one; a first sheet
+    with no rows while others have some is refused, naming the sheets and the key that picks one."""
+    import pandas as pd
+
+    with pd.ExcelFile(path) as book:
+        names = [str(n) for n in book.sheet_names]
+        if sheet is not None:
+            if sheet not in names:
+                raise DataError(f"{path}: no sheet {sheet!r} (`dataset_config`); its sheets are {', '.join(names)}.")
+            return sheet
+        if len(names) > 1 and book.parse(names[0], dtype=str, nrows=1).empty:
+            filled = [n for n in names[1:] if not book.parse(n, dtype=str, nrows=1).empty]
+            if filled:
+                raise DataError(f"{path}: its first sheet {names[0]!r} holds no rows, and sheet(s) "
+                                f"{', '.join(map(repr, filled))} do; pick one with `dataset_config: {filled[0]}` "
+                                f"(sheets: {', '.join(names)}).")
+        return names[0]
+
+
+def read_frame(path: str | os.PathLike, sheet: str | None = None):
     """A csv / tsv / xlsx / parquet file as a pandas frame of text cells (ids like `001` keep their zeros; empty
-    cells are "")."""
+    cells are ""); `sheet` picks a workbook's sheet (default: the first)."""
     import pandas as pd
 
     suffix = Path(path).suffix.lower()
     try:
         if suffix in (".xlsx", ".xls"):
-            frame = pd.read_excel(path, dtype=str).fillna("")
+            frame = pd.read_excel(path, sheet_name=_excel_sheet(path, sheet), dtype=str).fillna("")
         elif suffix == ".parquet":
             frame = pd.read_parquet(path)
             frame = frame.astype(object).where(frame.notna(), "")
         else:
             frame = pd.read_csv(path, dtype=str, keep_default_na=False, sep="\t" if suffix == ".tsv" else ",")
+    except DataError:
+        raise
     except Exception as err:  # noqa: BLE001 - pandas raises many types; name the file either way
         raise DataError(f"{path}: could not read it as {suffix[1:]} ({type(err).__name__}: {err}).") from err
     frame.columns = [str(c).strip() for c in frame.columns]
@@ -285,7 +312,7 @@ READERS = {
     "disk": lambda path, config: load_from_disk(path),
     "json": _load_json_rows,
     "jsonl": _load_json_rows,
-    "xlsx": lambda path, config: Dataset.from_pandas(read_frame(path), preserve_index=False),
+    "xlsx": lambda path, config: Dataset.from_pandas(read_frame(path, config), preserve_index=False),
     "csv": lambda path, config: Dataset.from_pandas(read_frame(path), preserve_index=False),
 }
 

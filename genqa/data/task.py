@@ -101,6 +101,9 @@ class Task:
                 ex["question"] = numbering.sub("", ex["question"], count=1)
             try:
                 self.fill(ex, row, f"{source} row {idx} (id {ex['id']})", has_answer)
+                if require_answer and has_answer and self.scores_labels and ex["label"] < 0:
+                    raise DataError(f"{source} row {idx} (id {ex['id']}): the answer ({self.args.answer_column}) is "
+                                    "empty; a training row needs its gold label")
             except DataError as err:
                 if self.args.on_bad_row != "skip":
                     raise DataError(f"{err} (or set `on_bad_row: skip` to skip such rows, counted)") from None

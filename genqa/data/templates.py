@@ -6,12 +6,15 @@ answer plus the template's end-of-turn token), which is the only part trained. T
 `{% generation %}` markers, so TRL's `assistant_only_loss` works with them on `messages` data.
 
 A template is compiled when it is loaded (so `--dry_run` reports a Jinja syntax error with its line) and rendered in
-transformers' sandbox; a syntax error, an unreadable file, or a template the sandbox blocks (`{{ x.__class__ }}`)
-or that fails while rendering is a `TemplateError` naming the template, never a Jinja traceback.
+transformers' sandbox; a syntax error, an unreadable file, a template the sandbox blocks (`{{ x.__class__ }}`),
+one that includes or imports another, one over `TEMPLATE_LIMITS` on a sample conversation (output size, `range`
+items, a huge `'x' * N`, render time) or that fails while rendering is a `TemplateError` naming the template, never a
+Jinja traceback or a hang.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from pathlib import Path
 
@@ -57,26 +60,135 @@ def _read(path: Path) -> str:
         raise TemplateError(f"template file {path} is not UTF-8 text ({err}).") from err
 
 
+#: what a template may cost when genqa tries it on a sample conversation: characters rendered, `range` items in all,
+#: the size of one `*` / `**` result, seconds
+TEMPLATE_LIMITS = {"output": 1_000_000, "range": 100_000, "value": 1_000_000, "seconds": 5.0}
+
+
+def _transformers_environment():
+    """transformers' chat-template environment (its sandbox, `{% generation %}` tag, filters and globals)."""
+    from transformers.utils.chat_template_utils import _compile_jinja_template
+
+    return _compile_jinja_template("").environment
+
+
+def _refuse_loaders(source: str, name: str) -> None:
+    """A template is one file: `{% include %}`, `{% import %}` and `{% extends %}` have nothing to load from."""
+    import jinja2
+    from jinja2 import nodes
+
+    try:
+        tree = _transformers_environment().parse(source)
+    except jinja2.TemplateSyntaxError as err:
+        raise TemplateError(f"template {name}: Jinja syntax error on line {err.lineno}: {err.message}") from err
+    for kind, word in ((nodes.Include, "include"), (nodes.Import, "import"), (nodes.FromImport, "from ... import"),
+                       (nodes.Extends, "extends")):
+        found = next(iter(tree.find_all(kind)), None)
+        if found is not None:
+            raise TemplateError(f"template {name}, line {found.lineno}: `{{% {word} %}}` is not allowed; a chat "
+                                "template is one self-contained file. Paste the other template's text in its place.")
+
+
+def _limited_environment():
+    """transformers' sandbox with limits: `*` and `**` are computed at render time (never constant-folded while
+    compiling) and refused past `TEMPLATE_LIMITS['value']`, and `range` shares one budget of items per render."""
+    from jinja2.exceptions import SecurityError
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    base = _transformers_environment()
+
+    class Limited(ImmutableSandboxedEnvironment):
+        intercepted_binops = frozenset({"*", "**"})
+
+        def call_binop(self, context, operator, left, right):
+            if operator == "**" and isinstance(right, int | float) and abs(right) > 64:
+                raise SecurityError(f"`** {right}`: exponent too large")
+            if operator == "*":
+                seq, n = (left, right) if isinstance(left, str | list | tuple) else (right, left)
+                size = len(seq) * n if isinstance(seq, str | list | tuple) and isinstance(n, int) else 0
+                if size > TEMPLATE_LIMITS["value"]:
+                    raise SecurityError(f"a value of {size:,} items (`* {n}`) is over the limit of "
+                                        f"{TEMPLATE_LIMITS['value']:,}")
+            return super().call_binop(context, operator, left, right)
+
+    env = Limited(trim_blocks=True, lstrip_blocks=True, extensions=[type(e) for e in base.extensions.values()])
+    env.filters.update(base.filters)
+    env.globals.update(base.globals)
+    budget = [TEMPLATE_LIMITS["range"]]
+
+    def limited_range(*args):
+        items = range(*args)
+        budget[0] -= len(items)
+        if budget[0] < 0:
+            raise SecurityError(f"`range` over more than {TEMPLATE_LIMITS['range']:,} items in all")
+        return items
+
+    env.globals["range"] = limited_range
+    return env
+
+
+@contextlib.contextmanager
+def _time_limit(seconds: float):
+    """Raise `TimeoutError` after `seconds` (main thread only: elsewhere no limit)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def expire(signum, frame):
+        raise TimeoutError
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def _try_render(source: str, name: str) -> None:
+    """Render a plain user/assistant exchange under `TEMPLATE_LIMITS`; a template over them is a `TemplateError`."""
+    import jinja2
+
+    compiled = _limited_environment().from_string(source)
+    sample = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]
+    tokens = {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<pad>"}
+    limit = TEMPLATE_LIMITS["output"]
+    try:
+        with _time_limit(TEMPLATE_LIMITS["seconds"]):
+            for messages, prompt in ((sample, False), (sample[:1], True)):
+                size = 0
+                for chunk in compiled.generate(messages=messages, add_generation_prompt=prompt, **tokens):
+                    size += len(chunk)
+                    if size > limit:
+                        raise jinja2.exceptions.SecurityError(f"it renders more than {limit:,} characters")
+    except TimeoutError:
+        raise TemplateError(f"template {name} takes more than {TEMPLATE_LIMITS['seconds']:g} s to render a one-line "
+                            "conversation (loops too large); simplify it.") from None
+    except jinja2.UndefinedError:
+        pass  # a variable the tokenizer supplies at render time; render() reports it if it stays undefined
+    except (jinja2.TemplateError, OverflowError, MemoryError) as err:  # limits, the sandbox, raise_exception
+        raise TemplateError(f"template {name} fails on a plain user/assistant conversation: "
+                            f"{type(err).__name__}: {err}") from err
+
+
 def check_template(source: str, name: str) -> str:
-    """`source` when transformers' chat-template engine compiles it and renders a plain user/assistant exchange with
-    it, else a `TemplateError` naming `name` (and the line of a Jinja syntax error)."""
+    """`source` when it loads nothing (`_refuse_loaders`), transformers' chat-template engine compiles it, and it
+    renders a plain user/assistant exchange within `TEMPLATE_LIMITS` in the same sandbox, else a `TemplateError`
+    naming `name` (and the line of a Jinja syntax error). It is tried in the limited environment before
+    transformers compiles it, so a constant such as `'x' * 3000000000` is refused, never folded."""
     import jinja2
     from transformers.utils.chat_template_utils import _compile_jinja_template
 
+    _refuse_loaders(source, name)
+    _try_render(source, name)
     try:
-        compiled = _compile_jinja_template(source)
+        _compile_jinja_template(source)
     except jinja2.TemplateSyntaxError as err:
         raise TemplateError(f"template {name}: Jinja syntax error on line {err.lineno}: {err.message}") from err
-    sample = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]
-    tokens = {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<pad>"}
-    try:
-        compiled.render(messages=sample, add_generation_prompt=False, **tokens)
-        compiled.render(messages=sample[:1], add_generation_prompt=True, **tokens)
-    except jinja2.UndefinedError:
-        pass  # a variable the tokenizer supplies at render time; render() reports it if it stays undefined
-    except jinja2.TemplateError as err:  # the sandbox (SecurityError), raise_exception
-        raise TemplateError(f"template {name} fails on a plain user/assistant conversation: "
-                            f"{type(err).__name__}: {err}") from err
     return source
 
 
