@@ -113,17 +113,17 @@ def _extractive(model, encoder, task, rows, calib, args, lang) -> tuple[dict, di
     out, outside = {}, {}
     free = generate_texts(model, encoder, rows, stopped=stopped, **kw)
     out["free"], outside["free"] = _score(task, rows, free, "generate", lang, args.record, "free")
-    cons = generate_texts(model, encoder, rows, span_of_context=True, no_answer_text=null, **kw)
+    cons = generate_texts(model, encoder, rows, constrain_to_context=True, no_answer_text=null, **kw)
     out["constrained"], outside["constrained"] = _score(task, rows, cons, "generate", lang, args.record,
                                                           "constrained")
     extra = {"stopped_share": round(sum(stopped.values()) / max(1, len(stopped)), 3)}
     if calib:
-        spans_c = generate_texts(model, encoder, calib, span_of_context=True, **kw)
+        spans_c = generate_texts(model, encoder, calib, constrain_to_context=True, **kw)
         diffs_c = null_score_diffs(model, encoder, calib, spans_c, null, args.batch_size, n_new)
         f1s = [max((f1_score(s, g, lang) for g in r["answers"]), default=0.0) for s, r in zip(spans_c, calib,
                                                                                             strict=True)]
         thr, calib_f1 = best_threshold(diffs_c, f1s, [bool(r["answers"]) for r in calib])
-        spans = generate_texts(model, encoder, rows, span_of_context=True, **kw)
+        spans = generate_texts(model, encoder, rows, constrain_to_context=True, **kw)
         diffs = null_score_diffs(model, encoder, rows, spans, null, args.batch_size, n_new)
         out["calibrated"], outside["calibrated"] = _score(task, rows, apply_threshold(spans, diffs, thr), "generate",
                                                           lang, args.record, "calibrated")

@@ -15,8 +15,9 @@ import re
 import string
 from dataclasses import dataclass, field
 
+from genqa.backbones import CHOICES as BACKBONES
+
 TASKS = ("extractive", "mcq", "mcq_generation", "abstractive")
-BACKBONES = ("auto", "causal_lm", "seq2seq", "extractive")
 SPLIT_BY = ("context", "article", "row")
 DATASET_FORMATS = ("auto", "hub", "json", "jsonl", "csv", "parquet", "xlsx", "squad", "c3", "disk")
 #: the fields a `prompt_format` may use

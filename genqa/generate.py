@@ -215,7 +215,7 @@ def fingerprint(args: argparse.Namespace, qa, sft, model_args, setup: Setup) -> 
         "adapter_weights": files_digest(args.adapter, WEIGHT_FILES),
         "tokenizer": files_digest(resolve_model_path(args.adapter or args.base), TOKENIZER_FILES),
         "template_text": hashlib.sha256((setup.template or "").encode()).hexdigest()[:16],
-        "settings": setup.options.settings,
+        "settings": setup.options.settings.to_dict(),
         "mcq_mode": args.mcq_mode, "max_new_tokens": setup.options.max_new_tokens,
         "num_beams": args.num_beams, "do_sample": args.do_sample, "dtype": args.dtype or model_args.dtype,
         "autocast": args.autocast,

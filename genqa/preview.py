@@ -61,18 +61,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def encoder_for(backbone: str, qa, sft, tokenizer, template: str, task):
-    """The encoder the backbone trains with, built as its `train` builds it."""
-    if backbone == "causal_lm":
-        from genqa.data.encoding import PromptEncoder
+    """The encoder the backbone trains with (its `encoder`), when it is a prompt encoder preview can show."""
+    from genqa.backbones import get_backbone
+    from genqa.data.encoding import PromptEncoder
 
-        return PromptEncoder(task, tokenizer, template, sft.max_length,
-                             completion_only_loss=sft.completion_only_loss is not False)
-    if backbone == "seq2seq":
-        from genqa.backbones.seq2seq import Seq2SeqEncoder, max_target_length
-
-        return Seq2SeqEncoder(task, tokenizer, template, sft.max_length, max_target_length(qa))
-    raise PreviewError(f"backbone {backbone}: preview shows generative backbones (causal_lm, seq2seq); an extractive "
-                       "encoder trains on windows and span positions. Use `genqa train RECIPE --dry_run`.")
+    encoder = get_backbone(backbone).encoder(qa, sft, tokenizer, template, task)
+    if not isinstance(encoder, PromptEncoder):
+        raise PreviewError(f"backbone {backbone}: preview shows backbones that train on prompts and answers; this one "
+                           f"trains on {type(encoder).__name__} rows. Use `genqa train RECIPE --dry_run`.")
+    return encoder
 
 
 def prediction_prompt(encoder, row: dict[str, Any]) -> list[int]:

@@ -21,6 +21,8 @@ STAGES = {
     "genqa.run_dir": 4, "genqa.run_card": 4, "genqa.submission": 4, "genqa.stopping": 4,
     "genqa.backbones": 5,
 }
+#: modules whose stage differs from their package's: the backbone registry names the backbones and imports none
+EXACT_STAGES = {"genqa.backbones": 0}
 COMMANDS = 6  # sft, merge, generate, evaluate and any other top-level module
 
 
@@ -47,6 +49,8 @@ def _graph() -> dict[str, set[str]]:
 
 
 def _stage(module: str) -> int:
+    if module in EXACT_STAGES:
+        return EXACT_STAGES[module]
     for prefix, stage in sorted(STAGES.items(), key=lambda kv: -len(kv[0])):
         if module == prefix or module.startswith(prefix + "."):
             return stage
@@ -90,3 +94,37 @@ def test_scoring_and_data_stay_apart():
     scoring_to_data = [f"{m} -> {d}" for m, deps in graph.items() if m.startswith("genqa.scoring")
                        for d in deps if d.startswith("genqa.data") and d != "genqa.data.mcq_format"]
     assert not data_to_scoring and not scoring_to_data, data_to_scoring + scoring_to_data
+
+
+#: what every backbone module carries (`genqa.backbones`' docstring): constants, then functions
+BACKBONE_CONSTANTS = ("NAME", "AUTO_CLASS", "PIPELINE_TAG", "DEFAULT_MAX_LENGTH", "USES_TEMPLATE")
+BACKBONE_FUNCTIONS = ("detects", "encoder", "check", "encode_splits", "load_model", "trainer", "after_training",
+                      "prediction_settings", "predict", "check_batch")
+
+
+def test_every_backbone_module_carries_the_whole_interface():
+    from genqa.backbones import CHOICES, MODULES, get_backbone
+    from genqa.config import BACKBONES
+
+    assert BACKBONES == CHOICES == ("auto", *MODULES)  # the recipe's choices come from the registry
+    for name in MODULES:
+        module = get_backbone(name)
+        missing = [a for a in BACKBONE_CONSTANTS if not hasattr(module, a)]
+        missing += [f for f in BACKBONE_FUNCTIONS if not callable(getattr(module, f, None))]
+        assert not missing, f"{name}: {missing}"
+        assert module.NAME == name
+    assert sum(bool(getattr(get_backbone(n), "FALLBACK", False)) for n in MODULES) == 1
+
+
+def test_the_registry_detects_a_config_through_the_modules():
+    from types import SimpleNamespace
+
+    from genqa.backbones import backbone_of_config
+
+    def config(**kw):
+        return SimpleNamespace(**{"is_encoder_decoder": False, "architectures": None, "model_type": "llama", **kw})
+
+    assert backbone_of_config(config(is_encoder_decoder=True, model_type="t5")) == "seq2seq"
+    assert backbone_of_config(config(architectures=["BertForQuestionAnswering"], model_type="bert")) == "extractive"
+    assert backbone_of_config(config(model_type="xlm-roberta")) == "extractive"
+    assert backbone_of_config(config()) == "causal_lm"

@@ -111,16 +111,16 @@ def _pad_id(tok) -> int:
 def generate_texts(model, encoder: PromptEncoder, rows: list[dict[str, Any]], batch_size: int = 16,
                    max_new_tokens: int = 64, num_beams: int = 1, do_sample: bool = False,
                    on_batch: OnBatch | None = None, progress: bool = True,
-                   prefix_cache: bool = True, span_of_context: bool = False,
+                   prefix_cache: bool = True, constrain_to_context: bool = False,
                    no_answer_text: str | None = None, stopped: dict[int, bool] | None = None,
                    prompts: list[list[int]] | None = None, mcq_layout: MCQLayout | None = None) -> list[str]:
     """Greedy (or beam / sampled) generation for `rows`, batched and length-sorted; outputs in row order.
 
-    With `prefix_cache` the tokens all prompts share are run once (see `SharedPrefix`). With `span_of_context` every
-    answer is a span of its row's context or `no_answer_text` (`genqa.backbones.span_constraint`; no no-answer text:
-    spans only). With `mcq_layout` every text is one MCQ in that layout (`genqa.backbones.mcq_constraint`). `stopped`,
-    when given, gets for every row index whether its answer ended at EOS / end-of-turn
-    (False: cut at `max_new_tokens`). `prompts`: the rows' prompt ids when the caller has encoded them already
+    With `prefix_cache` the tokens all prompts share are run once (see `SharedPrefix`). With `constrain_to_context`
+    every answer is a span of its row's context or `no_answer_text` (`genqa.backbones.span_constraint`; no no-answer
+    text: spans only). With `mcq_layout` every text is one MCQ in that layout (`genqa.backbones.mcq_constraint`).
+    `stopped`, when given, gets for every row index whether its answer ended at EOS / end-of-turn (False: cut at
+    `max_new_tokens`). `prompts`: the rows' prompt ids when the caller has encoded them already
     (`encode_prompts` with `max_new_tokens` of room).
     """
     from transformers import LogitsProcessorList
@@ -141,7 +141,7 @@ def generate_texts(model, encoder: PromptEncoder, rows: list[dict[str, Any]], ba
     def generate_batch(batch: list[int]) -> list[str]:
         inputs = to_device(shared.inputs([prompts[i] for i in batch], tok), device)
         extra, top_k = dict(stop_text), 1 if num_beams == 1 and not do_sample else 8
-        if span_of_context:
+        if constrain_to_context:
             extra["logits_processor"] = LogitsProcessorList([ContextSpanProcessor(
                 tok, [rows[i]["context"] for i in batch], inputs["input_ids"].shape[1], stops,
                 no_answer_text, top_k=top_k, beams=num_beams)])
