@@ -128,3 +128,7 @@ def test_the_registry_detects_a_config_through_the_modules():
     assert backbone_of_config(config(architectures=["BertForQuestionAnswering"], model_type="bert")) == "extractive"
     assert backbone_of_config(config(model_type="xlm-roberta")) == "extractive"
     assert backbone_of_config(config()) == "causal_lm"
+
+
+def test_the_task_interface_knows_no_specific_task():
+    assert not {d for d in _graph()["genqa.data.task"] if d.startswith("genqa.data.mcq_format")}

@@ -44,6 +44,7 @@ def test_smollm2_trains_merges_and_stops(tmp_path):
 
     from genqa.backbones.generation import generate_texts
     from genqa.data.encoding import PromptEncoder
+    from genqa.data.task import SpanOfContext
     from genqa.data.tasks import get_task
     from genqa.merge import main as merge_main
     from genqa.recipe import parse_recipe
@@ -73,7 +74,7 @@ def test_smollm2_trains_merges_and_stops(tmp_path):
     model = AutoModelForCausalLM.from_pretrained(merged, dtype=torch.float32).eval()
     stopped: dict[int, bool] = {}
     answers = generate_texts(model, encoder, rows, batch_size=8, max_new_tokens=24, progress=False,
-                             stopped=stopped, constrain_to_context=True, no_answer_text="unanswerable")
+                             stopped=stopped, constraint=SpanOfContext("unanswerable"))
     assert sum(stopped.values()) == len(rows), answers  # every answer ended at <|im_end|>, none ran to the budget
     assert all(a in r["context"] for a, r in zip(answers, rows, strict=True))
     assert sum(a == r["answers"][0] for a, r in zip(answers, rows, strict=True)) >= 4, answers

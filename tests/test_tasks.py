@@ -205,3 +205,28 @@ def test_answer_cut_inside_a_multibyte_character_maps_onto_its_context():
     assert map_to_context("Hồ Chí Minh đư\ufffd", ctx) == ("Hồ Chí Minh đư", "exact")
     assert map_to_context("\ufffd\ufffd", ctx) == ("", "not_in_context")
     assert map_to_context("tên năm 1976", ctx + " \ufffd") == ("tên năm 1976", "exact")
+
+
+def test_each_task_hands_prediction_its_decoding():
+    from genqa.backbones import PredictSettings
+    from genqa.data.mcq_format import MCQLayout
+    from genqa.data.task import SpanOfContext
+    from genqa.data.tasks import MCQTask, OptionRows
+
+    settings = PredictSettings(constrain_to_context=True, constrain_to_layout=True)
+    ext = get_task(QAArguments(task="extractive"))
+    assert ext.decoding(settings).constraint == SpanOfContext(ext.args.no_answer_text)
+    calibrated = ext.decoding(PredictSettings(constrain_to_context=True, no_answer_threshold=0.5))
+    assert calibrated.constraint == SpanOfContext(None) and calibrated.no_answer_threshold == 0.5
+    assert calibrated.no_answer_text == ext.args.no_answer_text
+    assert ext.decoding(PredictSettings(constrain_to_context=False)).constraint is None
+    assert get_task(QAArguments(task="abstractive")).decoding(settings).constraint is None
+    mcq = get_task(QAArguments(task="mcq", options_column="options"))
+    scored = mcq.decoding(settings, "score")
+    assert scored.mode == "score_labels" and scored.labels_of({"options": ["x", "y"]}) == ["A", "B"]
+    assert mcq.decoding(settings, "generate").mode == "generate"
+    gen = get_task(QAArguments(task="mcq_generation", options_column="options"))
+    assert isinstance(gen.decoding(settings).constraint, MCQLayout)
+    assert gen.decoding(PredictSettings(constrain_to_layout=False)).constraint is None
+    # MCQ generation shares the option rows with MCQ answering, not MCQ answering's reading of answers
+    assert isinstance(gen, OptionRows) and not isinstance(gen, MCQTask)

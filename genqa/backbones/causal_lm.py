@@ -18,7 +18,7 @@ from genqa.backbones.batching import OnBatch
 from genqa.config import QAArguments
 from genqa.data.encoding import PromptEncoder
 from genqa.data.encoding import encode_splits as encode_prompt_splits
-from genqa.data.tasks import Task
+from genqa.data.tasks import Decoding, Task
 
 NAME = "causal_lm"
 AUTO_CLASS = "AutoModelForCausalLM"
@@ -121,42 +121,36 @@ def prediction_settings(folders: list[str | None], qa: QAArguments, sft, passed:
 
 def predict(model, tokenizer, template: str, task: Task, rows: list[dict[str, Any]], options: PredictOptions,
             on_batch: OnBatch | None = None) -> list[str]:
-    """Raw answers for canonical rows: scored labels for MCQ (unless `mcq_mode: generate`), generated text
-    otherwise; `on_batch(pairs, how)` after every batch."""
+    """Raw answers for canonical rows, decoded as the task says (`task.decoding`): scored labels, or generated text
+    (held to the task's constraint, the no-answer text scored against the best answer when it has a threshold);
+    `on_batch(pairs, how)` after every batch."""
     from genqa.backbones.generation import generate_texts, score_labels
 
     encoder = PromptEncoder(task, tokenizer, template, options.max_length)
-    if task.scores_labels and options.mcq_mode == "score":
+    decoding = task.decoding(options.settings, options.mcq_mode)
+    if decoding.mode == "score_labels":
         sink = (lambda done: on_batch(done, "label_score")) if on_batch else None
-        return score_labels(model, encoder, rows, task.labels_for, options.batch_size, sink, options.progress)
+        return score_labels(model, encoder, rows, decoding.labels_of, options.batch_size, sink, options.progress)
     sink = (lambda done: on_batch(done, "generate")) if on_batch else None
-    if task.name != "extractive":
-        layout = task.layout() if options.settings.constrain_to_layout else None
+    if decoding.no_answer_threshold is None:
         return generate_texts(model, encoder, rows, options.batch_size, options.max_new_tokens, options.num_beams,
-                              options.do_sample, sink, options.progress, mcq_layout=layout)
-    return predict_spans(model, encoder, task, rows, options, sink)
+                              options.do_sample, sink, options.progress, constraint=decoding.constraint)
+    return predict_with_no_answer(model, encoder, decoding, rows, options, sink)
 
 
-def predict_spans(model, encoder: PromptEncoder, task: Task, rows: list[dict[str, Any]], options: PredictOptions,
-                  sink: Callable | None) -> list[str]:
-    """Generative extractive QA: spans of the context under `constrain_to_context`; with `no_answer_threshold`, the
-    best span against the no-answer text (`genqa.backbones.no_answer`), all rows reported at the end."""
+def predict_with_no_answer(model, encoder: PromptEncoder, decoding: Decoding, rows: list[dict[str, Any]],
+                           options: PredictOptions, sink: Callable | None) -> list[str]:
+    """The best (constrained) answer of every row, then the no-answer text scored against it
+    (`genqa.backbones.no_answer`): "" where it wins by more than the threshold; all rows reported at the end."""
     from genqa.backbones.generation import encode_prompts, generate_texts
     from genqa.backbones.no_answer import apply_threshold, null_score_diffs
 
-    constrain_to_context = bool(options.settings.constrain_to_context)
-    threshold = options.settings.no_answer_threshold
-    null_text = task.args.no_answer_text
     prompts = encode_prompts(encoder, rows, options.max_new_tokens)  # once, for generation and the no-answer scores
     texts = generate_texts(model, encoder, rows, options.batch_size, options.max_new_tokens, options.num_beams,
-                           options.do_sample, sink if threshold is None else None, options.progress,
-                           constrain_to_context=constrain_to_context,
-                           no_answer_text=None if threshold is not None else null_text, prompts=prompts)
-    if threshold is None:
-        return texts
-    diffs = null_score_diffs(model, encoder, rows, texts, null_text, options.batch_size, options.max_new_tokens,
-                             prompts=prompts)
-    texts = apply_threshold(texts, diffs, threshold)
+                           options.do_sample, None, options.progress, constraint=decoding.constraint, prompts=prompts)
+    diffs = null_score_diffs(model, encoder, rows, texts, decoding.no_answer_text, options.batch_size,
+                             options.max_new_tokens, prompts=prompts)
+    texts = apply_threshold(texts, diffs, decoding.no_answer_threshold)
     if sink:
         sink(list(enumerate(texts)))
     return texts

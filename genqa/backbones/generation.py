@@ -12,16 +12,13 @@ from __future__ import annotations
 import copy
 import os
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
 from genqa.backbones.batching import OnBatch, pad, run_batches, to_device
 from genqa.backbones.loading import model_device
 from genqa.data.encoding import PromptEncoder
-
-if TYPE_CHECKING:
-    from genqa.data.mcq_format import MCQLayout
 
 
 def stop_token_ids(encoder: PromptEncoder) -> list[int]:
@@ -100,6 +97,24 @@ def sliding_window(model) -> int | None:
     return int(window)
 
 
+def constraint_processor(constraint: Any, tokenizer, rows: list[dict[str, Any]], prompt_length: int,
+                         stops: list[int], top_k: int, beams: int):
+    """The logits processor that holds a batch's generation to a task's `Decoding.constraint`: `SpanOfContext`
+    (`genqa.backbones.span_constraint`) or `MCQLayout` (`genqa.backbones.mcq_constraint`). A new kind of constraint
+    is its description (in `genqa.data`) and one line here."""
+    from genqa.backbones.mcq_constraint import MCQLayoutProcessor
+    from genqa.backbones.span_constraint import ContextSpanProcessor
+    from genqa.data.mcq_format import MCQLayout
+    from genqa.data.task import SpanOfContext
+
+    if isinstance(constraint, SpanOfContext):
+        return ContextSpanProcessor(tokenizer, [r["context"] for r in rows], prompt_length, stops,
+                                    constraint.no_answer_text, top_k=top_k, beams=beams)
+    if isinstance(constraint, MCQLayout):
+        return MCQLayoutProcessor(tokenizer, constraint, prompt_length, stops, top_k=top_k)
+    raise TypeError(f"no logits processor for the decoding constraint {constraint!r}")
+
+
 def _pad_id(tok) -> int:
     return tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
 
@@ -111,22 +126,18 @@ def _pad_id(tok) -> int:
 def generate_texts(model, encoder: PromptEncoder, rows: list[dict[str, Any]], batch_size: int = 16,
                    max_new_tokens: int = 64, num_beams: int = 1, do_sample: bool = False,
                    on_batch: OnBatch | None = None, progress: bool = True,
-                   prefix_cache: bool = True, constrain_to_context: bool = False,
-                   no_answer_text: str | None = None, stopped: dict[int, bool] | None = None,
-                   prompts: list[list[int]] | None = None, mcq_layout: MCQLayout | None = None) -> list[str]:
+                   prefix_cache: bool = True, constraint: Any = None, stopped: dict[int, bool] | None = None,
+                   prompts: list[list[int]] | None = None) -> list[str]:
     """Greedy (or beam / sampled) generation for `rows`, batched and length-sorted; outputs in row order.
 
-    With `prefix_cache` the tokens all prompts share are run once (see `SharedPrefix`). With `constrain_to_context`
-    every answer is a span of its row's context or `no_answer_text` (`genqa.backbones.span_constraint`; no no-answer
-    text: spans only). With `mcq_layout` every text is one MCQ in that layout (`genqa.backbones.mcq_constraint`).
-    `stopped`, when given, gets for every row index whether its answer ended at EOS / end-of-turn (False: cut at
-    `max_new_tokens`). `prompts`: the rows' prompt ids when the caller has encoded them already
-    (`encode_prompts` with `max_new_tokens` of room).
+    With `prefix_cache` the tokens all prompts share are run once (see `SharedPrefix`). `constraint` is the task's
+    (`Decoding.constraint`, see `constraint_processor`): with a `SpanOfContext` every answer is a span of its row's
+    context or the no-answer text, with an `MCQLayout` every text is one MCQ in that layout. `stopped`, when given,
+    gets for every row index whether its answer ended at EOS / end-of-turn (False: cut at `max_new_tokens`).
+    `prompts`: the rows' prompt ids when the caller has encoded them already (`encode_prompts` with `max_new_tokens`
+    of room).
     """
     from transformers import LogitsProcessorList
-
-    from genqa.backbones.mcq_constraint import MCQLayoutProcessor
-    from genqa.backbones.span_constraint import ContextSpanProcessor
 
     tok = encoder.tokenizer
     prompts = encode_prompts(encoder, rows, max_new_tokens) if prompts is None else prompts
@@ -141,13 +152,9 @@ def generate_texts(model, encoder: PromptEncoder, rows: list[dict[str, Any]], ba
     def generate_batch(batch: list[int]) -> list[str]:
         inputs = to_device(shared.inputs([prompts[i] for i in batch], tok), device)
         extra, top_k = dict(stop_text), 1 if num_beams == 1 and not do_sample else 8
-        if constrain_to_context:
-            extra["logits_processor"] = LogitsProcessorList([ContextSpanProcessor(
-                tok, [rows[i]["context"] for i in batch], inputs["input_ids"].shape[1], stops,
-                no_answer_text, top_k=top_k, beams=num_beams)])
-        elif mcq_layout is not None:
-            extra["logits_processor"] = LogitsProcessorList([MCQLayoutProcessor(
-                tok, mcq_layout, inputs["input_ids"].shape[1], stops, top_k=top_k)])
+        if constraint is not None:
+            extra["logits_processor"] = LogitsProcessorList([constraint_processor(
+                constraint, tok, [rows[i] for i in batch], inputs["input_ids"].shape[1], stops, top_k, num_beams)])
         out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=do_sample, num_beams=num_beams,
                              eos_token_id=stops, pad_token_id=pad_id, **extra)
         texts = []

@@ -10,14 +10,15 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from genqa.backbones import PredictSettings
 from genqa.config import QAArguments
 from genqa.data.answers import find_nfc, map_to_context
 from genqa.data.mcq_format import MCQLayout, format_mcq, label_alternation, layout_problems
 from genqa.data.sources import DataError
-from genqa.data.task import CANONICAL_COLUMNS, CANONICAL_FEATURES, Task, _text
+from genqa.data.task import CANONICAL_COLUMNS, CANONICAL_FEATURES, Decoding, SpanOfContext, Task, _text
 
-__all__ = ["CANONICAL_COLUMNS", "CANONICAL_FEATURES", "AbstractiveTask", "ExtractiveTask", "MCQGenerationTask",
-           "MCQTask", "Task", "get_task", "split_options"]
+__all__ = ["CANONICAL_COLUMNS", "CANONICAL_FEATURES", "AbstractiveTask", "Decoding", "ExtractiveTask",
+           "MCQGenerationTask", "MCQTask", "SpanOfContext", "Task", "get_task", "split_options"]
 
 
 def _is_no_answer(text: str, no_answer_text: str) -> bool:
@@ -106,6 +107,13 @@ class ExtractiveTask(Task):
             return [f"task {self.name} needs `context_column` and `question_column`."]
         return []
 
+    def decoding(self, settings: PredictSettings, mcq_mode: str = "score") -> Decoding:
+        """Generated spans of the context under `constrain_to_context`; with `no_answer_threshold`, the best span
+        (the no-answer text not allowed) scored against the no-answer text."""
+        null, threshold = self.args.no_answer_text, settings.no_answer_threshold
+        constraint = SpanOfContext(None if threshold is not None else null) if settings.constrain_to_context else None
+        return Decoding(constraint=constraint, no_answer_threshold=threshold, no_answer_text=null)
+
     def read_answer(self, row, raw, how):
         """A span from an encoder's span head is the answer; generated text is mapped onto the context."""
         if how == "span":
@@ -129,6 +137,10 @@ class AbstractiveTask(ExtractiveTask):
 
     def recipe_problems(self):
         return []  # the context is optional
+
+    def decoding(self, settings: PredictSettings, mcq_mode: str = "score") -> Decoding:
+        """Free generation: an abstractive answer need not be a span."""
+        return Decoding()
 
     def read_answer(self, row, raw, how):
         """Free text; the no-answer text reads back as ""."""
@@ -178,29 +190,16 @@ def split_options(text: str, labels: list[str], where: str) -> tuple[str, list[s
 
 
 @dataclass
-class MCQTask(Task):
-    """Multiple-choice reading comprehension: options → the label of the right one (`A`–`D` or `1`–`4`)."""
-
-    name: str = "mcq"
-    default_prompt_format: str = "{instruction}\n\nContext: {context}\n\nQuestion: {question}\n\nOptions:\n{options}"
-    metric: str = "accuracy"
-    scores_labels: bool = True
-    max_new_tokens: int = 8
+class OptionRows(Task):
+    """What the two multiple-choice tasks share: rows with options (`A`–`D` or `1`–`4`) and an answer key."""
 
     def __post_init__(self) -> None:
-        labels = ", ".join(self.args.option_labels)
-        self.default_instruction = ("Read the context and answer the multiple-choice question with the label of the "
-                                    f"correct option ({labels}) only.")
         if not (self.args.options_columns or self.args.options_column or self.args.options_in_question):
             raise DataError(f"task {self.name}: set `options_columns` (one column per option), `options_column` "
                             "(one column holding a list of options) or `options_in_question: true`.")
         if self.args.options_columns and len(self.args.options_columns) > len(self.args.option_labels):
             raise DataError(f"options_columns has {len(self.args.options_columns)} columns but option_labels only "
                             f"{len(self.args.option_labels)} labels; add labels.")
-
-    def input_columns(self):
-        extra = self.args.options_columns or [self.args.options_column]
-        return super().input_columns() + [c for c in extra if c and not self.args.options_in_question]
 
     def label_index(self, value: Any, options: list[str], where: str) -> int:
         """Index of the gold answer given as a label, a 1-based option number or the option's text."""
@@ -240,14 +239,40 @@ class MCQTask(Task):
     def prompt_fields(self, ex):
         return {**super().prompt_fields(ex), "options": self.format_options(ex["options"])}
 
+    def labels_for(self, ex: dict[str, Any]) -> list[str]:
+        """The valid labels of a row (rows may have fewer options than labels)."""
+        return list(self.args.option_labels[:len(ex["options"])])
+
+    def recipe_problems(self):
+        if self.args.options_columns and not self.args.answer_column:
+            return [f"task {self.name} needs `answer_column` for training."]
+        return []
+
+
+@dataclass
+class MCQTask(OptionRows):
+    """Multiple-choice reading comprehension: options → the label of the right one (`A`–`D` or `1`–`4`)."""
+
+    name: str = "mcq"
+    default_prompt_format: str = "{instruction}\n\nContext: {context}\n\nQuestion: {question}\n\nOptions:\n{options}"
+    metric: str = "accuracy"
+    scores_labels: bool = True
+    max_new_tokens: int = 8
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        labels = ", ".join(self.args.option_labels)
+        self.default_instruction = ("Read the context and answer the multiple-choice question with the label of the "
+                                    f"correct option ({labels}) only.")
+
+    def input_columns(self):
+        extra = self.args.options_columns or [self.args.options_column]
+        return super().input_columns() + [c for c in extra if c and not self.args.options_in_question]
+
     def target(self, ex):
         if ex["label"] < 0:
             raise DataError(f"row {ex['id']}: no gold answer to train on.")
         return self.args.option_labels[ex["label"]]
-
-    def labels_for(self, ex: dict[str, Any]) -> list[str]:
-        """The valid labels of a row (rows may have fewer options than labels)."""
-        return list(self.args.option_labels[:len(ex["options"])])
 
     def parse(self, text, ex: dict[str, Any] | None = None):
         labels = self.labels_for(ex) if ex else list(self.args.option_labels)
@@ -268,6 +293,10 @@ class MCQTask(Task):
                     return lab
         return None
 
+    def decoding(self, settings: PredictSettings, mcq_mode: str = "score") -> Decoding:
+        """`mcq_mode: score`: the valid labels scored in one forward pass; `generate`: free text, parsed."""
+        return Decoding(mode="score_labels", labels_of=self.labels_for) if mcq_mode == "score" else Decoding()
+
     def read_answer(self, row, raw, how):
         """A scored label is the answer; generated text is parsed into a label (None: unparseable)."""
         answer = raw if how == "label_score" else self.parse(raw, row)
@@ -275,11 +304,6 @@ class MCQTask(Task):
 
     def has_gold(self, rows):
         return any(r["label"] >= 0 for r in rows)
-
-    def recipe_problems(self):
-        if self.args.options_columns and not self.args.answer_column:
-            return [f"task {self.name} needs `answer_column` for training."]
-        return []
 
     def is_valid_answer(self, answer):
         return answer in self.args.option_labels
@@ -310,13 +334,12 @@ def _names_labels(text: str, labels: str) -> bool:
 
 
 @dataclass
-class MCQGenerationTask(MCQTask):
+class MCQGenerationTask(OptionRows):
     """MCQ generation: context → question, options and answer key, in `genqa.data.mcq_format`'s fixed layout."""
 
     name: str = "mcq_generation"
     default_prompt_format: str = "{instruction}\n\nContext: {context}"
     metric: str = "mcq_layout"
-    scores_labels: bool = False
     max_new_tokens: int = 256
 
     def __post_init__(self) -> None:
@@ -348,21 +371,19 @@ class MCQGenerationTask(MCQTask):
         return format_mcq(ex["question"], list(ex["options"]), ex["label"], labels=list(self.args.option_labels),
                           question_prefix=self.args.mcq_question_prefix, answer_prefix=self.args.mcq_answer_prefix)
 
-    def parse(self, text, ex=None):
-        return text.strip()
-
     def layout(self) -> MCQLayout:
         """The layout `target` writes, which layout-constrained decoding holds generated text to."""
         return MCQLayout(tuple(self.args.option_labels), self.args.mcq_question_prefix, self.args.mcq_answer_prefix)
+
+    def decoding(self, settings: PredictSettings, mcq_mode: str = "score") -> Decoding:
+        """Generated text, held to `layout()` under `constrain_to_layout`."""
+        return Decoding(constraint=self.layout() if settings.constrain_to_layout else None)
 
     def read_answer(self, row, raw, how):
         return raw.strip(), how
 
     def has_gold(self, rows):
         return True  # the metric checks the generated questions' structure: no gold needed
-
-    def is_valid_answer(self, answer):
-        return answer is not None
 
 
 TASK_CLASSES: dict[str, type[Task]] = {
