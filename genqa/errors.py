@@ -11,6 +11,10 @@ class GenqaError(Exception):
     or key and what to do; the command-line entry points print it as `genqa.<command>: error: ...` and exit 2."""
 
 
+class DataError(GenqaError, ValueError):
+    """Data a user supplied that genqa cannot use; the message names the file, row or column and what to do."""
+
+
 def report_errors(prog: str, run: Callable[[], int]) -> int:
     """Run a command's body; a `GenqaError` becomes one line `<prog>: error: <message>` on stderr and exit code 2."""
     try:

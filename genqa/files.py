@@ -1,4 +1,5 @@
-"""Writing files so that a crash never leaves a half-written one behind."""
+"""Where and how genqa writes files: its cache folder, and files written so that a crash never leaves a half-written
+one behind."""
 
 from __future__ import annotations
 

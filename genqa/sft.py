@@ -17,10 +17,10 @@ from genqa.backbones import get_backbone
 from genqa.backbones.loading import check_model_name
 from genqa.backbones.tiny import is_tiny
 from genqa.config import QAArguments
-from genqa.data.sources import DataError, detect_format, header_columns
+from genqa.data.sources import detect_format, header_columns
 from genqa.data.tasks import get_task
 from genqa.data.templates import TemplateError, load_template
-from genqa.errors import report_errors
+from genqa.errors import DataError, report_errors
 from genqa.messages import begin_run_log, quiet_known_noise, say
 from genqa.recipe import RecipeError, load_recipe_file, non_default_items, parse_recipe, training_mode
 from genqa.stopping import early_stopping_problems

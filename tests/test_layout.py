@@ -132,3 +132,51 @@ def test_the_registry_detects_a_config_through_the_modules():
 
 def test_the_task_interface_knows_no_specific_task():
     assert not {d for d in _graph()["genqa.data.task"] if d.startswith("genqa.data.mcq_format")}
+
+
+BACKBONE_NAMES = {"causal_lm", "seq2seq", "extractive"}
+TASK_NAMES = {"extractive", "mcq", "mcq_generation", "abstractive"}
+#: config.py defines the recipe key `task:` (its choices and default) at the lowest stage, which cannot import
+#: genqa.data.tasks without an import cycle; `test_recipe_task_choices_are_the_task_registry` holds it to the registry
+TASK_NAMES_ALLOWED = ("genqa/data/tasks.py", "genqa/scoring/", "genqa/config.py")
+
+
+def _names_out_of_home(rel: str, source: str) -> list[str]:
+    """String constants of file `rel` equal to a backbone name outside `genqa/backbones/`, or to a task name outside
+    the task registry and scoring (`extractive` is both: it may stand in either home)."""
+    in_backbones = rel.startswith("genqa/backbones/")
+    in_tasks = rel.startswith(TASK_NAMES_ALLOWED)
+    wrong = []
+    for node in ast.walk(ast.parse(source)):
+        if not (isinstance(node, ast.Constant) and isinstance(node.value, str)):
+            continue
+        name = node.value
+        if name in BACKBONE_NAMES | TASK_NAMES and not ((name in BACKBONE_NAMES and in_backbones)
+                                                        or (name in TASK_NAMES and in_tasks)):
+            wrong.append(f"{rel}:{node.lineno}: {name!r}")
+    return wrong
+
+
+def test_only_the_registries_name_backbones_and_tasks():
+    from genqa.backbones import MODULES
+    from genqa.data.tasks import TASK_CLASSES
+
+    assert BACKBONE_NAMES == set(MODULES) and TASK_NAMES == set(TASK_CLASSES)
+    wrong = [w for path in sorted(PACKAGE.rglob("*.py"))
+             for w in _names_out_of_home(path.relative_to(PACKAGE.parent).as_posix(),
+                                         path.read_text(encoding="utf-8"))]
+    assert not wrong, "\n".join(wrong)
+
+
+def test_the_names_check_sees_a_branch_on_a_name():
+    assert _names_out_of_home("genqa/generate.py", 'if task.name == "mcq":\n    pass\n')
+    assert _names_out_of_home("genqa/backbones/causal_lm.py", 'if task.name != "mcq_generation":\n    pass\n')
+    assert _names_out_of_home("genqa/run_card.py", 'TAGS = {"seq2seq": "text2text-generation"}\n')
+    assert not _names_out_of_home("genqa/backbones/seq2seq.py", 'NAME = "seq2seq"\n')
+
+
+def test_recipe_task_choices_are_the_task_registry():
+    from genqa.config import TASKS
+    from genqa.data.tasks import TASK_CLASSES
+
+    assert TASKS == tuple(TASK_CLASSES)

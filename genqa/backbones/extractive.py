@@ -33,8 +33,8 @@ from genqa.backbones.spans import (
     window_report,
 )
 from genqa.config import QAArguments
-from genqa.data.sources import DataError
-from genqa.data.tasks import Task
+from genqa.data.tasks import Task, get_task
+from genqa.errors import DataError
 from genqa.files import write_atomic
 from genqa.messages import say
 from genqa.recipe import RecipeError
@@ -149,7 +149,7 @@ def check(qa: QAArguments, sft: SFTConfig, model_args: ModelConfig, tokenizer, w
 
     settings = extractive_settings(qa, sft.max_length or DEFAULT_MAX_LENGTH)
 
-    if qa.task != "extractive":
+    if not get_task(qa).answers_are_spans:
         raise RecipeError(f"{where}: backbone extractive trains span extraction; set `task: extractive` (got "
                           f"{qa.task!r}) or choose another backbone.")
     try:

@@ -18,7 +18,7 @@ from datasets import Dataset, Features, Sequence, Value
 
 from genqa.backbones import PredictSettings
 from genqa.config import QAArguments, prompt_format_problem
-from genqa.data.sources import DataError
+from genqa.errors import DataError
 from genqa.messages import say
 
 CANONICAL_FEATURES = Features({
@@ -78,6 +78,8 @@ class Task:
     metric: str = "squad"
     #: answers are picked by scoring the option labels (MCQ), not by free generation
     scores_labels: bool = False
+    #: every gold answer is a span of its context, with its offset (what an extractive span head trains on)
+    answers_are_spans: bool = False
     #: default token budget of a generated answer (the recipe's `max_new_tokens` overrides it: `answer_budget`)
     max_new_tokens: int = 64
 

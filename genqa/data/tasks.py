@@ -14,8 +14,8 @@ from genqa.backbones import PredictSettings
 from genqa.config import QAArguments
 from genqa.data.answers import find_nfc, map_to_context
 from genqa.data.mcq_format import MCQLayout, format_mcq, label_alternation, layout_problems
-from genqa.data.sources import DataError
 from genqa.data.task import CANONICAL_COLUMNS, CANONICAL_FEATURES, Decoding, SpanOfContext, Task, _text
+from genqa.errors import DataError
 
 __all__ = ["CANONICAL_COLUMNS", "CANONICAL_FEATURES", "AbstractiveTask", "Decoding", "ExtractiveTask",
            "MCQGenerationTask", "MCQTask", "SpanOfContext", "Task", "get_task", "split_options"]
@@ -75,6 +75,7 @@ class ExtractiveTask(Task):
     """Span QA (SQuAD 1.1/2.0, UIT-ViQuAD): the answer is a span of the context, or the no-answer string."""
 
     name: str = "extractive"
+    answers_are_spans: bool = True
     max_new_tokens: int = 48
 
     def __post_init__(self) -> None:
@@ -127,6 +128,7 @@ class AbstractiveTask(ExtractiveTask):
     """Free-text answers (T5-style abstractive QA); the context is optional."""
 
     name: str = "abstractive"
+    answers_are_spans: bool = False
     max_new_tokens: int = 64
 
     def __post_init__(self) -> None:
