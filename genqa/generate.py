@@ -20,11 +20,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from genqa.config import MCQ_MODES
 from genqa.errors import report_errors
 from genqa.files import write_atomic
 from genqa.hardware import resolve_autocast
 from genqa.locks import output_lock
 from genqa.scoring.metrics import LANGS
+from genqa.scoring.task_metrics import EVAL_TASKS
 from genqa.submission import PredictionStore, SubmissionError, write_json_predictions, write_submission
 
 # Data, templates, the recipe parser (TRL) and the run folder are imported where used: `genqa predict --help` loads
@@ -54,9 +56,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch_size", type=int, default=16, help="Prompts per forward pass (does not change answers).")
     p.add_argument("--max_new_tokens", type=int, help="Default: the recipe's max_new_tokens, else by task: mcq 8, "
                    "extractive 48, abstractive 64, mcq_generation 256.")
-    p.add_argument("--mcq_mode", choices=("score", "generate"), default="score",
-                   help="MCQ answering: score the option labels in one forward pass (default), or generate freely "
-                   "and parse the label.")
+    p.add_argument("--mcq_mode", choices=MCQ_MODES, default=None,
+                   help="MCQ answering (default: the recipe's mcq_mode, itself `score` by default): score the option "
+                   "labels in one forward pass, generate freely and parse the label, or score the options' texts "
+                   "(`options`: log-probability per character, `options_sum`: summed).")
     p.add_argument("--num_beams", type=int, default=1, help="Beam search width of free generation (1: greedy).")
     p.add_argument("--do_sample", action="store_true", help="Sample instead of greedy decoding.")
     p.add_argument("--dtype", default=None, help="float32 / bfloat16 / float16 (default: the recipe's dtype).")
@@ -158,6 +161,7 @@ def prepare(args: argparse.Namespace, qa, sft, task) -> Setup:
     from genqa.backbones.loading import detect_backbone
 
     backbone = get_backbone(detect_backbone(args.base, qa.backbone))
+    args.mcq_mode = args.mcq_mode or qa.mcq_mode  # the recipe's unless passed; fingerprinted as resolved
     tokenizer, template = _tokenizer_and_template(args, qa, args.template_overridden)
     passed = {a[2:].split("=", 1)[0] for a in args.overrides if a.startswith("--")}
     options = PredictOptions(
@@ -315,6 +319,7 @@ READ_AS = {"exact": "are exact spans of their context",
            "not_in_context": "are not in their context (kept as generated)",
            "no_answer": "are the no-answer text (scored as an empty answer)",
            "span": "are spans the span head picked", "label_score": "are labels picked by scoring the option labels",
+           "option_score": "are labels picked by scoring the options' texts",
            "generate": "were generated freely and parsed", "unparseable": "could not be read as a valid answer"}
 
 
@@ -325,7 +330,7 @@ def how_lines(how: dict[str, int], total: int) -> list[str]:
 
 def next_command(args: argparse.Namespace, task, out: Path) -> str:
     """How to score predictions of an unlabelled test file once its answers are known."""
-    if task.name in ("mcq", "mcq_generation"):
+    if EVAL_TASKS.get(task.name, ("squad",))[0] != "squad":  # scored by its recipe's labels or layout
         from genqa.run_dir import RECIPE_FILE
 
         recipe = args.recipe or next((str(Path(f) / RECIPE_FILE) for f in (args.adapter, args.base)

@@ -121,16 +121,20 @@ def prediction_settings(folders: list[str | None], qa: QAArguments, sft, passed:
 
 def predict(model, tokenizer, template: str, task: Task, rows: list[dict[str, Any]], options: PredictOptions,
             on_batch: OnBatch | None = None) -> list[str]:
-    """Raw answers for canonical rows, decoded as the task says (`task.decoding`): scored labels, or generated text
-    (held to the task's constraint, the no-answer text scored against the best answer when it has a threshold);
-    `on_batch(pairs, how)` after every batch."""
-    from genqa.backbones.generation import generate_texts, score_labels
+    """Raw answers for canonical rows, decoded as the task says (`task.decoding`): scored labels, scored candidate
+    texts, or generated text (held to the task's constraint, the no-answer text scored against the best answer when
+    it has a threshold); `on_batch(pairs, how)` after every batch."""
+    from genqa.backbones.generation import generate_texts, score_labels, score_texts
 
     encoder = PromptEncoder(task, tokenizer, template, options.max_length)
     decoding = task.decoding(options.settings, options.mcq_mode)
     if decoding.mode == "score_labels":
         sink = (lambda done: on_batch(done, "label_score")) if on_batch else None
         return score_labels(model, encoder, rows, decoding.labels_of, options.batch_size, sink, options.progress)
+    if decoding.mode == "score_texts":
+        sink = (lambda done: on_batch(done, "option_score")) if on_batch else None
+        return score_texts(model, encoder, rows, decoding.candidates_of, decoding.per_char, options.batch_size, sink,
+                           options.progress)
     sink = (lambda done: on_batch(done, "generate")) if on_batch else None
     if decoding.no_answer_threshold is None:
         return generate_texts(model, encoder, rows, options.batch_size, options.max_new_tokens, options.num_beams,

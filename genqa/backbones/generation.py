@@ -223,3 +223,55 @@ def _sequence_logprob(model, prompt: list[int], target: list[int], device) -> fl
     ids = torch.tensor([prompt + target], device=device)
     logp = torch.log_softmax(model(input_ids=ids).logits[0, len(prompt) - 1:-1].float(), dim=-1)
     return float(logp[torch.arange(len(target)), torch.tensor(target, device=device)].sum())
+
+
+@torch.no_grad()
+def score_texts(model, encoder: PromptEncoder, rows: list[dict[str, Any]],
+                candidates_of: Callable[[dict], list[tuple[str, str]]], per_char: bool = False, batch_size: int = 16,
+                on_batch: OnBatch | None = None, progress: bool = True) -> list[str]:
+    """Pick, for every row, the candidate whose text the model finds most likely as its answer after the prompt.
+
+    `candidates_of(row)` gives (answer, text) pairs; each text is tokenized as training tokenizes an answer and
+    scored by the sum of its tokens' log-probabilities after the row's prompt (the assistant turn, as `genqa predict`
+    prompts), divided by its length in characters with `per_char` (lm-evaluation-harness `acc_norm`; `acc` without).
+    One forward pass per batch of rows covers all their candidates: the sequences are left-padded so every text ends
+    at the last position, and the LM head runs only on the positions that predict a text token (`logits_to_keep`).
+    """
+    candidates = [candidates_of(ex) for ex in rows]
+    texts = {text: encoder.token_ids(text, is_prompt=False) for cands in candidates for _, text in cands}
+    room = max((len(ids) for ids in texts.values()), default=1)
+    prompts = encode_prompts(encoder, rows, room)
+    device = model_device(model)
+
+    def score_batch(batch: list[int]) -> list[str]:
+        pairs = [(i, text) for i in batch for _, text in candidates[i]]
+        scores = _text_logprobs(model, encoder.tokenizer, [(prompts[i], texts[text]) for i, text in pairs], device)
+        out, k = [], 0
+        for i in batch:
+            n = len(candidates[i])
+            row = [s / max(1, len(text)) if per_char else s for s, (_, text) in zip(scores[k:k + n], candidates[i],
+                                                                                    strict=True)]
+            out.append(candidates[i][max(range(n), key=row.__getitem__)][0])
+            k += n
+        return out
+
+    return run_batches([len(p) for p in prompts], batch_size, score_batch, on_batch, progress, "scoring options")
+
+
+def _text_logprobs(model, tokenizer, pairs: list[tuple[list[int], list[int]]], device) -> list[float]:
+    """Summed log-probability of each `target` after its `prompt`, all pairs in one left-padded forward pass."""
+    inputs = to_device(pad(tokenizer, [{"input_ids": p + t} for p, t in pairs], side="left"), device)
+    mask = inputs["attention_mask"]
+    keep = max(len(t) for _, t in pairs) + 1  # the last positions: each predicts the next token of a target
+    kwargs = dict(inputs, position_ids=(mask.cumsum(-1) - 1).clamp(min=0))
+    try:
+        logits = model(**kwargs, logits_to_keep=keep).logits
+    except TypeError:
+        logits = model(**kwargs).logits
+    logp = torch.log_softmax(logits[:, -keep:, :].float(), dim=-1)
+    out = []
+    for b, (_, target) in enumerate(pairs):
+        ids = torch.tensor(target, device=logp.device)
+        steps = logp[b, keep - 1 - len(target):keep - 1]  # position j predicts token j + 1
+        out.append(float(steps[torch.arange(len(target), device=logp.device), ids].sum()))
+    return out

@@ -46,12 +46,17 @@ class Decoding:
     """How prediction decodes a task's answers, as the task hands it over (`Task.decoding`): the backbone's
     generation loop reads these fields and knows no task by name."""
 
-    #: `generate`: generated text, read back by the task; `score_labels`: the valid label the model finds most likely
+    #: `generate`: generated text, read back by the task; `score_labels`: the valid label the model finds most likely;
+    #: `score_texts`: the candidate whose text the model finds most likely as the answer (`candidates_of`)
     mode: str = "generate"
     #: what holds generated text: a `SpanOfContext`, a `genqa.data.mcq_format.MCQLayout`, or None (free text)
     constraint: Any = None
     #: `score_labels`: the valid labels of a row
     labels_of: Callable[[dict[str, Any]], list[str]] | None = None
+    #: `score_texts`: a row's candidates as (answer, text scored as the model's answer)
+    candidates_of: Callable[[dict[str, Any]], list[tuple[str, str]]] | None = None
+    #: `score_texts`: compare log-probabilities per character of the text (else their sum)
+    per_char: bool = False
     #: score `no_answer_text` against the best (constrained) answer and answer "" when it wins by more than this;
     #: None: the model's own greedy choice
     no_answer_threshold: float | None = None
@@ -187,9 +192,9 @@ class Task:
         """Turn a model's output into the task's answer (None when nothing usable was produced)."""
         return text.strip()
 
-    def decoding(self, settings: PredictSettings, mcq_mode: str = "score") -> Decoding:
-        """How prediction decodes this task's answers under the backbone's prediction `settings` and `mcq_mode`:
-        free generation here."""
+    def decoding(self, settings: PredictSettings, mcq_mode: str | None = None) -> Decoding:
+        """How prediction decodes this task's answers under the backbone's prediction `settings` and `mcq_mode`
+        (None: the recipe's): free generation here."""
         return Decoding()
 
     def gold(self, ex: dict[str, Any]) -> str | list[str]:

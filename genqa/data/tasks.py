@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from genqa.backbones import PredictSettings
-from genqa.config import QAArguments
+from genqa.config import OPTION_TEXT_MODES, QAArguments
 from genqa.data.answers import find_nfc, map_to_context
 from genqa.data.mcq_format import MCQLayout, format_mcq, label_alternation, layout_problems
 from genqa.data.task import CANONICAL_COLUMNS, CANONICAL_FEATURES, Decoding, SpanOfContext, Task, _text
@@ -108,7 +108,7 @@ class ExtractiveTask(Task):
             return [f"task {self.name} needs `context_column` and `question_column`."]
         return []
 
-    def decoding(self, settings: PredictSettings, mcq_mode: str = "score") -> Decoding:
+    def decoding(self, settings: PredictSettings, mcq_mode: str | None = None) -> Decoding:
         """Generated spans of the context under `constrain_to_context`; with `no_answer_threshold`, the best span
         (the no-answer text not allowed) scored against the no-answer text."""
         null, threshold = self.args.no_answer_text, settings.no_answer_threshold
@@ -140,7 +140,7 @@ class AbstractiveTask(ExtractiveTask):
     def recipe_problems(self):
         return []  # the context is optional
 
-    def decoding(self, settings: PredictSettings, mcq_mode: str = "score") -> Decoding:
+    def decoding(self, settings: PredictSettings, mcq_mode: str | None = None) -> Decoding:
         """Free generation: an abstractive answer need not be a span."""
         return Decoding()
 
@@ -271,16 +271,30 @@ class MCQTask(OptionRows):
         extra = self.args.options_columns or [self.args.options_column]
         return super().input_columns() + [c for c in extra if c and not self.args.options_in_question]
 
+    @property
+    def answers_with_text(self) -> bool:
+        """The recipe's `mcq_mode` scores the options' texts, so the model is trained to answer with the text."""
+        return self.args.mcq_mode in OPTION_TEXT_MODES
+
     def target(self, ex):
         if ex["label"] < 0:
             raise DataError(f"row {ex['id']}: no gold answer to train on.")
+        return ex["options"][ex["label"]] if self.answers_with_text else self.args.option_labels[ex["label"]]
+
+    def gold(self, ex):
         return self.args.option_labels[ex["label"]]
+
+    def option_candidates(self, ex: dict[str, Any]) -> list[tuple[str, str]]:
+        """(label, option text) of every option of a row: what `mcq_mode: options` scores as the model's answer."""
+        return list(zip(self.labels_for(ex), ex["options"], strict=False))
 
     def parse(self, text, ex: dict[str, Any] | None = None):
         labels = self.labels_for(ex) if ex else list(self.args.option_labels)
         text = text.strip()
         if not text:
             return None
+        if ex and self.answers_with_text and text in [o.strip() for o in ex["options"]]:  # trained to answer so
+            return labels[[o.strip() for o in ex["options"]].index(text)]
         alternation = label_alternation(labels)
         # 1. the answer starts with a label: "B", "(b)", "B. Paris" (any case only here)
         m = re.match(rf"^[\s(\[*]*({alternation})(?![A-Za-z0-9])", text, flags=re.IGNORECASE)
@@ -295,13 +309,20 @@ class MCQTask(OptionRows):
                     return lab
         return None
 
-    def decoding(self, settings: PredictSettings, mcq_mode: str = "score") -> Decoding:
-        """`mcq_mode: score`: the valid labels scored in one forward pass; `generate`: free text, parsed."""
-        return Decoding(mode="score_labels", labels_of=self.labels_for) if mcq_mode == "score" else Decoding()
+    def decoding(self, settings: PredictSettings, mcq_mode: str | None = None) -> Decoding:
+        """`mcq_mode` (None: the recipe's) `score`: the valid labels scored in one forward pass; `options` /
+        `options_sum`: each option's text scored as the answer (per character / summed); `generate`: free text,
+        parsed."""
+        mode = mcq_mode or self.args.mcq_mode
+        if mode == "score":
+            return Decoding(mode="score_labels", labels_of=self.labels_for)
+        if mode in OPTION_TEXT_MODES:
+            return Decoding(mode="score_texts", candidates_of=self.option_candidates, per_char=mode == "options")
+        return Decoding()
 
     def read_answer(self, row, raw, how):
         """A scored label is the answer; generated text is parsed into a label (None: unparseable)."""
-        answer = raw if how == "label_score" else self.parse(raw, row)
+        answer = raw if how in ("label_score", "option_score") else self.parse(raw, row)
         return answer, how if answer else "unparseable"
 
     def has_gold(self, rows):
@@ -377,7 +398,7 @@ class MCQGenerationTask(OptionRows):
         """The layout `target` writes, which layout-constrained decoding holds generated text to."""
         return MCQLayout(tuple(self.args.option_labels), self.args.mcq_question_prefix, self.args.mcq_answer_prefix)
 
-    def decoding(self, settings: PredictSettings, mcq_mode: str = "score") -> Decoding:
+    def decoding(self, settings: PredictSettings, mcq_mode: str | None = None) -> Decoding:
         """Generated text, held to `layout()` under `constrain_to_layout`."""
         return Decoding(constraint=self.layout() if settings.constrain_to_layout else None)
 
