@@ -73,15 +73,16 @@ def encoder_for(backbone: str, qa, sft, tokenizer, template: str, task):
 
 
 def prediction_prompt(encoder, row: dict[str, Any]) -> list[int]:
-    """The prompt ids `genqa predict` sends for `row` (label scoring keeps 8 tokens of room, generation the task's
-    answer budget)."""
-    from genqa.backbones.generation import encode_prompts
+    """The prompt ids `genqa predict` sends for `row` with the recipe's decoding (label scoring keeps 8 tokens of
+    room, option-text scoring its longest option, generation the task's answer budget)."""
+    from genqa.backbones import PredictSettings
+    from genqa.backbones.generation import encode_prompts, prompt_room
 
     task = encoder.task
-    room = 8 if task.scores_labels else task.answer_budget
     if hasattr(encoder, "target_ids"):  # seq2seq: the answer does not share the input's budget
         return encoder.encode_prompt(row)[0]
-    return encode_prompts(encoder, [row], room)[0]
+    return encode_prompts(encoder, [row], prompt_room(encoder, task.decoding(PredictSettings()), row,
+                                                       task.answer_budget))[0]
 
 
 def preview_row(encoder, row: dict[str, Any]) -> RowPreview:

@@ -119,3 +119,18 @@ def test_the_recipe_mcq_mode_reaches_predict(tmp_path):
     scored = PredictionStore(tmp_path / "s.csv.predictions.jsonl").records.values()
     assert {r["how"] for r in options} == {"option_score"} and {r["how"] for r in scored} == {"label_score"}
     assert all(r["answer"] in {"1", "2", "3", "4"} for r in options)
+
+
+def test_preview_shows_the_prompt_option_scoring_sends(tiny_tokenizer):
+    """With the context cut to fit max_length, the prompt keeps room for the row's longest option, in `genqa
+    preview` as in `score_texts`."""
+    from genqa.preview import prediction_prompt
+
+    row = {**ROWS[2], "context": " ".join(f"word{i}" for i in range(300))}
+    encoder = PromptEncoder(_task("options"), tiny_tokenizer, load_template("chatml"), max_length=160)
+    longest = max(len(encoder.token_ids(o, is_prompt=False)) for o in row["options"])
+    assert longest > 8
+    sent = encode_prompts(encoder, [row], [longest])[0]
+    assert prediction_prompt(encoder, row) == sent and len(sent) + longest <= 160
+    scored = PromptEncoder(_task("score"), tiny_tokenizer, load_template("chatml"), max_length=160)
+    assert prediction_prompt(scored, row) == encode_prompts(scored, [row], 8)[0] != sent

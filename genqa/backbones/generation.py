@@ -20,6 +20,9 @@ from genqa.backbones.batching import OnBatch, pad, run_batches, to_device
 from genqa.backbones.loading import model_device
 from genqa.data.encoding import PromptEncoder
 
+#: tokens of room a label-scored prompt leaves for its label within max_length
+LABEL_ROOM = 8
+
 
 def stop_token_ids(encoder: PromptEncoder) -> list[int]:
     """EOS plus the template's end-of-turn token, when that is a single token (else `stop_strings` stops on it)."""
@@ -30,13 +33,15 @@ def stop_token_ids(encoder: PromptEncoder) -> list[int]:
     return ids
 
 
-def encode_prompts(encoder: PromptEncoder, rows: list[dict[str, Any]], room: int) -> list[list[int]]:
-    """Prompt ids of every row, contexts cut to leave `room` tokens within max_length; says how many were cut."""
-    encoded = [encoder.encode_prompt(ex, room) for ex in rows]
+def encode_prompts(encoder: PromptEncoder, rows: list[dict[str, Any]], room: int | list[int]) -> list[list[int]]:
+    """Prompt ids of every row, contexts cut to leave `room` tokens (one number, or one per row) within max_length;
+    says how many were cut."""
+    rooms = room if isinstance(room, list) else [room] * len(rows)
+    encoded = [encoder.encode_prompt(ex, r) for ex, r in zip(rows, rooms, strict=True)]
     cut = sum(truncated for _, truncated in encoded)
     if cut:
         print(f"[genqa] {cut}/{len(rows)} prompts had their context cut to fit max_length={encoder.max_length} with "
-              f"{room} tokens of room for the answer (the question and options are kept)")
+              f"{max(rooms, default=0)} tokens of room for the answer (the question and options are kept)")
     return [ids for ids, _ in encoded]
 
 
@@ -95,6 +100,17 @@ def sliding_window(model) -> int | None:
             or (types and not any("sliding" in t for t in types)):
         return None
     return int(window)
+
+
+def prompt_room(encoder: PromptEncoder, decoding, ex: dict[str, Any], max_new_tokens: int) -> int:
+    """Tokens of room a row's prompt leaves for its answer under a task's `Decoding`: 8 for label scoring, the
+    longest candidate text for text scoring (as `score_texts` leaves), `max_new_tokens` for generation."""
+    if decoding.mode == "score_labels":
+        return LABEL_ROOM
+    if decoding.mode == "score_texts":
+        return max((len(encoder.token_ids(text, is_prompt=False)) for _, text in decoding.candidates_of(ex)),
+                   default=1)
+    return max_new_tokens
 
 
 def constraint_processor(constraint: Any, tokenizer, rows: list[dict[str, Any]], prompt_length: int,
@@ -181,7 +197,7 @@ def score_labels(model, encoder: PromptEncoder, rows: list[dict[str, Any]], labe
     prompts share when `prefix_cache` (see `SharedPrefix`); multi-token labels are scored by the summed
     log-probability of their tokens.
     """
-    prompts = encode_prompts(encoder, rows, 8)
+    prompts = encode_prompts(encoder, rows, LABEL_ROOM)
     label_ids = {lab: encoder.token_ids(lab, is_prompt=False) for ex in rows for lab in labels_of(ex)}
     device = model_device(model)
     single_token = all(len(ids) == 1 for ids in label_ids.values())
@@ -239,8 +255,7 @@ def score_texts(model, encoder: PromptEncoder, rows: list[dict[str, Any]],
     """
     candidates = [candidates_of(ex) for ex in rows]
     texts = {text: encoder.token_ids(text, is_prompt=False) for cands in candidates for _, text in cands}
-    room = max((len(ids) for ids in texts.values()), default=1)
-    prompts = encode_prompts(encoder, rows, room)
+    prompts = encode_prompts(encoder, rows, [max((len(texts[t]) for _, t in c), default=1) for c in candidates])
     device = model_device(model)
 
     def score_batch(batch: list[int]) -> list[str]:
