@@ -134,3 +134,12 @@ def test_preview_shows_the_prompt_option_scoring_sends(tiny_tokenizer):
     assert prediction_prompt(encoder, row) == sent and len(sent) + longest <= 160
     scored = PromptEncoder(_task("score"), tiny_tokenizer, load_template("chatml"), max_length=160)
     assert prediction_prompt(scored, row) == encode_prompts(scored, [row], 8)[0] != sent
+
+
+def test_training_time_evaluation_scores_options_under_the_recipes_mode(model_and_encoder):
+    from genqa.backbones.generation_eval import predict_answers
+
+    model, encoder = model_and_encoder  # its task's recipe says mcq_mode: options
+    answers = predict_answers(model, encoder, ROWS, max_new_tokens=8)
+    expected = score_texts(model, encoder, ROWS, encoder.task.option_candidates, True, progress=False)
+    assert list(answers.values()) == expected
