@@ -82,9 +82,11 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     t_start = time.perf_counter()
 
-    from genqa.backbones.extractive import load_model, train
+    from genqa.backbones import get_backbone
+    from genqa.backbones.extractive import load_model
     from genqa.backbones.loading import load_tokenizer
     from genqa.backbones.spans import predict_extractive
+    from genqa.backbones.training import train
     from genqa.config import QAArguments
     from genqa.data.sources import load_squad_json
     from genqa.data.tasks import get_task
@@ -135,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
 
     t0 = time.perf_counter()
     torch.manual_seed(args.seed)
-    train(qa, sft, margs, recipe)
+    train(get_backbone("extractive"), qa, sft, margs, recipe)
     t_train = time.perf_counter() - t0
     state = json.loads((out / "trainer_state.json").read_text())
     losses = [h["loss"] for h in state["log_history"] if "loss" in h]

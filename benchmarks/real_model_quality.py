@@ -63,6 +63,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def _layout(task):
+    """The layout constraint of a task whose answers are written in one (MCQ generation); None otherwise."""
+    from genqa.backbones import PredictSettings
+
+    return task.decoding(PredictSettings(constrain_to_layout=True)).constraint
+
+
 def _rows(args, qa, task):
     import dataclasses
 
@@ -105,6 +112,7 @@ def _extractive(model, encoder, task, rows, calib, args, lang) -> tuple[dict, di
     """Free / constrained / calibrated scores, answers outside their context, stop share."""
     from genqa.backbones.generation import generate_texts
     from genqa.backbones.no_answer import apply_threshold, best_threshold, null_score_diffs
+    from genqa.data.task import SpanOfContext
     from genqa.scoring.metrics import f1_score
 
     null, n_new = task.args.no_answer_text, args.max_new_tokens or task.answer_budget
@@ -113,17 +121,17 @@ def _extractive(model, encoder, task, rows, calib, args, lang) -> tuple[dict, di
     out, outside = {}, {}
     free = generate_texts(model, encoder, rows, stopped=stopped, **kw)
     out["free"], outside["free"] = _score(task, rows, free, "generate", lang, args.record, "free")
-    cons = generate_texts(model, encoder, rows, span_of_context=True, no_answer_text=null, **kw)
+    cons = generate_texts(model, encoder, rows, constraint=SpanOfContext(null), **kw)
     out["constrained"], outside["constrained"] = _score(task, rows, cons, "generate", lang, args.record,
                                                           "constrained")
     extra = {"stopped_share": round(sum(stopped.values()) / max(1, len(stopped)), 3)}
     if calib:
-        spans_c = generate_texts(model, encoder, calib, span_of_context=True, **kw)
+        spans_c = generate_texts(model, encoder, calib, constraint=SpanOfContext(), **kw)
         diffs_c = null_score_diffs(model, encoder, calib, spans_c, null, args.batch_size, n_new)
         f1s = [max((f1_score(s, g, lang) for g in r["answers"]), default=0.0) for s, r in zip(spans_c, calib,
                                                                                             strict=True)]
         thr, calib_f1 = best_threshold(diffs_c, f1s, [bool(r["answers"]) for r in calib])
-        spans = generate_texts(model, encoder, rows, span_of_context=True, **kw)
+        spans = generate_texts(model, encoder, rows, constraint=SpanOfContext(), **kw)
         diffs = null_score_diffs(model, encoder, rows, spans, null, args.batch_size, n_new)
         out["calibrated"], outside["calibrated"] = _score(task, rows, apply_threshold(spans, diffs, thr), "generate",
                                                           lang, args.record, "calibrated")
@@ -157,9 +165,9 @@ def evaluate(model, tokenizer, template, task, rows, calib, args, lang) -> tuple
             raw = generate_texts(model, encoder, rows, stopped=stopped, **kw)
             out["generate"], _ = _score(task, rows, raw, "generate", lang, args.record, "generate")
             extra["stopped_share"] = round(sum(stopped.values()) / max(1, len(stopped)), 3)
-        if task.layout() is not None:  # MCQ generation: layout-constrained decoding too (the recipe default)
+        if _layout(task) is not None:  # MCQ generation: layout-constrained decoding too (the recipe default)
             stopped.clear()
-            raw = generate_texts(model, encoder, rows, stopped=stopped, mcq_layout=task.layout(), **kw)
+            raw = generate_texts(model, encoder, rows, stopped=stopped, constraint=_layout(task), **kw)
             out["layout"], _ = _score(task, rows, raw, "generate", lang, args.record, "layout")
             extra["layout_stopped_share"] = round(sum(stopped.values()) / max(1, len(stopped)), 3)
         return out, {}, extra
@@ -216,7 +224,7 @@ def main(argv: list[str] | None = None) -> None:
     if task.name == "extractive" and any(not r["answers"] for r in rows):
         # the score of answering "no answer" to every question: what a model that only learned to abstain gets
         result["abstain_all"], _ = _score(task, rows, [qa.no_answer_text] * len(rows), "generate", qa.metric_lang)
-    if task.layout() is not None:  # the same metric over the held-out rows' own questions: what people wrote
+    if _layout(task) is not None:  # the same metric over the held-out rows' own questions: what people wrote
         result["gold"], _ = _score(task, rows, [task.target(r) for r in rows], "generate", qa.metric_lang)
     outputs: dict[str, dict] = {}
     t0 = time.time()

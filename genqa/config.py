@@ -19,9 +19,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from genqa.backbones import CHOICES as BACKBONES
+
 TASKS = ("extractive", "mcq", "mcq_generation", "abstractive")
-BACKBONES = ("auto", "causal_lm", "seq2seq", "extractive")
 SPLIT_BY = ("context", "article", "row")
+#: how an MCQ is answered: score the labels, generate and parse, or score the options' texts (per character / sum)
+MCQ_MODES = ("score", "generate", "options", "options_sum")
+#: the modes whose training target is the right option's text, not its label
+OPTION_TEXT_MODES = ("options", "options_sum")
 DATASET_FORMATS = ("auto", "hub", "json", "jsonl", "csv", "parquet", "xlsx", "squad", "c3", "disk")
 #: the fields a `prompt_format` may use
 PROMPT_FIELDS = ("instruction", "context", "question", "options")
@@ -243,6 +248,15 @@ class QAArguments:
     )
 
     # ---- generative extractive QA (causal LMs, task: extractive) ----------------------------------------------------
+    mcq_mode: str = field(
+        default="score",
+        metadata={"help": f"How MCQ questions are answered (genqa predict uses it unless --mcq_mode is passed; one of "
+                  f"{MCQ_MODES}): `score` scores the option labels in one forward pass; `generate` writes freely and "
+                  "parses the label; `options` scores each option's text as the answer after the prompt and picks "
+                  "the best sum of its tokens' log-probabilities per character (lm-evaluation-harness acc_norm), "
+                  "`options_sum` the best plain sum (acc). With `options` / `options_sum` the model is trained to "
+                  "answer with the right option's text (read back as its label)."},
+    )
     constrain_to_context: bool = field(
         default=True,
         metadata={"help": "Span-constrained decoding for task extractive with a causal LM: every generated answer is a "
@@ -345,7 +359,10 @@ class QAArguments:
         self._check_values()
 
     def _check_values(self) -> None:
-        """Numeric keys at or above their `MINIMUM`, and a `prompt_format` that `prompt_format_problem` accepts."""
+        """Numeric keys at or above their `MINIMUM`, an `mcq_mode` of `MCQ_MODES`, and a `prompt_format` that
+        `prompt_format_problem` accepts."""
+        if self.mcq_mode not in MCQ_MODES:
+            raise ValueError(f"mcq_mode: use one of {', '.join(MCQ_MODES)}, got {self.mcq_mode!r}.")
         for key, low in MINIMUM.items():
             problem = out_of_range(key, getattr(self, key), low, MAXIMUM.get(key))
             if problem:

@@ -44,6 +44,10 @@ def file_system_message(err: BaseException) -> str | None:
     return None
 
 
+class DataError(GenqaError, ValueError):
+    """Data a user supplied that genqa cannot use; the message names the file, row or column and what to do."""
+
+
 def report_errors(prog: str, run: Callable[[], int]) -> int:
     """Run a command's body; a `GenqaError` (or a full disk / unwritable path) becomes one line
     `<prog>: error: <message>` on stderr and exit code 2."""

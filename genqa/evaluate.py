@@ -25,12 +25,13 @@ from pathlib import Path
 from typing import Any
 
 from genqa.data.mcq_format import DEFAULT_LABELS, PREFIXES
-from genqa.errors import GenqaError, report_errors
+from genqa.errors import DataError, GenqaError, report_errors
 from genqa.files import write_atomic
 from genqa.scoring.metrics import LANGS, mcq_accuracy, mcq_generation_quality, normalize_choice, squad_scores
+from genqa.scoring.task_metrics import EVAL_TASKS
 from genqa.submission import FINGERPRINT_KEY
 
-TASKS: tuple[str, ...] = ("extractive", "squad_v1", "squad_v2", "mcq", "mcq_generation")
+TASKS: tuple[str, ...] = tuple(EVAL_TASKS)
 
 
 class EvaluateError(GenqaError, ValueError):
@@ -63,7 +64,7 @@ def _read_json(path: Path, flag: str) -> Any:
 def _records(path: Path, flag: str) -> list[dict[str, Any]]:
     """Rows of a table / JSON / JSONL file (`genqa.data.sources.read_records`), without the header line of
     genqa.generate's OUT.predictions.jsonl."""
-    from genqa.data.sources import DataError, read_records  # reading data loads `datasets`: not needed for --help
+    from genqa.data.sources import read_records  # reading data loads `datasets`: not needed for --help
 
     try:
         rows = read_records(path)
@@ -172,7 +173,7 @@ def _evaluate_squad(args: argparse.Namespace) -> dict[str, Any]:
                             "({\"data\": [{\"paragraphs\": [...]}]}); for MCQ files use --task mcq.")
     examples = squad_examples(data, f"--data file '{data_path}'")
     layout_version = squad_version(data)
-    version = {"squad_v1": 1, "squad_v2": 2}.get(args.task) or layout_version
+    version = EVAL_TASKS[args.task][1] or layout_version
     if examples and layout_version == 1 and not any(golds for _, golds in examples):
         raise EvaluateError(f"--data file '{data_path}' has no gold answers (an unlabelled test split?); evaluate "
                             "against a labelled dev file.")
@@ -262,7 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="genqa eval", description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", help="dev file: SQuAD JSON (extractive tasks) or a table with id/gold columns (mcq)")
     ap.add_argument("--predictions", required=True, help="predictions: JSON map {qid: answer}, CSV, JSONL, ...")
-    ap.add_argument("--task", choices=TASKS, default="extractive",
+    ap.add_argument("--task", choices=TASKS, default=TASKS[0],
                     help="extractive = SQuAD with v1.1/v2.0 auto-detected from `is_impossible` (default)")
     ap.add_argument("--lang", choices=LANGS, default="en",
                     help="answer normalisation: en = official SQuAD, vi = + Unicode NFC, zh = character F1")
@@ -285,12 +286,13 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
-EVALUATORS = {"mcq": _evaluate_mcq, "mcq_generation": _evaluate_mcq_generation}
+#: by metric (`EVAL_TASKS`); SQuAD EM/F1 otherwise
+EVALUATORS = {"accuracy": _evaluate_mcq, "mcq_layout": _evaluate_mcq_generation}
 
 
 def run(args: argparse.Namespace) -> int:
     """Score, print the metrics as JSON (and write them to --out)."""
-    metrics = EVALUATORS.get(args.task, _evaluate_squad)(args)
+    metrics = EVALUATORS.get(EVAL_TASKS[args.task][0], _evaluate_squad)(args)
     text = json.dumps(metrics, indent=2, ensure_ascii=False)
     print(text)
     if args.out:

@@ -1,4 +1,5 @@
-"""Writing files so that a crash, a full disk or a planted link never leaves a half-written or redirected one.
+"""Where and how genqa writes files: its cache folder, and files written so that a crash, a full disk or a planted
+link never leaves a half-written or redirected one.
 
 `write_atomic` is the one way genqa replaces a file: the bytes go to a temp file created exclusively
 (`tempfile.mkstemp`: `O_CREAT | O_EXCL`, a unique random name, so a symlink planted at a predictable name is never

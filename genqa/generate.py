@@ -20,12 +20,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from genqa.config import flag_at_least
+from genqa.config import MCQ_MODES, flag_at_least
 from genqa.errors import report_errors
 from genqa.files import unwritable, write_atomic
 from genqa.hardware import resolve_autocast
 from genqa.locks import output_lock
 from genqa.scoring.metrics import LANGS
+from genqa.scoring.task_metrics import EVAL_TASKS
 from genqa.submission import PredictionStore, SubmissionError, write_json_predictions, write_submission, writes_json
 
 # Data, templates, the recipe parser (TRL) and the run folder are imported where used: `genqa predict --help` loads
@@ -56,9 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Prompts per forward pass (does not change answers).")
     p.add_argument("--max_new_tokens", type=flag_at_least(1), help="Default: the recipe's max_new_tokens, else by "
                    "task: mcq 8, extractive 48, abstractive 64, mcq_generation 256.")
-    p.add_argument("--mcq_mode", choices=("score", "generate"), default="score",
-                   help="MCQ answering: score the option labels in one forward pass (default), or generate freely "
-                   "and parse the label.")
+    p.add_argument("--mcq_mode", choices=MCQ_MODES, default=None,
+                   help="MCQ answering (default: the recipe's mcq_mode, itself `score` by default): score the option "
+                   "labels in one forward pass, generate freely and parse the label, or score the options' texts "
+                   "(`options`: log-probability per character, `options_sum`: summed).")
     p.add_argument("--num_beams", type=flag_at_least(1), default=1,
                    help="Beam search width of free generation (1: greedy).")
     p.add_argument("--do_sample", action="store_true", help="Sample instead of greedy decoding.")
@@ -161,6 +163,7 @@ def prepare(args: argparse.Namespace, qa, sft, task) -> Setup:
     from genqa.backbones.loading import detect_backbone
 
     backbone = get_backbone(detect_backbone(args.base, qa.backbone))
+    args.mcq_mode = args.mcq_mode or qa.mcq_mode  # the recipe's unless passed; fingerprinted as resolved
     tokenizer, template = _tokenizer_and_template(args, qa, args.template_overridden)
     passed = {a[2:].split("=", 1)[0] for a in args.overrides if a.startswith("--")}
     options = PredictOptions(
@@ -218,7 +221,7 @@ def fingerprint(args: argparse.Namespace, qa, sft, model_args, setup: Setup) -> 
         "adapter_weights": files_digest(args.adapter, WEIGHT_FILES),
         "tokenizer": files_digest(resolve_model_path(args.adapter or args.base), TOKENIZER_FILES),
         "template_text": hashlib.sha256((setup.template or "").encode()).hexdigest()[:16],
-        "settings": setup.options.settings,
+        "settings": setup.options.settings.to_dict(),
         "mcq_mode": args.mcq_mode, "max_new_tokens": setup.options.max_new_tokens,
         "num_beams": args.num_beams, "do_sample": args.do_sample, "dtype": args.dtype or model_args.dtype,
         "autocast": args.autocast,
@@ -323,6 +326,7 @@ READ_AS = {"exact": "are exact spans of their context",
            "not_in_context": "are not in their context (kept as generated)",
            "no_answer": "are the no-answer text (scored as an empty answer)",
            "span": "are spans the span head picked", "label_score": "are labels picked by scoring the option labels",
+           "option_score": "are labels picked by scoring the options' texts",
            "generate": "were generated freely and parsed", "unparseable": "could not be read as a valid answer"}
 
 
@@ -333,7 +337,7 @@ def how_lines(how: dict[str, int], total: int) -> list[str]:
 
 def next_command(args: argparse.Namespace, task, out: Path) -> str:
     """How to score predictions of an unlabelled test file once its answers are known."""
-    if task.name in ("mcq", "mcq_generation"):
+    if EVAL_TASKS.get(task.name, ("squad",))[0] != "squad":  # scored by its recipe's labels or layout
         from genqa.run_dir import RECIPE_FILE
 
         recipe = args.recipe or next((str(Path(f) / RECIPE_FILE) for f in (args.adapter, args.base)

@@ -155,7 +155,7 @@ def merge(args: argparse.Namespace) -> dict[str, Any]:
         else:
             del qmodel
 
-    save_merged(model, tokenizer, run, out, args, qa, sft, model_args, report)
+    save_merged(model, tokenizer, run, out, args, qa, sft, model_args, report, backbone)
     return report
 
 
@@ -214,11 +214,13 @@ def replace_folder(new: Path, out: Path) -> None:
     shutil.rmtree(aside, ignore_errors=True)
 
 
-def save_merged(model, tokenizer, run: Path, out: Path, args, qa, sft, model_args, report: dict[str, Any]) -> None:
-    """Write the merged model, tokenizer, recipe and report to a temp folder, then move it into place."""
+def save_merged(model, tokenizer, run: Path, out: Path, args, qa, sft, model_args, report: dict[str, Any],
+                backbone) -> None:
+    """Write the merged model, tokenizer, recipe and report to a temp folder, then move it into place (`backbone`:
+    the backbone module, for the card)."""
     from genqa.files import write_atomic
     from genqa.recipe import dump_recipe, resolved_recipe
-    from genqa.run_card import MERGE_REPORT_FILE, model_kind, write_merged_card
+    from genqa.run_card import MERGE_REPORT_FILE, write_merged_card
     from genqa.run_dir import CARRIED_FILES, RECIPE_FILE, REPORT_FILE
 
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -233,7 +235,7 @@ def save_merged(model, tokenizer, run: Path, out: Path, args, qa, sft, model_arg
         for name in CARRIED_FILES:
             if (run / name).is_file():
                 shutil.copy2(run / name, tmp / name)
-        write_merged_card(tmp, out, run, qa, sft, model_args, report["base"], model_kind(model), report, REPORT_FILE)
+        write_merged_card(tmp, out, run, qa, sft, model_args, report["base"], backbone, report, REPORT_FILE)
         # the marker, written last: it lists what this merge wrote, so --overwrite can tell the folder is only that
         files = sorted([p.name for p in tmp.iterdir()] + [MERGE_REPORT_FILE])
         write_atomic(tmp / MERGE_REPORT_FILE, json.dumps({**report, "files": files}, indent=2))

@@ -62,30 +62,28 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def encoder_for(backbone: str, qa, sft, tokenizer, template: str, task):
-    """The encoder the backbone trains with, built as its `train` builds it."""
-    if backbone == "causal_lm":
-        from genqa.data.encoding import PromptEncoder
+    """The encoder the backbone trains with (its `encoder`), when it is a prompt encoder preview can show."""
+    from genqa.backbones import get_backbone
+    from genqa.data.encoding import PromptEncoder
 
-        return PromptEncoder(task, tokenizer, template, sft.max_length,
-                             completion_only_loss=sft.completion_only_loss is not False)
-    if backbone == "seq2seq":
-        from genqa.backbones.seq2seq import Seq2SeqEncoder, max_target_length
-
-        return Seq2SeqEncoder(task, tokenizer, template, sft.max_length, max_target_length(qa))
-    raise PreviewError(f"backbone {backbone}: preview shows generative backbones (causal_lm, seq2seq); an extractive "
-                       "encoder trains on windows and span positions. Use `genqa train RECIPE --dry_run`.")
+    encoder = get_backbone(backbone).encoder(qa, sft, tokenizer, template, task)
+    if not isinstance(encoder, PromptEncoder):
+        raise PreviewError(f"backbone {backbone}: preview shows backbones that train on prompts and answers; this one "
+                           f"trains on {type(encoder).__name__} rows. Use `genqa train RECIPE --dry_run`.")
+    return encoder
 
 
 def prediction_prompt(encoder, row: dict[str, Any]) -> list[int]:
-    """The prompt ids `genqa predict` sends for `row` (label scoring keeps 8 tokens of room, generation the task's
-    answer budget)."""
-    from genqa.backbones.generation import encode_prompts
+    """The prompt ids `genqa predict` sends for `row` with the recipe's decoding (label scoring keeps 8 tokens of
+    room, option-text scoring its longest option, generation the task's answer budget)."""
+    from genqa.backbones import PredictSettings
+    from genqa.backbones.generation import encode_prompts, prompt_room
 
     task = encoder.task
-    room = 8 if task.scores_labels else task.answer_budget
     if hasattr(encoder, "target_ids"):  # seq2seq: the answer does not share the input's budget
         return encoder.encode_prompt(row)[0]
-    return encode_prompts(encoder, [row], room)[0]
+    return encode_prompts(encoder, [row], prompt_room(encoder, task.decoding(PredictSettings()), row,
+                                                       task.answer_budget))[0]
 
 
 def preview_row(encoder, row: dict[str, Any]) -> RowPreview:

@@ -36,7 +36,6 @@ MERGE_REPORT_FILE = "genqa_merge_report.json"
 
 #: task metrics drawn on the plot and shown in the card (counts such as eval_gen_total are left out)
 PLOTTED_GEN_METRICS = ("exact", "f1", "accuracy", "valid_rate", "HasAns_f1", "NoAns_f1")
-PIPELINE_TAGS = {"causal_lm": "text-generation", "seq2seq": "text2text-generation", "extractive": "question-answering"}
 
 
 class RunLogCallback(TrainerCallback):
@@ -92,15 +91,6 @@ def _short(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
-def model_kind(model) -> str:
-    """The backbone a trained model is (`causal_lm`, `seq2seq`, `extractive`), read from its config."""
-    config = getattr(model, "config", None)
-    if getattr(config, "is_encoder_decoder", False):
-        return "seq2seq"
-    return "extractive" if "QuestionAnswering" in " ".join(getattr(config, "architectures", None) or []) or hasattr(
-        getattr(model, "base_model", model), "qa_outputs") else "causal_lm"
-
-
 class WholeRunTokens(TrainerCallback):
     """TRL counts `num_tokens` from 0 in every process; a resumed run continues the count its checkpoint logged."""
 
@@ -126,8 +116,9 @@ def run_mean_loss(log_history: list[dict[str, Any]]) -> float | None:
     return total / previous if previous else None
 
 
-def attach(trainer, qa, sft, model_args, reports: list) -> None:
-    """Before training: log every event to the run folder, and make the trainer's model card genqa's."""
+def attach(trainer, qa, sft, model_args, reports: list, backbone) -> None:
+    """Before training: log every event to the run folder, and make the trainer's model card genqa's (`backbone`:
+    the backbone module, whose name and pipeline tag the card shows)."""
     trainer.add_callback(RunLogCallback(sft.output_dir))
     for library, clean in ((ProgressCallback, CleanProgressCallback), (PrinterCallback, CleanPrinterCallback)):
         if trainer.pop_callback(library) is not None:
@@ -137,7 +128,7 @@ def attach(trainer, qa, sft, model_args, reports: list) -> None:
     def create_model_card(*args, **kwargs) -> None:  # replaces TRL's stub wherever transformers asks for a card
         if trainer.is_world_process_zero():
             write_card(Path(sft.output_dir), qa, sft, model_args, reports_as_dicts(reports),
-                       final_metrics(trainer.state.log_history), backbone=model_kind(trainer.model))
+                       final_metrics(trainer.state.log_history), backbone=backbone)
 
     trainer.create_model_card = create_model_card
 
@@ -164,7 +155,7 @@ def final_metrics(log_history: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def finish(trainer, qa, sft, model_args, reports: list) -> dict[str, Any]:
+def finish(trainer, qa, sft, model_args, reports: list, backbone) -> dict[str, Any]:
     """After training and saving: the final evaluation (every process), then the results files, the plot and the
     card (main process). Returns the metrics written to `all_results.json`."""
     state = trainer.state
@@ -196,7 +187,7 @@ def finish(trainer, qa, sft, model_args, reports: list) -> dict[str, Any]:
         say(f"[genqa] no loss plot: no loss was logged in {state.global_step} steps (logging every "
             f"{state.logging_steps}); lower logging_steps, or leave it out to log 20 times per run.")
     write_card(out, qa, sft, model_args, reports_as_dicts(reports),
-               {**final_metrics(state.log_history), **train, **eval_metrics}, backbone=model_kind(trainer.model))
+               {**final_metrics(state.log_history), **train, **eval_metrics}, backbone=backbone)
     make_adapter_portable(out, model_args.model_name_or_path)
     mark_stale_merges(out)
     return {**train, **eval_metrics}
@@ -375,7 +366,7 @@ def card_text(folder: Path, qa, sft, model_args, reports: list[dict[str, Any]], 
     return "\n".join(lines)
 
 
-def hub_header(qa, model_args, base: str, backbone: str, merged: bool) -> str:
+def hub_header(qa, model_args, base: str, pipeline_tag: str, merged: bool) -> str:
     """The README's YAML header, written by huggingface_hub's `ModelCardData`: library, base model (a Hub id only,
     never a local or cache path; a packaged or GGUF model's source repository), license of a known base, datasets
     (a Hub dataset only), tags, pipeline."""
@@ -391,26 +382,27 @@ def hub_header(qa, model_args, base: str, backbone: str, merged: bool) -> str:
     data = ModelCardData(library_name="peft" if model_args.use_peft and not merged else "transformers",
                          base_model=hub_id, license=BASE_LICENSES.get(hub_id or ""), tags=tags,
                          datasets=[dataset] if dataset and is_hub_id(dataset) else None,
-                         pipeline_tag=PIPELINE_TAGS.get(backbone, "text-generation"))
+                         pipeline_tag=pipeline_tag)
     return f"---\n{data.to_yaml()}\n---\n"
 
 
 def write_card(folder: Path, qa, sft, model_args, reports: list[dict[str, Any]], metrics: dict[str, Any],
-               base: str | None = None, backbone: str | None = None, merge_report: dict[str, Any] | None = None,
+               backbone, base: str | None = None, merge_report: dict[str, Any] | None = None,
                final: Path | None = None) -> None:
     """Write `genqa_model_card.md` and `README.md` into `folder` (a run folder, or a merged one). `base` is the base
-    model as the recipe names it (default: its `model_name_or_path`), `backbone` the detected one."""
+    model as the recipe names it (default: its `model_name_or_path`), `backbone` the module of the one it trains as
+    (`genqa.backbones`: its `NAME` and `PIPELINE_TAG`)."""
     base = base or model_args.model_name_or_path
-    backbone = backbone or qa.backbone
-    body = card_text(folder, qa, sft, model_args, reports, metrics, base, backbone, merge_report, final)
+    body = card_text(folder, qa, sft, model_args, reports, metrics, base, backbone.NAME, merge_report, final)
     from huggingface_hub import ModelCard
 
-    card = ModelCard(hub_header(qa, model_args, base, backbone, merge_report is not None) + body)  # parsed: valid YAML
+    header = hub_header(qa, model_args, base, backbone.PIPELINE_TAG, merge_report is not None)
+    card = ModelCard(header + body)  # parsed: valid YAML
     write_atomic(folder / MODEL_CARD_FILE, body)
     write_atomic(folder / HUB_CARD_FILE, str(card))
 
 
-def write_merged_card(folder: Path, final: Path, run: Path, qa, sft, model_args, base: str, backbone: str,
+def write_merged_card(folder: Path, final: Path, run: Path, qa, sft, model_args, base: str, backbone,
                       report: dict[str, Any], data_report_file: str) -> None:
     """The card of a merged folder (written into `folder`, named as `final`): the run's data and metrics (read from
     its files) and the merge check."""
@@ -422,5 +414,5 @@ def write_merged_card(folder: Path, final: Path, run: Path, qa, sft, model_args,
         run / ALL_RESULTS_FILE).is_file() else {}
     if (run / LOSS_PLOT_FILE).is_file():
         shutil.copy2(run / LOSS_PLOT_FILE, folder / LOSS_PLOT_FILE)
-    write_card(folder, qa, sft, model_args, reports, metrics, base=base, backbone=backbone, merge_report=report,
+    write_card(folder, qa, sft, model_args, reports, metrics, backbone, base=base, merge_report=report,
                final=final)

@@ -350,15 +350,15 @@ class StopIfTrained(TrainerCallback):
 
 
 def train_and_finish(trainer, resume: str | bool | None, tokenizer, qa: QAArguments, sft: SFTConfig,
-                     model_args: ModelConfig, reports: list, validation: Dataset | None) -> str:
+                     model_args: ModelConfig, reports: list, validation: Dataset | None, backbone) -> str:
     """Train (resuming from `resume`, as `start_run` returned it) after checking accelerate kept its promise of FSDP,
-    then save everything with `finish_run` and mark the run finished; returns the run folder. Every trainer (causal,
-    seq2seq, extractive) ends here."""
+    then save everything with `finish_run` and mark the run finished; returns the run folder. Every trainer ends here
+    (`genqa.backbones.training`); `backbone` is the backbone module, whose name and pipeline tag the card shows."""
     check_fsdp(trainer)
     say(f"[genqa] model: {trainable_parameters(trainer.model)}")
     if is_main_process():  # the final files are about to change: the run is not finished until they are all written
         (Path(sft.output_dir) / FINISHED_FILE).unlink(missing_ok=True)
-    attach_run_card(trainer, qa, sft, model_args, reports)
+    attach_run_card(trainer, qa, sft, model_args, reports, backbone)
     trainer.add_callback(StopIfTrained())
     for callback in stopping_callbacks(qa):  # max_train_minutes, early_stopping_patience
         trainer.add_callback(callback)
@@ -367,7 +367,7 @@ def train_and_finish(trainer, resume: str | bool | None, tokenizer, qa: QAArgume
     except NothingToTrain as reached:
         say(f"[genqa] {resume} already reached the end of training ({reached}): nothing to train; writing the run's "
             "final files from it")
-    folder = finish_run(trainer, tokenizer, qa, sft, model_args, reports, validation)
+    folder = finish_run(trainer, tokenizer, qa, sft, model_args, reports, validation, backbone)
     if trainer.is_world_process_zero():
         state = trainer.state
         write_atomic(Path(folder) / FINISHED_FILE, json.dumps({
@@ -377,12 +377,12 @@ def train_and_finish(trainer, resume: str | bool | None, tokenizer, qa: QAArgume
 
 
 def finish_run(trainer, tokenizer, qa: QAArguments, sft: SFTConfig, model_args: ModelConfig, reports: list,
-               validation: Dataset | None) -> str:
+               validation: Dataset | None, backbone) -> str:
     """Save the model (adapter or full), trainer state, tokenizer and genqa's files; returns the run folder."""
     trainer.save_model(sft.output_dir)
     trainer.save_state()
     if trainer.is_world_process_zero():
         tokenizer.save_pretrained(sft.output_dir)
     save_run_files(sft.output_dir, qa, sft, model_args, reports, validation)
-    finish_run_card(trainer, qa, sft, model_args, reports)
+    finish_run_card(trainer, qa, sft, model_args, reports, backbone)
     return sft.output_dir

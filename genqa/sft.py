@@ -13,13 +13,14 @@ from pathlib import Path
 
 import yaml
 
+from genqa.backbones import get_backbone
 from genqa.backbones.loading import check_model_name
 from genqa.backbones.tiny import is_tiny
 from genqa.config import QAArguments
-from genqa.data.sources import DataError, detect_format, header_columns
+from genqa.data.sources import detect_format, header_columns
 from genqa.data.tasks import get_task
 from genqa.data.templates import TemplateError, load_template
-from genqa.errors import report_errors
+from genqa.errors import DataError, report_errors
 from genqa.files import unwritable
 from genqa.messages import begin_run_log, quiet_known_noise, say
 from genqa.recipe import RecipeError, load_recipe_file, non_default_items, parse_recipe, read_yaml, training_mode
@@ -54,7 +55,7 @@ def validate(qa: QAArguments, sft, model_args, recipe_path: str | None) -> list[
         except DataError as err:
             # Not fatal for a dry run: recipes name the user's own files, which may live elsewhere.
             print(f"[genqa] warning: {where}: {err} Training will fail until it exists.", file=sys.stderr)
-    if qa.backbone != "extractive":
+    if qa.backbone == "auto" or get_backbone(qa.backbone).USES_TEMPLATE:
         try:
             load_template(qa.template)
         except TemplateError as err:
@@ -213,8 +214,8 @@ def run(argv: list[str]) -> int:
     if is_tiny(model_args.model_name_or_path):
         say(f"[genqa] {model_args.model_name_or_path}: a tiny model built offline by genqa -- a pipeline check, "
             "not a useful model.")
-    from genqa.backbones import get_backbone
     from genqa.backbones.loading import detect_backbone
+    from genqa.backbones.training import train
     from genqa.locks import output_lock
     from genqa.run_dir import LOCK_FILE, finished_run_message
 
@@ -225,7 +226,7 @@ def run(argv: list[str]) -> int:
             return 0
         backbone = get_backbone(detect_backbone(model_args.model_name_or_path, qa.backbone,
                                                 model_args.trust_remote_code))
-        out = backbone.train(qa, sft, model_args, recipe_path)
+        out = train(backbone, qa, sft, model_args, recipe_path)
     say(f"[genqa] run folder: {out}")
     say(f"[genqa] next: {next_command(out, bool(model_args.use_peft))}")
     end_process_group(wait_for_all=True)

@@ -292,7 +292,6 @@ def test_qlora_keeps_the_span_head_full_precision_and_trainable(minilm_path):
 
 
 def test_recipe_errors_are_clear(tmp_path):
-    from genqa.backbones.extractive import train
     from genqa.recipe import RecipeError, parse_recipe
 
     base = ["recipes/tiny/extractive_minilm.yaml", "--output_dir", str(tmp_path / "r")]
@@ -311,7 +310,7 @@ def test_recipe_errors_are_clear(tmp_path):
 def test_minilm_lora_learns_on_toy_squad(tmp_path):
     from peft import PeftModel
 
-    from genqa.backbones.extractive import load_extractive_run, load_model, train
+    from genqa.backbones.extractive import load_extractive_run, load_model
     from genqa.backbones.loading import load_tokenizer
     from genqa.data.rows import load_canonical_splits
     from genqa.data.tasks import get_task
@@ -347,3 +346,11 @@ def test_minilm_lora_learns_on_toy_squad(tmp_path):
                         "null_score_diff_threshold": 0.0, "version_2_with_negative": True}
     trained = f1(model)
     assert trained >= untrained + 30, (untrained, trained)
+
+
+def train(qa, sft, model_args, recipe_path):
+    """The shared training sequence with the extractive backbone (what `genqa train` runs for this recipe)."""
+    from genqa.backbones import get_backbone
+    from genqa.backbones.training import train as train_backbone
+
+    return train_backbone(get_backbone("extractive"), qa, sft, model_args, recipe_path)

@@ -107,6 +107,6 @@ def test_generation_with_a_real_model_never_leaves_the_layout(tiny_llama_path):
              "label": -1} for i, c in enumerate(["Cây cầu được xây năm 1902 ở Huế.", "小明每天騎腳踏車上學。"])]
     model = AutoModelForCausalLM.from_pretrained(tiny_llama_path).eval()
     free = generate_texts(model, encoder, rows, max_new_tokens=24, progress=False)
-    held = generate_texts(model, encoder, rows, max_new_tokens=24, progress=False, mcq_layout=VI)
+    held = generate_texts(model, encoder, rows, max_new_tokens=24, progress=False, constraint=VI)
     assert all(status(t) == INVALID for t in free)
     assert all(t.startswith(VI.question_prefix) and status(t) == OPEN for t in held), held

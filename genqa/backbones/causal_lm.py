@@ -8,23 +8,25 @@ recipe → canonical rows → `PromptEncoder` (template, response-only labels, c
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from typing import Any
 
 from trl import ModelConfig, SFTConfig
 
-from genqa.backbones import PredictOptions
+from genqa.backbones import PredictOptions, PredictSettings
 from genqa.backbones.batching import OnBatch
 from genqa.config import QAArguments
-from genqa.data.encoding import PromptEncoder, encode_splits
-from genqa.data.rows import load_canonical_splits
-from genqa.data.tasks import Task, get_task
-from genqa.data.templates import load_template
-from genqa.messages import say
-from genqa.run_dir import start_run, train_and_finish
+from genqa.data.encoding import PromptEncoder
+from genqa.data.encoding import encode_splits as encode_prompt_splits
+from genqa.data.tasks import Decoding, Task
 
+NAME = "causal_lm"
 AUTO_CLASS = "AutoModelForCausalLM"
+PIPELINE_TAG = "text-generation"
+#: the prompt and answer share `max_length`; TRL's `SFTConfig` sets its own default, `null` means no limit
+DEFAULT_MAX_LENGTH: int | None = None
+USES_TEMPLATE = True
+FALLBACK = True
 
 
 def load_model(model_args: ModelConfig):
@@ -60,87 +62,99 @@ def score_trained_positions_only() -> None:
     trl_utils._use_triton = compact
 
 
-def train(qa: QAArguments, sft: SFTConfig, model_args: ModelConfig, recipe_path: str | None) -> str:
-    """Fine-tune a causal LM with TRL's SFTTrainer on the recipe's task; returns the run folder."""
-    import torch
+def detects(config) -> bool:
+    """Every decoder-only config no other backbone claims (this is the `FALLBACK` backbone)."""
+    return not getattr(config, "is_encoder_decoder", False)
+
+
+def check(qa: QAArguments, sft: SFTConfig, model_args: ModelConfig, tokenizer, where: str) -> None:
+    """Nothing beyond what the recipe parser checks."""
+
+
+def encoder(qa: QAArguments, sft: SFTConfig, tokenizer, template: str, task: Task) -> PromptEncoder:
+    """The prompt encoder training uses: the template, response-only labels, context-first truncation."""
+    return PromptEncoder(task, tokenizer, template, sft.max_length,
+                         completion_only_loss=sft.completion_only_loss is not False, num_proc=sft.dataset_num_proc)
+
+
+def encode_splits(encoder: PromptEncoder, train_rows, eval_rows, qa: QAArguments, sft: SFTConfig,
+                  recipe_path: str | None) -> tuple:
+    """Tokenized training and validation rows with their data reports (`genqa.data.encoding.encode_splits`)."""
+    return encode_prompt_splits(encoder, train_rows, eval_rows, sft.eval_strategy, recipe_path or qa.dataset_path)
+
+
+def trainer(model, tokenizer, encoder: PromptEncoder, train_ds, eval_ds, eval_rows, qa: QAArguments, sft: SFTConfig,
+            model_args: ModelConfig):
+    """TRL's `SFTTrainer` (LoRA / QLoRA through `peft_config`, length-grouped batches that resume exactly), with
+    the generation-based evaluation of `generation_eval_samples`."""
     from trl import SFTTrainer
 
-    from genqa.backbones.loading import load_tokenizer, lora_config
+    from genqa.backbones.loading import lora_config
     from genqa.backbones.sampling import resumable_length_grouping
 
-    tokenizer = load_tokenizer(model_args)
-    template = load_template(qa.template, tokenizer)
-    task = get_task(qa)
-    train_rows, eval_rows, note = load_canonical_splits(qa, task)
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    say(f"[genqa] processes: {world} ({'GPU' if torch.cuda.is_available() else 'CPU'})")
-    say(f"[genqa] data: {qa.dataset_path}: {len(train_rows)} train rows; {note}")
-    encoder = PromptEncoder(task, tokenizer, template, sft.max_length,
-                            completion_only_loss=sft.completion_only_loss is not False, num_proc=sft.dataset_num_proc)
-    train_ds, eval_ds, reports = encode_splits(encoder, train_rows, eval_rows, sft.eval_strategy,
-                                               recipe_path or qa.dataset_path)
-    resume = start_run(qa, sft, model_args, tokenizer, template, reports, eval_rows)
-    model = load_model(model_args)
     if model.generation_config.pad_token_id is None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
     score_trained_positions_only()
-    trainer = resumable_length_grouping(SFTTrainer)(model=model, args=sft, train_dataset=train_ds, eval_dataset=eval_ds,
-                         processing_class=tokenizer, peft_config=lora_config(model_args, "CAUSAL_LM"))
+    built = resumable_length_grouping(SFTTrainer)(model=model, args=sft, train_dataset=train_ds, eval_dataset=eval_ds,
+                                                  processing_class=tokenizer,
+                                                  peft_config=lora_config(model_args, "CAUSAL_LM"))
     if qa.generation_eval_samples and eval_rows is not None:
         from genqa.backbones.generation_eval import GenerationEvalCallback
 
         rows = eval_rows.select(range(min(qa.generation_eval_samples, len(eval_rows)))).to_list()
         callback = GenerationEvalCallback(encoder, rows, qa.generation_eval_max_new_tokens, qa.metric_lang)
-        callback.trainer = trainer
-        trainer.add_callback(callback)
-    return train_and_finish(trainer, resume, tokenizer, qa, sft, model_args, reports, eval_rows)
+        callback.trainer = built
+        built.add_callback(callback)
+    return built
 
 
-def prediction_settings(folders: list[str | None], qa: QAArguments, sft, passed: set[str]) -> dict[str, Any]:
+def after_training(trainer, encoder: PromptEncoder, reports: list, eval_rows, qa: QAArguments, sft: SFTConfig) -> None:
+    """Nothing: `genqa.generate` scores the answers."""
+
+
+def prediction_settings(folders: list[str | None], qa: QAArguments, sft, passed: set[str]) -> PredictSettings:
     """Generative extractive QA: span-constrained decoding and the no-answer threshold; MCQ generation:
     layout-constrained decoding; from the recipe."""
-    return {"constrain_to_context": qa.constrain_to_context, "no_answer_threshold": qa.no_answer_threshold,
-            "constrain_to_layout": qa.constrain_to_layout}
+    return PredictSettings(constrain_to_context=qa.constrain_to_context, no_answer_threshold=qa.no_answer_threshold,
+                           constrain_to_layout=qa.constrain_to_layout)
 
 
 def predict(model, tokenizer, template: str, task: Task, rows: list[dict[str, Any]], options: PredictOptions,
             on_batch: OnBatch | None = None) -> list[str]:
-    """Raw answers for canonical rows: scored labels for MCQ (unless `mcq_mode: generate`), generated text
-    otherwise; `on_batch(pairs, how)` after every batch."""
-    from genqa.backbones.generation import generate_texts, score_labels
+    """Raw answers for canonical rows, decoded as the task says (`task.decoding`): scored labels, scored candidate
+    texts, or generated text (held to the task's constraint, the no-answer text scored against the best answer when
+    it has a threshold); `on_batch(pairs, how)` after every batch."""
+    from genqa.backbones.generation import generate_texts, score_labels, score_texts
 
     encoder = PromptEncoder(task, tokenizer, template, options.max_length)
-    if task.scores_labels and options.mcq_mode == "score":
+    decoding = task.decoding(options.settings, options.mcq_mode)
+    if decoding.mode == "score_labels":
         sink = (lambda done: on_batch(done, "label_score")) if on_batch else None
-        return score_labels(model, encoder, rows, task.labels_for, options.batch_size, sink, options.progress)
+        return score_labels(model, encoder, rows, decoding.labels_of, options.batch_size, sink, options.progress)
+    if decoding.mode == "score_texts":
+        sink = (lambda done: on_batch(done, "option_score")) if on_batch else None
+        return score_texts(model, encoder, rows, decoding.candidates_of, decoding.per_char, options.batch_size, sink,
+                           options.progress)
     sink = (lambda done: on_batch(done, "generate")) if on_batch else None
-    if task.name != "extractive":
-        layout = task.layout() if options.settings.get("constrain_to_layout", False) else None
+    if decoding.no_answer_threshold is None:
         return generate_texts(model, encoder, rows, options.batch_size, options.max_new_tokens, options.num_beams,
-                              options.do_sample, sink, options.progress, mcq_layout=layout)
-    return predict_spans(model, encoder, task, rows, options, sink)
+                              options.do_sample, sink, options.progress, constraint=decoding.constraint)
+    return predict_with_no_answer(model, encoder, decoding, rows, options, sink)
 
 
-def predict_spans(model, encoder: PromptEncoder, task: Task, rows: list[dict[str, Any]], options: PredictOptions,
-                  sink: Callable | None) -> list[str]:
-    """Generative extractive QA: spans of the context under `constrain_to_context`; with `no_answer_threshold`, the
-    best span against the no-answer text (`genqa.backbones.no_answer`), all rows reported at the end."""
+def predict_with_no_answer(model, encoder: PromptEncoder, decoding: Decoding, rows: list[dict[str, Any]],
+                           options: PredictOptions, sink: Callable | None) -> list[str]:
+    """The best (constrained) answer of every row, then the no-answer text scored against it
+    (`genqa.backbones.no_answer`): "" where it wins by more than the threshold; all rows reported at the end."""
     from genqa.backbones.generation import encode_prompts, generate_texts
     from genqa.backbones.no_answer import apply_threshold, null_score_diffs
 
-    constrain = bool(options.settings.get("constrain_to_context", False))
-    threshold = options.settings.get("no_answer_threshold")
-    null_text = task.args.no_answer_text
     prompts = encode_prompts(encoder, rows, options.max_new_tokens)  # once, for generation and the no-answer scores
     texts = generate_texts(model, encoder, rows, options.batch_size, options.max_new_tokens, options.num_beams,
-                           options.do_sample, sink if threshold is None else None, options.progress,
-                           span_of_context=constrain, no_answer_text=None if threshold is not None else null_text,
-                           prompts=prompts)
-    if threshold is None:
-        return texts
-    diffs = null_score_diffs(model, encoder, rows, texts, null_text, options.batch_size, options.max_new_tokens,
-                             prompts=prompts)
-    texts = apply_threshold(texts, diffs, threshold)
+                           options.do_sample, None, options.progress, constraint=decoding.constraint, prompts=prompts)
+    diffs = null_score_diffs(model, encoder, rows, texts, decoding.no_answer_text, options.batch_size,
+                             options.max_new_tokens, prompts=prompts)
+    texts = apply_threshold(texts, diffs, decoding.no_answer_threshold)
     if sink:
         sink(list(enumerate(texts)))
     return texts

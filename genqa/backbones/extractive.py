@@ -1,6 +1,6 @@
 """Train an extractive QA encoder (BERT / XLM-R / MiniLM + span head): full fine-tuning, LoRA or QLoRA.
 
-`genqa.sft` calls `train_extractive(qa, sft, model_args, recipe_path)` for `backbone: extractive`. Canonical rows →
+`backbone: extractive` trains through the shared sequence of `genqa.backbones.training`. Canonical rows →
 sliding windows (`genqa.backbones.spans`) → `transformers.Trainer` with the recipe's `SFTConfig` as training arguments →
 run folder (model or adapter + span head, tokenizer, recipe, window reports, validation rows) → SQuAD EM/F1 of the
 validation rows in `genqa_eval_metrics.json`.
@@ -13,14 +13,14 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from trl import ModelConfig, SFTConfig
 
-from genqa.backbones import PredictOptions
+from genqa.backbones import PredictOptions, PredictSettings
 from genqa.backbones.batching import OnBatch
 from genqa.backbones.loading import resolve_model_path
 from genqa.backbones.spans import (
@@ -33,15 +33,21 @@ from genqa.backbones.spans import (
     window_report,
 )
 from genqa.config import QAArguments
-from genqa.data.rows import load_canonical_splits
-from genqa.data.sources import DataError
 from genqa.data.tasks import Task, get_task
+from genqa.errors import DataError
 from genqa.files import write_atomic
 from genqa.messages import say
 from genqa.recipe import RecipeError
-from genqa.run_dir import EVAL_METRICS_FILE, EVAL_PREDICTIONS_FILE, SETTINGS_FILE, start_run, train_and_finish
+from genqa.run_dir import EVAL_METRICS_FILE, EVAL_PREDICTIONS_FILE, SETTINGS_FILE
 
+NAME = "extractive"
 AUTO_CLASS = "AutoModelForQuestionAnswering"
+PIPELINE_TAG = "question-answering"
+#: the window length when the recipe sets `max_length: null`
+DEFAULT_MAX_LENGTH = 384
+USES_TEMPLATE = False
+#: model types detected as extractive encoders (`backbone: auto`) even without a question-answering head
+ENCODER_FAMILIES = ("bert", "roberta", "xlm-roberta", "distilbert", "electra", "deberta", "deberta-v2", "albert")
 QA_HEAD = "qa_outputs"
 LABEL_NAMES = ["start_positions", "end_positions"]
 
@@ -131,10 +137,19 @@ def encode_split(rows, split: str, tokenizer, settings: dict[str, Any], num_proc
     return ds.remove_columns(["row_index"]), report
 
 
-def _check(qa: QAArguments, sft, tokenizer, model_args, settings: dict[str, Any], where: str) -> None:
+def detects(config) -> bool:
+    """Configs with a question-answering head, or of an encoder family that takes one."""
+    archs = " ".join(getattr(config, "architectures", None) or [])
+    return "QuestionAnswering" in archs or getattr(config, "model_type", "") in ENCODER_FAMILIES
+
+
+def check(qa: QAArguments, sft: SFTConfig, model_args: ModelConfig, tokenizer, where: str) -> None:
+    """The task is extractive, and the window and span-search settings fit the tokenizer and the model."""
     from genqa.backbones.loading import trusts_remote_code
 
-    if qa.task != "extractive":
+    settings = extractive_settings(qa, sft.max_length or DEFAULT_MAX_LENGTH)
+
+    if not get_task(qa).answers_are_spans:
         raise RecipeError(f"{where}: backbone extractive trains span extraction; set `task: extractive` (got "
                           f"{qa.task!r}) or choose another backbone.")
     try:
@@ -188,18 +203,18 @@ def _score(model, tokenizer, rows, settings: dict[str, Any], version_2: bool, ba
     return scores, predictions
 
 
-def _window_splits(qa: QAArguments, sft: SFTConfig, tokenizer, settings: dict[str, Any], train_rows, eval_rows,
+def _window_splits(qa: QAArguments, sft: SFTConfig, encoder: WindowEncoder, train_rows, eval_rows,
                    where: str) -> tuple[Any, Any, list[WindowReport]]:
     """Training and validation windows with their reports (printed); fails when no window can teach a span."""
     num_proc = getattr(sft, "dataset_num_proc", None)
-    train_ds, train_report = encode_split(train_rows, "train", tokenizer, settings, num_proc)
+    train_ds, train_report = encoder.encode_dataset(train_rows, "train", num_proc)
     reports: list[WindowReport] = [train_report]
     say(train_report.summary())
     if train_report.answer_windows == 0 and train_report.answerable_rows:
         raise DataError(f"{qa.dataset_path}: no training window holds an answer; raise max_length.")
     eval_ds = None
     if eval_rows is not None and len(eval_rows):
-        eval_ds, eval_report = encode_split(eval_rows, "validation", tokenizer, settings, num_proc)
+        eval_ds, eval_report = encoder.encode_dataset(eval_rows, "validation", num_proc)
         reports.append(eval_report)
         say(eval_report.summary())
     if sft.eval_strategy != "no" and eval_ds is None:
@@ -208,33 +223,39 @@ def _window_splits(qa: QAArguments, sft: SFTConfig, tokenizer, settings: dict[st
     return train_ds, eval_ds, reports
 
 
-def train(qa: QAArguments, sft: SFTConfig, model_args: ModelConfig, recipe_path: str | None) -> str:
-    """Fine-tune an encoder with a span head on the recipe's extractive task; returns the run folder."""
-    import torch
+@dataclass
+class WindowEncoder:
+    """How the extractive backbone encodes rows: sliding windows of (question, context) with span positions."""
+
+    tokenizer: Any
+    #: window and span-search settings (`extractive_settings`)
+    settings: dict[str, Any]
+
+    def encode_dataset(self, rows, split: str = "train", num_proc: int | None = None):
+        """Canonical rows → training windows (a `Dataset`) and their `WindowReport`."""
+        return encode_split(rows, split, self.tokenizer, self.settings, num_proc)
+
+
+def encoder(qa: QAArguments, sft: SFTConfig, tokenizer, template: str, task: Task) -> WindowEncoder:
+    """The window encoder (`genqa preview` shows prompt encoders only: windows have span positions, no trained
+    tokens)."""
+    return WindowEncoder(tokenizer, extractive_settings(qa, sft.max_length or DEFAULT_MAX_LENGTH))
+
+
+def encode_splits(encoder: WindowEncoder, train_rows, eval_rows, qa: QAArguments, sft: SFTConfig,
+                  recipe_path: str | None) -> tuple:
+    """Training and validation windows with their reports (`_window_splits`)."""
+    return _window_splits(qa, sft, encoder, train_rows, eval_rows, recipe_path or "command line")
+
+
+def trainer(model, tokenizer, encoder: WindowEncoder, train_ds, eval_ds, eval_rows, qa: QAArguments,
+            sft: SFTConfig, model_args: ModelConfig):
+    """transformers' `Trainer` on the windows: LoRA with the span head trained in full, or full fine-tuning."""
     from transformers import Trainer, default_data_collator
 
-    from genqa.backbones.loading import activation_checkpointing, load_tokenizer
+    from genqa.backbones.loading import activation_checkpointing
     from genqa.backbones.sampling import resumable_length_grouping
 
-    where = recipe_path or "command line"
-    settings = extractive_settings(qa, sft.max_length or 384)
-    try:
-        tokenizer = load_tokenizer(model_args)
-    except ValueError as err:  # e.g. a `pkg:` name whose package ships no model
-        raise RecipeError(f"{where}: {err}") from err
-    _check(qa, sft, tokenizer, model_args, settings, where)
-
-    task = get_task(qa)
-    train_rows, eval_rows, note = load_canonical_splits(qa, task)
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    say(f"[genqa] processes: {world} ({'GPU' if torch.cuda.is_available() else 'CPU'})")
-    say(f"[genqa] data: {qa.dataset_path}: {len(train_rows)} train rows; {note}")
-    train_ds, eval_ds, reports = _window_splits(qa, sft, tokenizer, settings, train_rows, eval_rows, where)
-    # SQuAD 2.0-style decoding (answer "" when the CLS score wins) only when the model was taught to abstain.
-    version_2 = reports[0].unanswerable_rows > 0
-
-    resume = start_run(qa, sft, model_args, tokenizer, "", reports, eval_rows)
-    model = load_model(model_args)
     if model_args.use_peft:
         model = attach_lora(model, model_args, sft)
         say(f"[genqa] LoRA: the span head `{QA_HEAD}` trains in full")
@@ -242,36 +263,42 @@ def train(qa: QAArguments, sft: SFTConfig, model_args: ModelConfig, recipe_path:
         model.config.use_cache = False
     if sft.label_names is None:
         sft.label_names = list(LABEL_NAMES)
-    trainer = resumable_length_grouping(Trainer)(model=model, args=sft, train_dataset=train_ds, eval_dataset=eval_ds,
-                      data_collator=default_data_collator, processing_class=tokenizer)
-    train_and_finish(trainer, resume, tokenizer, qa, sft, model_args, reports, eval_rows)
-    settings_doc = {**settings, "version_2_with_negative": version_2}
+    return resumable_length_grouping(Trainer)(model=model, args=sft, train_dataset=train_ds, eval_dataset=eval_ds,
+                                              data_collator=default_data_collator, processing_class=tokenizer)
+
+
+def after_training(trainer, encoder: WindowEncoder, reports: list, eval_rows, qa: QAArguments,
+                   sft: SFTConfig) -> None:
+    """Save the span-search settings the run trained with, and score the validation rows (SQuAD EM/F1)."""
+    # SQuAD 2.0-style decoding (answer "" when the CLS score wins) only when the model was taught to abstain.
+    version_2 = reports[0].unanswerable_rows > 0
+    settings = encoder.settings
     if trainer.is_world_process_zero():
-        write_atomic(Path(sft.output_dir) / SETTINGS_FILE, json.dumps(settings_doc, indent=2) + "\n")
+        write_atomic(Path(sft.output_dir) / SETTINGS_FILE,
+                     json.dumps({**settings, "version_2_with_negative": version_2}, indent=2) + "\n")
     if eval_rows is not None and len(eval_rows):
         # Every rank scores (sharded ZeRO-3 weights need all ranks in each forward); rank 0 writes.
-        scores, predictions = _score(trainer.model, tokenizer, eval_rows, settings, version_2,
+        scores, predictions = _score(trainer.model, encoder.tokenizer, eval_rows, settings, version_2,
                                      sft.per_device_eval_batch_size, sft, qa.metric_lang)
         if trainer.is_world_process_zero():
             out = Path(sft.output_dir)
             write_atomic(out / EVAL_METRICS_FILE, json.dumps(scores, indent=2) + "\n")
             write_atomic(out / EVAL_PREDICTIONS_FILE, json.dumps(predictions, indent=2, ensure_ascii=False) + "\n")
             say(f"[genqa] validation ({scores['rows']} rows): EM {scores['exact']:.2f}  F1 {scores['f1']:.2f} "
-                  f"-> {out / EVAL_METRICS_FILE}")
-    return sft.output_dir
+                f"-> {out / EVAL_METRICS_FILE}")
 
 
 def prediction_settings(folders: list[str | None], qa: QAArguments, sft: SFTConfig, passed: set[str]
-                        ) -> dict[str, Any]:
+                        ) -> PredictSettings:
     """Span-search settings for prediction: those the run was trained with (saved in the first of `folders` that
     has them), overridden by the keys `passed` on the command line; the recipe's values where the run saved none."""
-    from_recipe = {**extractive_settings(qa, sft.max_length or 384), "version_2_with_negative": True}
+    from_recipe = {**extractive_settings(qa, sft.max_length or DEFAULT_MAX_LENGTH), "version_2_with_negative": True}
     settings = dict(from_recipe)
     saved = next((Path(f) / SETTINGS_FILE for f in folders if f and (Path(f) / SETTINGS_FILE).is_file()), None)
     if saved is not None:
         settings.update(json.loads(saved.read_text(encoding="utf-8")))
     settings.update({k: v for k, v in from_recipe.items() if k in passed})
-    return settings
+    return PredictSettings(span_search=settings)
 
 
 def predict(model, tokenizer, template: str, task: Task, rows: list[dict[str, Any]], options: PredictOptions,
@@ -284,7 +311,7 @@ def predict(model, tokenizer, template: str, task: Task, rows: list[dict[str, An
         chunk = rows[start:start + size]
         spans = predict_extractive(model, tokenizer, {"context": [r["context"] for r in chunk],
                                                       "question": [r["question"] for r in chunk]},
-                                   batch_size=options.batch_size, **options.settings)
+                                   batch_size=options.batch_size, **options.settings.span_search)
         if on_batch:
             on_batch(list(zip(range(start, start + len(chunk)), spans, strict=True)), "span")
         out.extend(spans)
@@ -294,4 +321,4 @@ def predict(model, tokenizer, template: str, task: Task, rows: list[dict[str, An
 def check_batch(task: Task, tokenizer, template: str, sft: SFTConfig, rows: list[dict[str, Any]]) -> dict:
     """(question, context) windows of `rows`, as the span head sees them."""
     return dict(tokenizer([r["question"] for r in rows], [r["context"] for r in rows], truncation="only_second",
-                          max_length=sft.max_length or 384, padding=True, return_tensors="pt"))
+                          max_length=sft.max_length or DEFAULT_MAX_LENGTH, padding=True, return_tensors="pt"))

@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 import os
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
@@ -20,8 +20,8 @@ from genqa.backbones.batching import OnBatch, pad, run_batches, to_device
 from genqa.backbones.loading import model_device
 from genqa.data.encoding import PromptEncoder
 
-if TYPE_CHECKING:
-    from genqa.data.mcq_format import MCQLayout
+#: tokens of room a label-scored prompt leaves for its label within max_length
+LABEL_ROOM = 8
 
 
 def stop_token_ids(encoder: PromptEncoder) -> list[int]:
@@ -33,13 +33,15 @@ def stop_token_ids(encoder: PromptEncoder) -> list[int]:
     return ids
 
 
-def encode_prompts(encoder: PromptEncoder, rows: list[dict[str, Any]], room: int) -> list[list[int]]:
-    """Prompt ids of every row, contexts cut to leave `room` tokens within max_length; says how many were cut."""
-    encoded = [encoder.encode_prompt(ex, room) for ex in rows]
+def encode_prompts(encoder: PromptEncoder, rows: list[dict[str, Any]], room: int | list[int]) -> list[list[int]]:
+    """Prompt ids of every row, contexts cut to leave `room` tokens (one number, or one per row) within max_length;
+    says how many were cut."""
+    rooms = room if isinstance(room, list) else [room] * len(rows)
+    encoded = [encoder.encode_prompt(ex, r) for ex, r in zip(rows, rooms, strict=True)]
     cut = sum(truncated for _, truncated in encoded)
     if cut:
         print(f"[genqa] {cut}/{len(rows)} prompts had their context cut to fit max_length={encoder.max_length} with "
-              f"{room} tokens of room for the answer (the question and options are kept)")
+              f"{max(rooms, default=0)} tokens of room for the answer (the question and options are kept)")
     return [ids for ids, _ in encoded]
 
 
@@ -100,6 +102,35 @@ def sliding_window(model) -> int | None:
     return int(window)
 
 
+def prompt_room(encoder: PromptEncoder, decoding, ex: dict[str, Any], max_new_tokens: int) -> int:
+    """Tokens of room a row's prompt leaves for its answer under a task's `Decoding`: 8 for label scoring, the
+    longest candidate text for text scoring (as `score_texts` leaves), `max_new_tokens` for generation."""
+    if decoding.mode == "score_labels":
+        return LABEL_ROOM
+    if decoding.mode == "score_texts":
+        return max((len(encoder.token_ids(text, is_prompt=False)) for _, text in decoding.candidates_of(ex)),
+                   default=1)
+    return max_new_tokens
+
+
+def constraint_processor(constraint: Any, tokenizer, rows: list[dict[str, Any]], prompt_length: int,
+                         stops: list[int], top_k: int, beams: int):
+    """The logits processor that holds a batch's generation to a task's `Decoding.constraint`: `SpanOfContext`
+    (`genqa.backbones.span_constraint`) or `MCQLayout` (`genqa.backbones.mcq_constraint`). A new kind of constraint
+    is its description (in `genqa.data`) and one line here."""
+    from genqa.backbones.mcq_constraint import MCQLayoutProcessor
+    from genqa.backbones.span_constraint import ContextSpanProcessor
+    from genqa.data.mcq_format import MCQLayout
+    from genqa.data.task import SpanOfContext
+
+    if isinstance(constraint, SpanOfContext):
+        return ContextSpanProcessor(tokenizer, [r["context"] for r in rows], prompt_length, stops,
+                                    constraint.no_answer_text, top_k=top_k, beams=beams)
+    if isinstance(constraint, MCQLayout):
+        return MCQLayoutProcessor(tokenizer, constraint, prompt_length, stops, top_k=top_k)
+    raise TypeError(f"no logits processor for the decoding constraint {constraint!r}")
+
+
 def _pad_id(tok) -> int:
     return tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
 
@@ -111,22 +142,18 @@ def _pad_id(tok) -> int:
 def generate_texts(model, encoder: PromptEncoder, rows: list[dict[str, Any]], batch_size: int = 16,
                    max_new_tokens: int = 64, num_beams: int = 1, do_sample: bool = False,
                    on_batch: OnBatch | None = None, progress: bool = True,
-                   prefix_cache: bool = True, span_of_context: bool = False,
-                   no_answer_text: str | None = None, stopped: dict[int, bool] | None = None,
-                   prompts: list[list[int]] | None = None, mcq_layout: MCQLayout | None = None) -> list[str]:
+                   prefix_cache: bool = True, constraint: Any = None, stopped: dict[int, bool] | None = None,
+                   prompts: list[list[int]] | None = None) -> list[str]:
     """Greedy (or beam / sampled) generation for `rows`, batched and length-sorted; outputs in row order.
 
-    With `prefix_cache` the tokens all prompts share are run once (see `SharedPrefix`). With `span_of_context` every
-    answer is a span of its row's context or `no_answer_text` (`genqa.backbones.span_constraint`; no no-answer text:
-    spans only). With `mcq_layout` every text is one MCQ in that layout (`genqa.backbones.mcq_constraint`). `stopped`,
-    when given, gets for every row index whether its answer ended at EOS / end-of-turn
-    (False: cut at `max_new_tokens`). `prompts`: the rows' prompt ids when the caller has encoded them already
-    (`encode_prompts` with `max_new_tokens` of room).
+    With `prefix_cache` the tokens all prompts share are run once (see `SharedPrefix`). `constraint` is the task's
+    (`Decoding.constraint`, see `constraint_processor`): with a `SpanOfContext` every answer is a span of its row's
+    context or the no-answer text, with an `MCQLayout` every text is one MCQ in that layout. `stopped`, when given,
+    gets for every row index whether its answer ended at EOS / end-of-turn (False: cut at `max_new_tokens`).
+    `prompts`: the rows' prompt ids when the caller has encoded them already (`encode_prompts` with `max_new_tokens`
+    of room).
     """
     from transformers import LogitsProcessorList
-
-    from genqa.backbones.mcq_constraint import MCQLayoutProcessor
-    from genqa.backbones.span_constraint import ContextSpanProcessor
 
     tok = encoder.tokenizer
     prompts = encode_prompts(encoder, rows, max_new_tokens) if prompts is None else prompts
@@ -141,13 +168,9 @@ def generate_texts(model, encoder: PromptEncoder, rows: list[dict[str, Any]], ba
     def generate_batch(batch: list[int]) -> list[str]:
         inputs = to_device(shared.inputs([prompts[i] for i in batch], tok), device)
         extra, top_k = dict(stop_text), 1 if num_beams == 1 and not do_sample else 8
-        if span_of_context:
-            extra["logits_processor"] = LogitsProcessorList([ContextSpanProcessor(
-                tok, [rows[i]["context"] for i in batch], inputs["input_ids"].shape[1], stops,
-                no_answer_text, top_k=top_k, beams=num_beams)])
-        elif mcq_layout is not None:
-            extra["logits_processor"] = LogitsProcessorList([MCQLayoutProcessor(
-                tok, mcq_layout, inputs["input_ids"].shape[1], stops, top_k=top_k)])
+        if constraint is not None:
+            extra["logits_processor"] = LogitsProcessorList([constraint_processor(
+                constraint, tok, [rows[i] for i in batch], inputs["input_ids"].shape[1], stops, top_k, num_beams)])
         out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=do_sample, num_beams=num_beams,
                              eos_token_id=stops, pad_token_id=pad_id, **extra)
         texts = []
@@ -174,7 +197,7 @@ def score_labels(model, encoder: PromptEncoder, rows: list[dict[str, Any]], labe
     prompts share when `prefix_cache` (see `SharedPrefix`); multi-token labels are scored by the summed
     log-probability of their tokens.
     """
-    prompts = encode_prompts(encoder, rows, 8)
+    prompts = encode_prompts(encoder, rows, LABEL_ROOM)
     label_ids = {lab: encoder.token_ids(lab, is_prompt=False) for ex in rows for lab in labels_of(ex)}
     device = model_device(model)
     single_token = all(len(ids) == 1 for ids in label_ids.values())
@@ -216,3 +239,54 @@ def _sequence_logprob(model, prompt: list[int], target: list[int], device) -> fl
     ids = torch.tensor([prompt + target], device=device)
     logp = torch.log_softmax(model(input_ids=ids).logits[0, len(prompt) - 1:-1].float(), dim=-1)
     return float(logp[torch.arange(len(target)), torch.tensor(target, device=device)].sum())
+
+
+@torch.no_grad()
+def score_texts(model, encoder: PromptEncoder, rows: list[dict[str, Any]],
+                candidates_of: Callable[[dict], list[tuple[str, str]]], per_char: bool = False, batch_size: int = 16,
+                on_batch: OnBatch | None = None, progress: bool = True) -> list[str]:
+    """Pick, for every row, the candidate whose text the model finds most likely as its answer after the prompt.
+
+    `candidates_of(row)` gives (answer, text) pairs; each text is tokenized as training tokenizes an answer and
+    scored by the sum of its tokens' log-probabilities after the row's prompt (the assistant turn, as `genqa predict`
+    prompts), divided by its length in characters with `per_char` (lm-evaluation-harness `acc_norm`; `acc` without).
+    One forward pass per batch of rows covers all their candidates: the sequences are left-padded so every text ends
+    at the last position, and the LM head runs only on the positions that predict a text token (`logits_to_keep`).
+    """
+    candidates = [candidates_of(ex) for ex in rows]
+    texts = {text: encoder.token_ids(text, is_prompt=False) for cands in candidates for _, text in cands}
+    prompts = encode_prompts(encoder, rows, [max((len(texts[t]) for _, t in c), default=1) for c in candidates])
+    device = model_device(model)
+
+    def score_batch(batch: list[int]) -> list[str]:
+        pairs = [(i, text) for i in batch for _, text in candidates[i]]
+        scores = _text_logprobs(model, encoder.tokenizer, [(prompts[i], texts[text]) for i, text in pairs], device)
+        out, k = [], 0
+        for i in batch:
+            n = len(candidates[i])
+            row = [s / max(1, len(text)) if per_char else s for s, (_, text) in zip(scores[k:k + n], candidates[i],
+                                                                                    strict=True)]
+            out.append(candidates[i][max(range(n), key=row.__getitem__)][0])
+            k += n
+        return out
+
+    return run_batches([len(p) for p in prompts], batch_size, score_batch, on_batch, progress, "scoring options")
+
+
+def _text_logprobs(model, tokenizer, pairs: list[tuple[list[int], list[int]]], device) -> list[float]:
+    """Summed log-probability of each `target` after its `prompt`, all pairs in one left-padded forward pass."""
+    inputs = to_device(pad(tokenizer, [{"input_ids": p + t} for p, t in pairs], side="left"), device)
+    mask = inputs["attention_mask"]
+    keep = max(len(t) for _, t in pairs) + 1  # the last positions: each predicts the next token of a target
+    kwargs = dict(inputs, position_ids=(mask.cumsum(-1) - 1).clamp(min=0))
+    try:
+        logits = model(**kwargs, logits_to_keep=keep).logits
+    except TypeError:
+        logits = model(**kwargs).logits
+    logp = torch.log_softmax(logits[:, -keep:, :].float(), dim=-1)
+    out = []
+    for b, (_, target) in enumerate(pairs):
+        ids = torch.tensor(target, device=logp.device)
+        steps = logp[b, keep - 1 - len(target):keep - 1]  # position j predicts token j + 1
+        out.append(float(steps[torch.arange(len(target), device=logp.device), ids].sum()))
+    return out

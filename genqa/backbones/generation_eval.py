@@ -10,7 +10,8 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-from genqa.backbones.generation import generate_texts, score_labels
+from genqa.backbones import PredictSettings
+from genqa.backbones.generation import generate_texts, score_labels, score_texts
 from genqa.data.encoding import PromptEncoder
 from genqa.scoring.task_metrics import task_metrics
 
@@ -19,10 +20,15 @@ def predict_answers(model, encoder: PromptEncoder, rows: list[dict[str, Any]], m
                     batch_size: int = 16) -> dict[str, str | None]:
     """Answers of a causal LM for canonical rows, read back the way genqa.generate reads them."""
     task = encoder.task
-    if task.scores_labels:
-        raws, how = score_labels(model, encoder, rows, task.labels_for, batch_size, progress=False), "label_score"
+    decoding = task.decoding(PredictSettings())  # unconstrained, as the model answers on its own
+    if decoding.mode == "score_labels":
+        raws, how = score_labels(model, encoder, rows, decoding.labels_of, batch_size, progress=False), "label_score"
+    elif decoding.mode == "score_texts":
+        raws = score_texts(model, encoder, rows, decoding.candidates_of, decoding.per_char, batch_size, progress=False)
+        how = "option_score"
     else:
-        raws, how = generate_texts(model, encoder, rows, batch_size, max_new_tokens, progress=False), "generate"
+        raws, how = generate_texts(model, encoder, rows, batch_size, max_new_tokens, progress=False,
+                                   constraint=decoding.constraint), "generate"
     return {row["id"]: task.read_answer(row, raw, how)[0] for row, raw in zip(rows, raws, strict=True)}
 
 

@@ -230,17 +230,13 @@ def torch_dtype(name: str | None):
 
 
 def detect_backbone(model_path: str, requested: str = "auto", trust_remote_code: bool = False) -> str:
-    """`causal_lm`, `seq2seq` or `extractive`, from the recipe or (for `auto`) from the model config."""
+    """The recipe's backbone or (for `auto`) the one the registry detects from the model config."""
     if requested != "auto":
         return requested
-    config = AutoConfig.from_pretrained(resolve_model_path(model_path), trust_remote_code=trust_remote_code)
-    if getattr(config, "is_encoder_decoder", False):
-        return "seq2seq"
-    archs = " ".join(getattr(config, "architectures", None) or [])
-    if "QuestionAnswering" in archs or config.model_type in ("bert", "roberta", "xlm-roberta", "distilbert",
-                                                             "electra", "deberta", "deberta-v2", "albert"):
-        return "extractive"
-    return "causal_lm"
+    from genqa.backbones import backbone_of_config
+
+    return backbone_of_config(AutoConfig.from_pretrained(resolve_model_path(model_path),
+                                                         trust_remote_code=trust_remote_code))
 
 
 def load_tokenizer(model_args: ModelConfig, padding_side: str = "right") -> PreTrainedTokenizerBase:

@@ -1,7 +1,8 @@
 """Encoder-decoder (T5) backbone: the same recipe, data, task and template as the causal path, trained as seq2seq.
 
-TRL's `SFTTrainer` treats every model as decoder-only and cannot train T5, so `genqa.sft` sends `backbone: seq2seq`
-(or an auto-detected encoder-decoder) here. Everything up to the trainer is shared with the causal path:
+TRL's `SFTTrainer` treats every model as decoder-only and cannot train T5, so `backbone: seq2seq` (or an
+auto-detected encoder-decoder) trains here, through the shared sequence of `genqa.backbones.training`. Everything
+up to the trainer is shared with the causal path:
 
 - encoder input = the template's rendering of the task's prompt (`task.messages(ex, with_answer=False)` with
   `add_generation_prompt=True`); the shipped `t5` template renders the user turn as plain text, e.g.
@@ -33,15 +34,17 @@ from genqa.backbones import PredictOptions, no_prediction_settings
 from genqa.backbones.batching import OnBatch, pad, run_batches
 from genqa.backbones.loading import model_device, trusts_remote_code
 from genqa.config import QAArguments
-from genqa.data.encoding import CONTEXT_TRUNCATED, OK, TOO_LONG, EncodingReport, PromptEncoder, encode_splits
-from genqa.data.rows import load_canonical_splits
-from genqa.data.tasks import Task, get_task
-from genqa.data.templates import load_template
-from genqa.messages import say
+from genqa.data.encoding import CONTEXT_TRUNCATED, OK, TOO_LONG, EncodingReport, PromptEncoder
+from genqa.data.encoding import encode_splits as encode_prompt_splits
+from genqa.data.tasks import Task
 from genqa.recipe import RecipeError
-from genqa.run_dir import start_run, train_and_finish
 
+NAME = "seq2seq"
 AUTO_CLASS = "AutoModelForSeq2SeqLM"
+PIPELINE_TAG = "text2text-generation"
+#: the encoder input's budget when the recipe sets `max_length: null`
+DEFAULT_MAX_LENGTH = 512
+USES_TEMPLATE = True
 TARGET_TOO_LONG = "target_too_long"
 # SFTConfig keys that only make sense for a decoder-only model; set on a seq2seq run they are a mistake.
 CAUSAL_ONLY_KEYS = ("packing", "padding_free", "assistant_only_loss")
@@ -157,8 +160,14 @@ def seq2seq_training_args(sft: TrainingArguments, max_target_length: int | None 
     return Seq2SeqTrainingArguments(**kwargs, predict_with_generate=False, generation_max_length=max_target_length)
 
 
-def _check_recipe(qa: QAArguments, sft: SFTConfig, model_args: ModelConfig, where: str) -> None:
-    """Reject recipe keys that cannot apply to an encoder-decoder, naming the key and the fix."""
+def detects(config) -> bool:
+    """Encoder-decoder configs (T5, BART, ...)."""
+    return bool(getattr(config, "is_encoder_decoder", False))
+
+
+def check(qa: QAArguments, sft: SFTConfig, model_args: ModelConfig, tokenizer, where: str) -> None:
+    """Reject recipe keys that cannot apply to an encoder-decoder, and a model that is not one, naming the key and
+    the fix."""
     for key in CAUSAL_ONLY_KEYS:
         if getattr(sft, key, False):
             raise RecipeError(f"{where}: `{key}` applies to causal LMs only; this run trains an encoder-decoder "
@@ -170,10 +179,23 @@ def _check_recipe(qa: QAArguments, sft: SFTConfig, model_args: ModelConfig, wher
     config = AutoConfig.from_pretrained(resolve_model_path(model_args.model_name_or_path),
                                         revision=model_args.model_revision,
                                         trust_remote_code=trusts_remote_code(model_args))
-    if not getattr(config, "is_encoder_decoder", False):
+    if not detects(config):
         raise RecipeError(f"{where}: backbone: {qa.backbone} trains an encoder-decoder, but "
                           f"{model_args.model_name_or_path} ({config.model_type}) is not one. Set `backbone: auto` "
                           "(or `causal_lm`) for this model.")
+
+
+def encoder(qa: QAArguments, sft: SFTConfig, tokenizer, template: str, task: Task) -> Seq2SeqEncoder:
+    """The encoder training uses: the prompt for the encoder, the answer (and `</s>`) as the decoder's labels."""
+    return Seq2SeqEncoder(task, tokenizer, template, sft.max_length, max_target_length(qa))
+
+
+def encode_splits(encoder: Seq2SeqEncoder, train_rows, eval_rows, qa: QAArguments, sft: SFTConfig,
+                  recipe_path: str | None) -> tuple:
+    """Encoded training and validation rows with their data reports."""
+    return encode_prompt_splits(encoder, train_rows, eval_rows, sft.eval_strategy, recipe_path or "command line",
+                                hint=f"raise max_length={sft.max_length} or "
+                                     f"max_target_length={encoder.max_target_length}")
 
 
 def load_model(model_args: ModelConfig):
@@ -185,42 +207,30 @@ def load_model(model_args: ModelConfig):
     return load(model_args, AutoModelForSeq2SeqLM)
 
 
-def train(qa: QAArguments, sft: SFTConfig, model_args: ModelConfig, recipe_path: str | None) -> str:
-    """Fine-tune an encoder-decoder (T5, BART, ...) with `Seq2SeqTrainer` on the recipe's task; returns the run folder.
-
-    `sft` is the recipe's `trl.SFTConfig` (its `max_length` bounds the encoder input), `model_args` its
-    `trl.ModelConfig` (`use_peft: true` trains a LoRA adapter, otherwise the whole model is fine-tuned).
-    """
+def trainer(model, tokenizer, encoder: Seq2SeqEncoder, train_ds, eval_ds, eval_rows, qa: QAArguments,
+            sft: SFTConfig, model_args: ModelConfig):
+    """transformers' `Seq2SeqTrainer` with `DataCollatorForSeq2Seq`, full fine-tuning or LoRA (`use_peft`, task type
+    `SEQ_2_SEQ_LM`); `sft` (the recipe's `SFTConfig`) becomes `Seq2SeqTrainingArguments`."""
     from transformers import DataCollatorForSeq2Seq, Seq2SeqTrainer
 
-    from genqa.backbones.loading import attach_lora, load_tokenizer
+    from genqa.backbones.loading import attach_lora
     from genqa.backbones.sampling import resumable_length_grouping
 
-    where = recipe_path or "command line"
-    _check_recipe(qa, sft, model_args, where)
-    tokenizer = load_tokenizer(model_args)
-    template = load_template(qa.template, tokenizer)
-    task = get_task(qa)
-    train_rows, eval_rows, note = load_canonical_splits(qa, task)
-    say(f"[genqa] data: {qa.dataset_path}: {len(train_rows)} train rows; {note}")
-    target_max = max_target_length(qa)
-    encoder = Seq2SeqEncoder(task, tokenizer, template, sft.max_length, target_max)
-    train_ds, eval_ds, reports = encode_splits(encoder, train_rows, eval_rows, sft.eval_strategy, where,
-                                               hint=f"raise max_length={sft.max_length} or "
-                                                    f"max_target_length={target_max}")
-    resume = start_run(qa, sft, model_args, tokenizer, template, reports, eval_rows)
-    args = seq2seq_training_args(sft, target_max)
-    model = load_model(model_args)
+    args = seq2seq_training_args(sft, encoder.max_target_length)
     if model.generation_config.pad_token_id is None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
     if model_args.use_peft:
         model = attach_lora(model, model_args, args, "SEQ_2_SEQ_LM")
     collator = DataCollatorForSeq2Seq(tokenizer, model=model, label_pad_token_id=-100,
                                       pad_to_multiple_of=getattr(sft, "pad_to_multiple_of", None))
-    trainer = resumable_length_grouping(Seq2SeqTrainer)(model=model, args=args, data_collator=collator,
-                                                        train_dataset=train_ds, eval_dataset=eval_ds,
-                                                        processing_class=tokenizer)
-    return train_and_finish(trainer, resume, tokenizer, qa, sft, model_args, reports, eval_rows)
+    return resumable_length_grouping(Seq2SeqTrainer)(model=model, args=args, data_collator=collator,
+                                                     train_dataset=train_ds, eval_dataset=eval_ds,
+                                                     processing_class=tokenizer)
+
+
+def after_training(trainer, encoder: Seq2SeqEncoder, reports: list, eval_rows, qa: QAArguments,
+                   sft: SFTConfig) -> None:
+    """Nothing: `genqa.generate` scores the answers."""
 
 
 prediction_settings = no_prediction_settings
@@ -230,7 +240,7 @@ def predict(model, tokenizer, template: str, task: Task, rows: list[dict[str, An
             on_batch: OnBatch | None = None) -> list[str]:
     """Raw generated answers for canonical rows; `on_batch(pairs, "generate")` after every batch."""
     sink = (lambda done: on_batch(done, "generate")) if on_batch else None
-    return predict_seq2seq(model, tokenizer, template, task, rows, options.max_length or 512,
+    return predict_seq2seq(model, tokenizer, template, task, rows, options.max_length or DEFAULT_MAX_LENGTH,
                            options.max_new_tokens, options.batch_size, options.num_beams, sink, options.progress)
 
 

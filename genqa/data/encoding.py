@@ -257,7 +257,7 @@ def encode_splits(encoder, train_rows: Dataset, eval_rows: Dataset | None, eval_
                   hint: str = "raise max_length") -> tuple[Dataset, Dataset | None, list[EncodingReport]]:
     """Tokenize the train and validation rows with `encoder` (any object with `encode_dataset`), print their
     reports, and fail clearly when nothing is left to train on or evaluation has no data."""
-    from genqa.data.sources import DataError
+    from genqa.errors import DataError
     from genqa.messages import say
     from genqa.recipe import RecipeError
 

@@ -11,11 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from genqa.errors import GenqaError
-
-
-class DataError(GenqaError, ValueError):
-    """Data a user supplied that genqa cannot use; the message names the file, row or column and what to do."""
+from genqa.errors import DataError
 
 
 def _kind(value: Any) -> str:

@@ -15,8 +15,9 @@ from typing import Any
 from datasets import Dataset
 
 from genqa.config import QAArguments
-from genqa.data.sources import DataError, load_source, train_validation
+from genqa.data.sources import load_source, train_validation
 from genqa.data.tasks import Task
+from genqa.errors import DataError
 
 
 def load_canonical_splits(qa: QAArguments, task: Task) -> tuple[Dataset, Dataset | None, str]:

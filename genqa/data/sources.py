@@ -26,7 +26,6 @@ from typing import Any
 from datasets import Dataset, DatasetDict, concatenate_datasets, load_dataset, load_from_disk
 
 from genqa.data.layouts import (
-    DataError,
     c3_rows,
     check_json_records,
     first_type_conflict,
@@ -37,6 +36,7 @@ from genqa.data.layouts import (
     squad_question_id,
     squad_version,
 )
+from genqa.errors import DataError
 
 __all__ = ["DataError", "detect_format", "header_columns", "is_c3_json", "is_squad_json", "iter_squad_rows",
            "load_source", "read_records", "squad_examples", "squad_question_id", "squad_version"]

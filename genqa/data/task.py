@@ -3,21 +3,22 @@
 Every task works on the same canonical row (`CANONICAL_COLUMNS`), so templates, trainers, generation, metrics and
 submissions never look at a source's own column names. What differs between tasks lives on the task object: how a
 model's output is read back (`read_answer`), which metric scores it (`metric`, a key of
-`genqa.scoring.task_metrics.METRICS`), whether answers are picked by scoring the option labels (`scores_labels`),
-what a valid submission answer is and how long an answer may run.
+`genqa.scoring.task_metrics.METRICS`), how prediction decodes its answers (`decoding`: free or constrained
+generation, label scoring), what a valid submission answer is and how long an answer may run.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from datasets import Dataset, Features, Sequence, Value
 
+from genqa.backbones import PredictSettings
 from genqa.config import QAArguments, prompt_format_problem
-from genqa.data.mcq_format import MCQLayout
-from genqa.data.sources import DataError
+from genqa.errors import DataError
 from genqa.messages import say
 
 CANONICAL_FEATURES = Features({
@@ -30,6 +31,36 @@ CANONICAL_FEATURES = Features({
     "label": Value("int64"),
 })
 CANONICAL_COLUMNS = list(CANONICAL_FEATURES)
+
+
+@dataclass(frozen=True)
+class SpanOfContext:
+    """A decoding constraint: every generated answer is a span of its row's context, or `no_answer_text` (None: spans
+    only). `genqa.backbones.generation` holds generation to it (`genqa.backbones.span_constraint`)."""
+
+    no_answer_text: str | None = None
+
+
+@dataclass
+class Decoding:
+    """How prediction decodes a task's answers, as the task hands it over (`Task.decoding`): the backbone's
+    generation loop reads these fields and knows no task by name."""
+
+    #: `generate`: generated text, read back by the task; `score_labels`: the valid label the model finds most likely;
+    #: `score_texts`: the candidate whose text the model finds most likely as the answer (`candidates_of`)
+    mode: str = "generate"
+    #: what holds generated text: a `SpanOfContext`, a `genqa.data.mcq_format.MCQLayout`, or None (free text)
+    constraint: Any = None
+    #: `score_labels`: the valid labels of a row
+    labels_of: Callable[[dict[str, Any]], list[str]] | None = None
+    #: `score_texts`: a row's candidates as (answer, text scored as the model's answer)
+    candidates_of: Callable[[dict[str, Any]], list[tuple[str, str]]] | None = None
+    #: `score_texts`: compare log-probabilities per character of the text (else their sum)
+    per_char: bool = False
+    #: score `no_answer_text` against the best (constrained) answer and answer "" when it wins by more than this;
+    #: None: the model's own greedy choice
+    no_answer_threshold: float | None = None
+    no_answer_text: str | None = None
 
 
 def _text(value: Any) -> str:
@@ -52,6 +83,8 @@ class Task:
     metric: str = "squad"
     #: answers are picked by scoring the option labels (MCQ), not by free generation
     scores_labels: bool = False
+    #: every gold answer is a span of its context, with its offset (what an extractive span head trains on)
+    answers_are_spans: bool = False
     #: default token budget of a generated answer (the recipe's `max_new_tokens` overrides it: `answer_budget`)
     max_new_tokens: int = 64
 
@@ -162,10 +195,10 @@ class Task:
         """Turn a model's output into the task's answer (None when nothing usable was produced)."""
         return text.strip()
 
-    def layout(self) -> MCQLayout | None:
-        """The fixed layout every answer is written in, which layout-constrained decoding holds generated text to
-        (MCQ generation); None: free text."""
-        return None
+    def decoding(self, settings: PredictSettings, mcq_mode: str | None = None) -> Decoding:
+        """How prediction decodes this task's answers under the backbone's prediction `settings` and `mcq_mode`
+        (None: the recipe's): free generation here."""
+        return Decoding()
 
     def gold(self, ex: dict[str, Any]) -> str | list[str]:
         """The gold answer of a canonical row, in the form `parse` returns."""

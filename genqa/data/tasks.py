@@ -10,14 +10,15 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from genqa.config import QAArguments
+from genqa.backbones import PredictSettings
+from genqa.config import OPTION_TEXT_MODES, QAArguments
 from genqa.data.answers import find_nfc, map_to_context
 from genqa.data.mcq_format import MCQLayout, format_mcq, label_alternation, layout_problems
-from genqa.data.sources import DataError
-from genqa.data.task import CANONICAL_COLUMNS, CANONICAL_FEATURES, Task, _text
+from genqa.data.task import CANONICAL_COLUMNS, CANONICAL_FEATURES, Decoding, SpanOfContext, Task, _text
+from genqa.errors import DataError
 
-__all__ = ["CANONICAL_COLUMNS", "CANONICAL_FEATURES", "AbstractiveTask", "ExtractiveTask", "MCQGenerationTask",
-           "MCQTask", "Task", "get_task", "split_options"]
+__all__ = ["CANONICAL_COLUMNS", "CANONICAL_FEATURES", "AbstractiveTask", "Decoding", "ExtractiveTask",
+           "MCQGenerationTask", "MCQTask", "SpanOfContext", "Task", "get_task", "split_options"]
 
 
 def _is_no_answer(text: str, no_answer_text: str) -> bool:
@@ -74,6 +75,7 @@ class ExtractiveTask(Task):
     """Span QA (SQuAD 1.1/2.0, UIT-ViQuAD): the answer is a span of the context, or the no-answer string."""
 
     name: str = "extractive"
+    answers_are_spans: bool = True
     max_new_tokens: int = 48
 
     def __post_init__(self) -> None:
@@ -106,6 +108,13 @@ class ExtractiveTask(Task):
             return [f"task {self.name} needs `context_column` and `question_column`."]
         return []
 
+    def decoding(self, settings: PredictSettings, mcq_mode: str | None = None) -> Decoding:
+        """Generated spans of the context under `constrain_to_context`; with `no_answer_threshold`, the best span
+        (the no-answer text not allowed) scored against the no-answer text."""
+        null, threshold = self.args.no_answer_text, settings.no_answer_threshold
+        constraint = SpanOfContext(None if threshold is not None else null) if settings.constrain_to_context else None
+        return Decoding(constraint=constraint, no_answer_threshold=threshold, no_answer_text=null)
+
     def read_answer(self, row, raw, how):
         """A span from an encoder's span head is the answer; generated text is mapped onto the context."""
         if how == "span":
@@ -119,6 +128,7 @@ class AbstractiveTask(ExtractiveTask):
     """Free-text answers (T5-style abstractive QA); the context is optional."""
 
     name: str = "abstractive"
+    answers_are_spans: bool = False
     max_new_tokens: int = 64
 
     def __post_init__(self) -> None:
@@ -129,6 +139,10 @@ class AbstractiveTask(ExtractiveTask):
 
     def recipe_problems(self):
         return []  # the context is optional
+
+    def decoding(self, settings: PredictSettings, mcq_mode: str | None = None) -> Decoding:
+        """Free generation: an abstractive answer need not be a span."""
+        return Decoding()
 
     def read_answer(self, row, raw, how):
         """Free text; the no-answer text reads back as ""."""
@@ -178,29 +192,16 @@ def split_options(text: str, labels: list[str], where: str) -> tuple[str, list[s
 
 
 @dataclass
-class MCQTask(Task):
-    """Multiple-choice reading comprehension: options → the label of the right one (`A`–`D` or `1`–`4`)."""
-
-    name: str = "mcq"
-    default_prompt_format: str = "{instruction}\n\nContext: {context}\n\nQuestion: {question}\n\nOptions:\n{options}"
-    metric: str = "accuracy"
-    scores_labels: bool = True
-    max_new_tokens: int = 8
+class OptionRows(Task):
+    """What the two multiple-choice tasks share: rows with options (`A`–`D` or `1`–`4`) and an answer key."""
 
     def __post_init__(self) -> None:
-        labels = ", ".join(self.args.option_labels)
-        self.default_instruction = ("Read the context and answer the multiple-choice question with the label of the "
-                                    f"correct option ({labels}) only.")
         if not (self.args.options_columns or self.args.options_column or self.args.options_in_question):
             raise DataError(f"task {self.name}: set `options_columns` (one column per option), `options_column` "
                             "(one column holding a list of options) or `options_in_question: true`.")
         if self.args.options_columns and len(self.args.options_columns) > len(self.args.option_labels):
             raise DataError(f"options_columns has {len(self.args.options_columns)} columns but option_labels only "
                             f"{len(self.args.option_labels)} labels; add labels.")
-
-    def input_columns(self):
-        extra = self.args.options_columns or [self.args.options_column]
-        return super().input_columns() + [c for c in extra if c and not self.args.options_in_question]
 
     def label_index(self, value: Any, options: list[str], where: str) -> int:
         """Index of the gold answer given as a label, a 1-based option number or the option's text."""
@@ -240,20 +241,60 @@ class MCQTask(Task):
     def prompt_fields(self, ex):
         return {**super().prompt_fields(ex), "options": self.format_options(ex["options"])}
 
-    def target(self, ex):
-        if ex["label"] < 0:
-            raise DataError(f"row {ex['id']}: no gold answer to train on.")
-        return self.args.option_labels[ex["label"]]
-
     def labels_for(self, ex: dict[str, Any]) -> list[str]:
         """The valid labels of a row (rows may have fewer options than labels)."""
         return list(self.args.option_labels[:len(ex["options"])])
+
+    def recipe_problems(self):
+        if self.args.options_columns and not self.args.answer_column:
+            return [f"task {self.name} needs `answer_column` for training."]
+        return []
+
+
+@dataclass
+class MCQTask(OptionRows):
+    """Multiple-choice reading comprehension: options → the label of the right one (`A`–`D` or `1`–`4`)."""
+
+    name: str = "mcq"
+    default_prompt_format: str = "{instruction}\n\nContext: {context}\n\nQuestion: {question}\n\nOptions:\n{options}"
+    metric: str = "accuracy"
+    scores_labels: bool = True
+    max_new_tokens: int = 8
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        labels = ", ".join(self.args.option_labels)
+        self.default_instruction = ("Read the context and answer the multiple-choice question with the label of the "
+                                    f"correct option ({labels}) only.")
+
+    def input_columns(self):
+        extra = self.args.options_columns or [self.args.options_column]
+        return super().input_columns() + [c for c in extra if c and not self.args.options_in_question]
+
+    @property
+    def answers_with_text(self) -> bool:
+        """The recipe's `mcq_mode` scores the options' texts, so the model is trained to answer with the text."""
+        return self.args.mcq_mode in OPTION_TEXT_MODES
+
+    def target(self, ex):
+        if ex["label"] < 0:
+            raise DataError(f"row {ex['id']}: no gold answer to train on.")
+        return ex["options"][ex["label"]] if self.answers_with_text else self.args.option_labels[ex["label"]]
+
+    def gold(self, ex):
+        return self.args.option_labels[ex["label"]]
+
+    def option_candidates(self, ex: dict[str, Any]) -> list[tuple[str, str]]:
+        """(label, option text) of every option of a row: what `mcq_mode: options` scores as the model's answer."""
+        return list(zip(self.labels_for(ex), ex["options"], strict=False))
 
     def parse(self, text, ex: dict[str, Any] | None = None):
         labels = self.labels_for(ex) if ex else list(self.args.option_labels)
         text = text.strip()
         if not text:
             return None
+        if ex and self.answers_with_text and text in [o.strip() for o in ex["options"]]:  # trained to answer so
+            return labels[[o.strip() for o in ex["options"]].index(text)]
         alternation = label_alternation(labels)
         # 1. the answer starts with a label: "B", "(b)", "B. Paris" (any case only here)
         m = re.match(rf"^[\s(\[*]*({alternation})(?![A-Za-z0-9])", text, flags=re.IGNORECASE)
@@ -268,18 +309,24 @@ class MCQTask(Task):
                     return lab
         return None
 
+    def decoding(self, settings: PredictSettings, mcq_mode: str | None = None) -> Decoding:
+        """`mcq_mode` (None: the recipe's) `score`: the valid labels scored in one forward pass; `options` /
+        `options_sum`: each option's text scored as the answer (per character / summed); `generate`: free text,
+        parsed."""
+        mode = mcq_mode or self.args.mcq_mode
+        if mode == "score":
+            return Decoding(mode="score_labels", labels_of=self.labels_for)
+        if mode in OPTION_TEXT_MODES:
+            return Decoding(mode="score_texts", candidates_of=self.option_candidates, per_char=mode == "options")
+        return Decoding()
+
     def read_answer(self, row, raw, how):
         """A scored label is the answer; generated text is parsed into a label (None: unparseable)."""
-        answer = raw if how == "label_score" else self.parse(raw, row)
+        answer = raw if how in ("label_score", "option_score") else self.parse(raw, row)
         return answer, how if answer else "unparseable"
 
     def has_gold(self, rows):
         return any(r["label"] >= 0 for r in rows)
-
-    def recipe_problems(self):
-        if self.args.options_columns and not self.args.answer_column:
-            return [f"task {self.name} needs `answer_column` for training."]
-        return []
 
     def is_valid_answer(self, answer):
         return answer in self.args.option_labels
@@ -310,13 +357,12 @@ def _names_labels(text: str, labels: str) -> bool:
 
 
 @dataclass
-class MCQGenerationTask(MCQTask):
+class MCQGenerationTask(OptionRows):
     """MCQ generation: context → question, options and answer key, in `genqa.data.mcq_format`'s fixed layout."""
 
     name: str = "mcq_generation"
     default_prompt_format: str = "{instruction}\n\nContext: {context}"
     metric: str = "mcq_layout"
-    scores_labels: bool = False
     max_new_tokens: int = 256
 
     def __post_init__(self) -> None:
@@ -348,21 +394,19 @@ class MCQGenerationTask(MCQTask):
         return format_mcq(ex["question"], list(ex["options"]), ex["label"], labels=list(self.args.option_labels),
                           question_prefix=self.args.mcq_question_prefix, answer_prefix=self.args.mcq_answer_prefix)
 
-    def parse(self, text, ex=None):
-        return text.strip()
-
     def layout(self) -> MCQLayout:
         """The layout `target` writes, which layout-constrained decoding holds generated text to."""
         return MCQLayout(tuple(self.args.option_labels), self.args.mcq_question_prefix, self.args.mcq_answer_prefix)
+
+    def decoding(self, settings: PredictSettings, mcq_mode: str | None = None) -> Decoding:
+        """Generated text, held to `layout()` under `constrain_to_layout`."""
+        return Decoding(constraint=self.layout() if settings.constrain_to_layout else None)
 
     def read_answer(self, row, raw, how):
         return raw.strip(), how
 
     def has_gold(self, rows):
         return True  # the metric checks the generated questions' structure: no gold needed
-
-    def is_valid_answer(self, answer):
-        return answer is not None
 
 
 TASK_CLASSES: dict[str, type[Task]] = {

@@ -41,6 +41,12 @@ def mcq_layout_metric(task, rows: list[dict[str, Any]], answers: dict[str, str |
 METRICS: dict[str, Callable[..., dict[str, Any]]] = {
     "squad": squad_metric, "accuracy": accuracy_metric, "mcq_layout": mcq_layout_metric,
 }
+#: the `genqa eval --task` values (the first is the default): the metric each scores with, and the SQuAD version it
+#: forces (None: read from the dev file)
+EVAL_TASKS: dict[str, tuple[str, int | None]] = {
+    "extractive": ("squad", None), "squad_v1": ("squad", 1), "squad_v2": ("squad", 2), "mcq": ("accuracy", None),
+    "mcq_generation": ("mcq_layout", None),
+}
 
 
 def task_metrics(task, rows: list[dict[str, Any]], answers: dict[str, str | None], lang: str = "en"
