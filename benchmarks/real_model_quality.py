@@ -140,11 +140,32 @@ def _extractive(model, encoder, task, rows, calib, args, lang) -> tuple[dict, di
     return out, outside, extra
 
 
+def _mcq(model, encoder, task, rows, args, lang) -> dict[str, Any]:
+    """MCQ answering both ways: the labels scored (`mcq_mode: score`), and the options' texts scored as the answer,
+    per character (`options`, lm-evaluation-harness acc_norm) and summed (`options_sum`, acc), from one pass."""
+    from collections import Counter
+
+    from genqa.backbones import PredictSettings
+    from genqa.backbones.generation import best_candidate, candidate_scores, score_labels
+
+    out = {}
+    raw = score_labels(model, encoder, rows, task.labels_for, args.batch_size, progress=False)
+    out["label_scoring"], _ = _score(task, rows, raw, "label_score", lang, args.record, "label_scoring")
+    out["label_scoring"]["predicted_labels"] = dict(sorted(Counter(raw).items()))
+    decoding = task.decoding(PredictSettings(), "options")
+    cands, scores = candidate_scores(model, encoder, rows, decoding.candidates_of, max(1, args.batch_size // 4))
+    for mode, per_char in (("options", True), ("options_sum", False)):
+        raw = [best_candidate(c, s, per_char) for c, s in zip(cands, scores, strict=True)]
+        out[mode], _ = _score(task, rows, raw, "option_score", lang, args.record, mode)
+        out[mode]["predicted_labels"] = dict(sorted(Counter(raw).items()))
+    return out
+
+
 def evaluate(model, tokenizer, template, task, rows, calib, args, lang) -> tuple[dict, dict, dict]:
     """Metrics of `model` on the held-out rows (and the not-in-context counts, stop share)."""
     import torch
 
-    from genqa.backbones.generation import generate_texts, score_labels
+    from genqa.backbones.generation import generate_texts
     from genqa.data.encoding import PromptEncoder
 
     encoder = PromptEncoder(task, tokenizer, template, args.max_length)
@@ -154,10 +175,7 @@ def evaluate(model, tokenizer, template, task, rows, calib, args, lang) -> tuple
         if task.name == "extractive":
             return _extractive(model, encoder, task, rows, calib, args, lang)
         if task.scores_labels:
-            raw = score_labels(model, encoder, rows, task.labels_for, args.batch_size, progress=False)
-            metrics, _ = _score(task, rows, raw, "label_score", lang, args.record, "label_scoring")
-            metrics["predicted_labels"] = dict(sorted(__import__("collections").Counter(raw).items()))
-            return {"label_scoring": metrics}, {}, {}
+            return _mcq(model, encoder, task, rows, args, lang), {}, {}
         stopped: dict[int, bool] = {}
         kw = dict(batch_size=args.batch_size, max_new_tokens=args.max_new_tokens or task.answer_budget, progress=False)
         out, extra = {}, {}

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from genqa.backbones.generation import encode_prompts, score_texts
+from genqa.backbones.generation import best_candidate, candidate_scores, encode_prompts, score_texts
 from genqa.config import QAArguments
 from genqa.data.encoding import PromptEncoder
 from genqa.data.tasks import get_task
@@ -57,6 +57,9 @@ def test_option_scores_agree_with_the_full_logits(model_and_encoder, per_char):
     picked = score_texts(model, encoder, ROWS, task.option_candidates, per_char, batch_size=3, progress=False)
     assert picked == _brute_force(model, encoder, ROWS, per_char)
     assert [len(task.labels_for(r)) for r in ROWS] == [2, 3, 4] and all(p in "ABCD" for p in picked)
+    # the scores behind both normalisations, in one pass (the benchmark reports acc and acc_norm side by side)
+    cands, scores = candidate_scores(model, encoder, ROWS, task.option_candidates, batch_size=2)
+    assert [best_candidate(c, s, per_char) for c, s in zip(cands, scores, strict=True)] == picked
 
 
 class _Prefers(torch.nn.Module):

@@ -253,24 +253,55 @@ def score_texts(model, encoder: PromptEncoder, rows: list[dict[str, Any]],
     One forward pass per batch of rows covers all their candidates: the sequences are left-padded so every text ends
     at the last position, and the LM head runs only on the positions that predict a text token (`logits_to_keep`).
     """
+    candidates, prompts, scores_of = _candidate_scorer(model, encoder, rows, candidates_of)
+
+    def score_batch(batch: list[int]) -> list[str]:
+        return [best_candidate(candidates[i], row, per_char) for i, row in zip(batch, scores_of(batch), strict=True)]
+
+    return run_batches([len(p) for p in prompts], batch_size, score_batch, on_batch, progress, "scoring options")
+
+
+@torch.no_grad()
+def candidate_scores(model, encoder: PromptEncoder, rows: list[dict[str, Any]],
+                     candidates_of: Callable[[dict], list[tuple[str, str]]], batch_size: int = 16
+                     ) -> tuple[list[list[tuple[str, str]]], list[list[float]]]:
+    """Every row's candidates and their summed log-probabilities (as `score_texts` computes them), in row order: one
+    pass gives both of its normalisations (`best_candidate`)."""
+    from genqa.backbones.batching import length_sorted_batches
+
+    candidates, prompts, scores_of = _candidate_scorer(model, encoder, rows, candidates_of)
+    out: list[list[float]] = [[] for _ in rows]
+    for batch in length_sorted_batches([len(p) for p in prompts], batch_size):
+        for i, row in zip(batch, scores_of(batch), strict=True):
+            out[i] = row
+    return candidates, out
+
+
+def best_candidate(candidates: list[tuple[str, str]], scores: list[float], per_char: bool) -> str:
+    """The answer of the best-scored candidate: summed log-probability, per character of its text with `per_char`."""
+    norm = [s / max(1, len(text)) if per_char else s for s, (_, text) in zip(scores, candidates, strict=True)]
+    return candidates[max(range(len(norm)), key=norm.__getitem__)][0]
+
+
+def _candidate_scorer(model, encoder: PromptEncoder, rows: list[dict[str, Any]],
+                      candidates_of: Callable[[dict], list[tuple[str, str]]]):
+    """Candidates and prompts of `rows` (each prompt leaves room for its longest candidate), and a function giving a
+    batch of row indices' summed candidate log-probabilities."""
     candidates = [candidates_of(ex) for ex in rows]
     texts = {text: encoder.token_ids(text, is_prompt=False) for cands in candidates for _, text in cands}
     prompts = encode_prompts(encoder, rows, [max((len(texts[t]) for _, t in c), default=1) for c in candidates])
     device = model_device(model)
 
-    def score_batch(batch: list[int]) -> list[str]:
+    def scores_of(batch: list[int]) -> list[list[float]]:
         pairs = [(i, text) for i in batch for _, text in candidates[i]]
-        scores = _text_logprobs(model, encoder.tokenizer, [(prompts[i], texts[text]) for i, text in pairs], device)
+        flat = _text_logprobs(model, encoder.tokenizer, [(prompts[i], texts[text]) for i, text in pairs], device)
         out, k = [], 0
         for i in batch:
-            n = len(candidates[i])
-            row = [s / max(1, len(text)) if per_char else s for s, (_, text) in zip(scores[k:k + n], candidates[i],
-                                                                                    strict=True)]
-            out.append(candidates[i][max(range(n), key=row.__getitem__)][0])
-            k += n
+            out.append(flat[k:k + len(candidates[i])])
+            k += len(candidates[i])
         return out
 
-    return run_batches([len(p) for p in prompts], batch_size, score_batch, on_batch, progress, "scoring options")
+    return candidates, prompts, scores_of
 
 
 def _text_logprobs(model, tokenizer, pairs: list[tuple[list[int], list[int]]], device) -> list[float]:
