@@ -103,6 +103,9 @@ def test_options_mode_trains_on_the_text_and_reads_back_the_label():
     assert _task("options").parse("in the spring of 1875", row) == "B"
     assert _task("options").read_answer(row, "C", "option_score") == ("C", "option_score")
     assert _task("options").gold(row) == _task("score").gold(row) == "B"
+    # the default instruction asks for what the model is trained to write
+    assert "text of the correct option" in _task("options").instruction
+    assert "label of the correct option (A, B, C, D)" in _task("score").instruction
     with pytest.raises(ValueError, match="mcq_mode"):
         QAArguments(task="mcq", options_column="options", mcq_mode="option")
 

@@ -266,6 +266,9 @@ class MCQTask(OptionRows):
         labels = ", ".join(self.args.option_labels)
         self.default_instruction = ("Read the context and answer the multiple-choice question with the label of the "
                                     f"correct option ({labels}) only.")
+        if self.answers_with_text:  # the model answers with the option's text (`mcq_mode: options`)
+            self.default_instruction = ("Read the context and answer the multiple-choice question with the text of "
+                                        "the correct option only.")
 
     def input_columns(self):
         extra = self.args.options_columns or [self.args.options_column]
