@@ -99,7 +99,6 @@ def warm_up(model, tokenizer, steps: int = 150, block: int = 128, lr: float = 3e
 
 def build_llama(path: Path) -> None:
     """Write a tiny randomly initialised (seeded) Llama model and its tokenizer to `path`."""
-    import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     tokenizer = build_tokenizer()
@@ -107,8 +106,15 @@ def build_llama(path: Path) -> None:
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
                          bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
                          pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False)
+    _save_warmed(LlamaForCausalLM, config, tokenizer, path)
+
+
+def _save_warmed(model_class, config, tokenizer, path: Path) -> None:
+    """A seeded causal LM of `config`, warmed up on the corpus, saved with its tokenizer to `path`."""
+    import torch
+
     torch.manual_seed(0)
-    model = LlamaForCausalLM(config)
+    model = model_class(config)
     warm_up(model, tokenizer)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.save_pretrained(path)
@@ -123,7 +129,6 @@ def build_gemma3(path: Path) -> None:
     final logit soft-cap (google/gemma-3-270m has none; Gemma 2 caps at 30), which genqa's LM-head shortcut must
     apply exactly as the model's forward does.
     """
-    import torch
     from transformers import Gemma3ForCausalLM, Gemma3TextConfig
 
     tokenizer = build_tokenizer(extra_special=("<start_of_turn>", "<end_of_turn>"))
@@ -134,12 +139,7 @@ def build_gemma3(path: Path) -> None:
                                            "full_attention"],
                               bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
                               pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=True)
-    torch.manual_seed(0)
-    model = Gemma3ForCausalLM(config)
-    warm_up(model, tokenizer)
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
+    _save_warmed(Gemma3ForCausalLM, config, tokenizer, path)
 
 
 def build_t5(path: Path) -> None:
