@@ -1,6 +1,6 @@
 """The check of every `genqa export`: the written GGUF file, read back, must do what the merged model does.
 
-Read back through transformers' GGUF loader (`genqa.backbones.loading.load_gguf`, the way genqa reads `pkg:` models),
+Read back through transformers' GGUF loader (`genqa.backbones.gguf_models.load_gguf`, as genqa reads `pkg:` models),
 the file must (1) tokenize the run's validation prompts to the same ids as the run's tokenizer, (2) give logits on
 those rows within the quantization's tolerance of the merged model's (max |diff| relative to the largest |logit|),
 and (3) answer a handful of them greedily as the merged model does (genqa's own generation, both ways).
@@ -66,7 +66,8 @@ class ExportCheck:
 
     def verify(self, path: Path, model, quant: str, tolerance: float | None) -> dict[str, Any]:
         """Read `path` back and compare it with `model`; an `ExportError` names what differs. Returns the figures."""
-        from genqa.backbones.loading import ensure_pad_token, load_gguf
+        from genqa.backbones.gguf_models import load_gguf
+        from genqa.backbones.loading import ensure_pad_token
         from genqa.merge import logits_of
 
         loaded, tokenizer = load_gguf(path)

@@ -8,7 +8,7 @@ permuted back to llama.cpp's rotary layout, and Gemma's RMSNorm weights are stor
 
 Two ways to the metadata:
 
-- the base came from a `.gguf` (`pkg:` models, `.gguf` paths: `genqa.backbones.loading.convert_gguf` records the
+- the base came from a `.gguf` (`pkg:` models, `.gguf` paths: `genqa.backbones.gguf_models.convert_gguf` records the
   file in `GENQA_GGUF.json`): every key of that file (architecture, tokenizer, rope, ...) is carried over and only the
   tensors are replaced, so the export runs wherever the original did;
 - no source file (`tiny:llama`, a hub Llama): the llama architecture keys and a byte-level BPE tokenizer (gpt2 vocab,

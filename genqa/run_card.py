@@ -5,7 +5,7 @@
   check (merged folders), and the `genqa` commands that use the folder. TRL's own card is a stub for this purpose
   (it names the resolved cache path of the base and links `[None]`), so the trainer's `create_model_card` -- which
   transformers calls at every checkpoint and before a Hub push -- writes genqa's card instead.
-- `trainer_log.jsonl`: one JSON line per trainer log event (a `TrainerCallback`), as it happens.
+- `trainer_log.jsonl`: one JSON line per trainer log event, as it happens (`genqa.trainer_log`).
 - `train_results.json` / `eval_results.json` / `all_results.json`: `Trainer.save_metrics`, as the Hugging Face
   example scripts write them.
 - `training_loss.png`: train and eval loss, and the `eval_gen_*` task metrics when present (matplotlib).
@@ -20,100 +20,28 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from transformers import TrainerCallback
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
-from genqa.files import open_append, write_atomic
+from genqa.files import write_atomic
 from genqa.hub_names import BASE_LICENSES, adapter_fingerprint, hub_base, is_hub_id, make_adapter_portable
-from genqa.messages import is_main_process, log_line, say
+from genqa.messages import is_main_process, say
+from genqa.trainer_log import (
+    CleanPrinterCallback,
+    CleanProgressCallback,
+    RunLogCallback,
+    WholeRunTokens,
+    run_mean_loss,
+    short_value,
+)
 
 MODEL_CARD_FILE = "genqa_model_card.md"
 HUB_CARD_FILE = "README.md"
 LOSS_PLOT_FILE = "training_loss.png"
-TRAINER_LOG_FILE = "trainer_log.jsonl"
 ALL_RESULTS_FILE = "all_results.json"  # with train_results.json / eval_results.json, named by Trainer.save_metrics
 MERGE_REPORT_FILE = "genqa_merge_report.json"
 
 #: task metrics drawn on the plot and shown in the card (counts such as eval_gen_total are left out)
 PLOTTED_GEN_METRICS = ("exact", "f1", "accuracy", "valid_rate", "HasAns_f1", "NoAns_f1")
-
-
-class RunLogCallback(TrainerCallback):
-    """Appends every log event to `trainer_log.jsonl` and a one-line form of it to `genqa.log` (main process)."""
-
-    def __init__(self, output_dir: str) -> None:
-        self.path = Path(output_dir) / TRAINER_LOG_FILE
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        if not state.is_world_process_zero or not logs:
-            return
-        event = {"step": state.global_step, **{k: v for k, v in logs.items() if isinstance(v, (int, float, str))}}
-        with open_append(self.path) as fh:
-            fh.write(json.dumps(event, ensure_ascii=False) + "\n")
-        log_line(" ".join(f"{k}={_short(v)}" for k, v in event.items()))
-
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        """A resumed run logs, evaluates and saves at the intervals of this command, as the README promises
-        (transformers keeps the checkpoint's, `logging_steps: 2 (from args) != 10 (from trainer_state.json)`)."""
-        before = (state.logging_steps, state.eval_steps, state.save_steps)
-        state.compute_steps(args, state.max_steps)
-        after = (state.logging_steps, state.eval_steps, state.save_steps)
-        if state.global_step and before != after:
-            say("[genqa] resumed with this command's intervals: " + ", ".join(
-                f"{k}_steps {b} -> {a}" for k, b, a in zip(("logging", "eval", "save"), before, after, strict=True)
-                if a != b))
-
-
-def event_line(state, logs: dict[str, Any]) -> str:
-    """One trainer log event as a line of text: `step 10/30  loss 2.345  grad_norm 1.2  learning_rate 0.002`."""
-    shown = {k: v for k, v in logs.items() if k != "total_flos" and isinstance(v, (int, float, str))}
-    return f"step {state.global_step}/{state.max_steps}  " + "  ".join(f"{k} {_short(v)}" for k, v in shown.items())
-
-
-class CleanProgressCallback(ProgressCallback):
-    """transformers' progress bar, printing each log event as one line (`event_line`), not a dict of strings."""
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        if state.is_world_process_zero and self.training_bar is not None and logs:
-            self.training_bar.write(event_line(state, logs))
-
-
-class CleanPrinterCallback(PrinterCallback):
-    """transformers' printer (`disable_tqdm`), one line per log event."""
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        if state.is_local_process_zero and logs:
-            print(event_line(state, logs), flush=True)
-
-
-def _short(value: Any) -> str:
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
-
-
-class WholeRunTokens(TrainerCallback):
-    """TRL counts `num_tokens` from 0 in every process; a resumed run continues the count its checkpoint logged."""
-
-    def __init__(self, trainer) -> None:
-        self.trainer = trainer
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        logged = [e["num_tokens"] for e in state.log_history if isinstance(e.get("num_tokens"), int | float)]
-        if logged and getattr(self.trainer, "_total_train_tokens", None) == 0:
-            self.trainer._total_train_tokens = logged[-1]
-
-
-def run_mean_loss(log_history: list[dict[str, Any]]) -> float | None:
-    """The mean train loss over every logged step of the run, however many processes it took (each logged loss is
-    the mean since the previous log, so it is weighted by its steps); Trainer's own `train_loss` covers only the
-    steps of the last process."""
-    points = sorted((e["step"], float(e["loss"])) for e in log_history
-                    if isinstance(e.get("loss"), int | float) and isinstance(e.get("step"), int))
-    total, previous = 0.0, 0
-    for step, loss in points:
-        total += loss * (step - previous)
-        previous = step
-    return total / previous if previous else None
 
 
 def attach(trainer, qa, sft, model_args, reports: list, backbone) -> None:
@@ -308,7 +236,7 @@ def _metric_rows(metrics: dict[str, Any]) -> list[str]:
              ("eval_loss", "eval loss")]
     names += [(f"eval_gen_{m}", f"{m} on generated answers (eval_gen_{m})") for m in PLOTTED_GEN_METRICS]
     names += [("train_runtime", "training time (s)")]
-    return [f"| {label} | {_short(metrics[key])} |" for key, label in names if isinstance(metrics.get(key),
+    return [f"| {label} | {short_value(metrics[key])} |" for key, label in names if isinstance(metrics.get(key),
                                                                                           (int, float))]
 
 

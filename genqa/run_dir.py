@@ -46,11 +46,11 @@ from genqa.run_card import (  # noqa: F401  (the files genqa writes for people: 
     HUB_CARD_FILE,
     LOSS_PLOT_FILE,
     MODEL_CARD_FILE,
-    TRAINER_LOG_FILE,
 )
 from genqa.run_card import attach as attach_run_card
 from genqa.run_card import finish as finish_run_card
 from genqa.stopping import stopping_callbacks
+from genqa.trainer_log import TRAINER_LOG_FILE  # noqa: F401  (listed with the files above)
 
 RECIPE_FILE = "genqa_recipe.yaml"
 REPORT_FILE = "genqa_data_report.json"

@@ -18,7 +18,7 @@ STAGES = {
     "genqa.recipe": 1,
     "genqa.data": 2,
     "genqa.scoring": 3,
-    "genqa.run_dir": 4, "genqa.run_card": 4, "genqa.submission": 4, "genqa.stopping": 4,
+    "genqa.run_dir": 4, "genqa.run_card": 4, "genqa.trainer_log": 4, "genqa.submission": 4, "genqa.stopping": 4,
     "genqa.backbones": 5,
 }
 #: modules whose stage differs from their package's: the backbone registry names the backbones and imports none
