@@ -133,6 +133,10 @@ LOOP = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
      ["`range` over more than 100,000 items"]),
     ("{{ 'x' * 3000000000 }}" + LOOP, ["3,000,000,000 items", "over the limit"]),
     ("{{ 2 ** 99999999 }}" + LOOP, ["exponent too large"]),
+    # a branch the sample conversation never takes: Jinja would still fold the constant while compiling
+    ("{% if messages|length > 99 %}{{ 'x' * 3000000000 }}{% endif %}" + LOOP, ["line 1", "3,000,000,000 items"]),
+    ("{% if messages|length > 99 %}{{ ('x' * 1000) * 1000 * 1000 }}{% endif %}" + LOOP, ["1,000,000,000 items"]),
+    ("{% if messages|length > 99 %}{{ [0] * 3000000000 }}{% endif %}" + LOOP, ["3,000,000,000 items"]),
     ("{% for i in range(90000) %}{{ 'abcdefghijklmnopqrstuvwxyz' }}{% endfor %}" + LOOP,
      ["more than 1,000,000 characters"]),
     ("{% include 'other.jinja' %}" + LOOP, ["line 1", "`{% include %}` is not allowed"]),

@@ -89,6 +89,31 @@ def _refuse_loaders(source: str, name: str) -> None:
                                 "template is one self-contained file. Paste the other template's text in its place.")
 
 
+def _refuse_large_constants(source: str, name: str) -> None:
+    """Jinja folds constant expressions while compiling, in every branch, taken or not: a `*` or `**` of constants
+    whose result would be over `TEMPLATE_LIMITS['value']` (or an exponent over 64) is refused before anything
+    compiles it, naming the template and the line."""
+    from jinja2 import nodes
+
+    limit = TEMPLATE_LIMITS["value"]
+    found = list(_transformers_environment().parse(source).find_all((nodes.Mul, nodes.Pow)))
+    for node in reversed(found):  # pre-order reversed: every operand is checked before the node that uses it
+        try:
+            left, right = node.left.as_const(), node.right.as_const()
+        except (nodes.Impossible, ArithmeticError, TypeError, ValueError):
+            continue  # not a constant: computed at render time, under the limited sandbox's own checks
+        if isinstance(node, nodes.Pow):
+            problem = (f"`** {right}`: exponent too large" if isinstance(right, int | float) and abs(right) > 64
+                       and left not in (0, 1, -1) else None)
+        else:
+            seq, n = (left, right) if isinstance(left, str | list | tuple) else (right, left)
+            size = len(seq) * n if isinstance(seq, str | list | tuple) and isinstance(n, int) else 0
+            problem = f"a value of {size:,} items (`* {n}`) is over the limit of {limit:,}" if size > limit else None
+        if problem:
+            raise TemplateError(f"template {name}, line {node.lineno}: constant {problem} (Jinja computes constants "
+                                "while compiling, even in a branch never taken); remove it.")
+
+
 def _limited_environment():
     """transformers' sandbox with limits: `*` and `**` are computed at render time (never constant-folded while
     compiling) and refused past `TEMPLATE_LIMITS['value']`, and `range` shares one budget of items per render."""
@@ -178,12 +203,14 @@ def _try_render(source: str, name: str) -> None:
 def check_template(source: str, name: str) -> str:
     """`source` when it loads nothing (`_refuse_loaders`), transformers' chat-template engine compiles it, and it
     renders a plain user/assistant exchange within `TEMPLATE_LIMITS` in the same sandbox, else a `TemplateError`
-    naming `name` (and the line of a Jinja syntax error). It is tried in the limited environment before
-    transformers compiles it, so a constant such as `'x' * 3000000000` is refused, never folded."""
+    naming `name` (and the line of a Jinja syntax error). Its constant `*` / `**` are checked on the parsed tree
+    (`_refuse_large_constants`) before transformers compiles it, so a constant such as `'x' * 3000000000` is refused
+    in any branch, never folded."""
     import jinja2
     from transformers.utils.chat_template_utils import _compile_jinja_template
 
     _refuse_loaders(source, name)
+    _refuse_large_constants(source, name)
     _try_render(source, name)
     try:
         _compile_jinja_template(source)
