@@ -162,7 +162,7 @@ def prepare(args: argparse.Namespace, qa, sft, task) -> Setup:
     from genqa.backbones import PredictOptions, get_backbone
     from genqa.backbones.loading import detect_backbone
 
-    backbone = get_backbone(detect_backbone(args.base, qa.backbone))
+    backbone = get_backbone(detect_backbone(args.base, qa.backbone, adapter=args.adapter))
     args.mcq_mode = args.mcq_mode or qa.mcq_mode  # the recipe's unless passed; fingerprinted as resolved
     tokenizer, template = _tokenizer_and_template(args, qa, args.template_overridden)
     passed = {a[2:].split("=", 1)[0] for a in args.overrides if a.startswith("--")}
@@ -214,7 +214,7 @@ def fingerprint(args: argparse.Namespace, qa, sft, model_args, setup: Setup) -> 
 
     data = Path(args.data)
     prompt = {k: v for k, v in sorted(asdict(qa).items()) if k not in NOT_IN_PREDICTIONS}
-    base = resolve_model_path(args.base)
+    base = resolve_model_path(args.base, args.adapter)
     return {
         **prompt, "max_length": sft.max_length,  # the recipe's `template` is its name: its text is `template_text`
         "base_weights": files_digest(base, WEIGHT_FILES),
@@ -236,7 +236,7 @@ def load_model_for(backbone, base: str, adapter: str | None, dtype):
     from genqa.backbones import auto_class
     from genqa.backbones.loading import apply_adapter, resolve_model_path
 
-    model = auto_class(backbone).from_pretrained(resolve_model_path(base), dtype=dtype)
+    model = auto_class(backbone).from_pretrained(resolve_model_path(base, adapter), dtype=dtype)
     if adapter:
         model = apply_adapter(model, adapter, base)
     return model.eval()

@@ -114,7 +114,7 @@ def merge(args: argparse.Namespace) -> dict[str, Any]:
     qa, sft, model_args = load_run(run, ["--use_cpu", "true"])
     base = args.base or model_args.model_name_or_path
     refuse_adapter_as_base(base)
-    backbone = get_backbone(detect_backbone(base, qa.backbone))
+    backbone = get_backbone(detect_backbone(base, qa.backbone, adapter=run))
     auto = auto_class(backbone)
     dtype = torch_dtype(args.dtype)
     tokenizer = ensure_pad_token(AutoTokenizer.from_pretrained(run))
@@ -125,7 +125,7 @@ def merge(args: argparse.Namespace) -> dict[str, Any]:
     report: dict[str, Any] = {"adapter": str(run), "base": base, "dtype": args.dtype, "check_rows": args.check_rows,
                               "adapter_fingerprint": adapter_fingerprint(run)}
 
-    model = apply_adapter(auto.from_pretrained(resolve_model_path(base), dtype=dtype), run, base)
+    model = apply_adapter(auto.from_pretrained(resolve_model_path(base, run), dtype=dtype), run, base)
     adapter_logits = logits_of(model.eval(), batch)
     model = model.merge_and_unload()
     merged_logits = logits_of(model.eval(), batch)
@@ -140,7 +140,7 @@ def merge(args: argparse.Namespace) -> dict[str, Any]:
     if model_args.load_in_4bit or model_args.load_in_8bit:
         # the base quantized exactly as training loaded it (an extractive span head stays full precision)
         train_args = copy.copy(model_args)
-        train_args.model_name_or_path = base
+        train_args.model_name_or_path = resolve_model_path(base, run)
         qmodel = PeftModel.from_pretrained(backbone.load_model(train_args), run).eval()
         q_logits = logits_of(qmodel, batch)
         report["train_time_4bit_vs_merged_max_abs_diff"] = float((q_logits - merged_logits).abs().max())

