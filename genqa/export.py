@@ -60,21 +60,27 @@ def outputs(out: Path) -> tuple[Path, Path, Path]:
 
 def check_out(args: argparse.Namespace) -> Path:
     """`--out` as a path, refused when it is no .gguf name or would overwrite without --overwrite."""
+    from genqa.files import unwritable
+
     out = Path(args.out)
     if out.suffix != ".gguf":
         raise ExportError(f"--out {out}: name the GGUF file, ending in .gguf (e.g. {out.with_suffix('.gguf')}).")
+    if out.is_dir():
+        raise ExportError(f"--out {out} is a folder; name the .gguf file to write.")
+    problem = next(filter(None, (unwritable(p, folder=False) for p in outputs(out))), None)
+    if problem:
+        raise ExportError(f"--out: {problem}; give the path of a .gguf file to write (e.g. model.gguf).")
     existing = [str(p) for p in outputs(out) if p.exists()]
     if existing and not args.overwrite:
         raise ExportError(f"{', '.join(existing)} already exist(s); choose another --out or pass --overwrite.")
-    if out.is_dir():
-        raise ExportError(f"--out {out} is a folder; name the .gguf file to write.")
     return out
 
 
 @contextlib.contextmanager
-def model_folder(args: argparse.Namespace, where: Path) -> Iterator[tuple[Path, str | None]]:
+def model_folder(args: argparse.Namespace, out: Path) -> Iterator[tuple[Path, str | None]]:
     """(the model folder to export, the merge's base name or None): `--model` as given, or `--adapter` merged with
-    genqa's checked merge into a temporary folder beside the output (removed afterwards)."""
+    genqa's checked merge into a temporary folder beside the output, `.OUT-XXXXXXXX` (removed afterwards, or by the
+    next export into `out` when this one is killed)."""
     from genqa.run_dir import RECIPE_FILE
 
     if args.model:
@@ -92,7 +98,7 @@ def model_folder(args: argparse.Namespace, where: Path) -> Iterator[tuple[Path, 
     from genqa.merge import build_parser as merge_parser
     from genqa.merge import merge
 
-    tmp = Path(tempfile.mkdtemp(prefix=".genqa-export-", dir=where))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
     try:
         report = merge(merge_parser().parse_args(["--adapter", str(run), "--out", str(tmp / "merged"),
                                                   "--check_rows", str(args.check_rows)]))
@@ -136,9 +142,31 @@ def export(args: argparse.Namespace) -> dict[str, Any]:
     if importlib.util.find_spec("gguf") is None:
         raise ExportError("genqa export writes GGUF with the `gguf` package (llama.cpp's Python library), which is "
                           "not installed: pip install 'genqa[gguf]' (or pip install gguf).")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with model_folder(args, out.parent) as (folder, merged_from):
-        return export_folder(folder, merged_from, out, args)
+    from genqa.files import clean_stale_temps
+    from genqa.locks import output_lock
+
+    out = out.absolute()
+    with output_lock(out.with_name(f".{out.name}.export.lock"), f"--out {args.out}", main_only=False):
+        for path in outputs(out):  # what killed exports into `out` left: merge folders, temp GGUF and text files
+            clean_stale_temps(path, "export")
+        check_out(args)  # again under the lock: another export may have finished meanwhile
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with model_folder(args, out) as (folder, merged_from):
+            return export_folder(folder, merged_from, out, args)
+
+
+def ollama_modelfile(setup, qa, gguf_name: str, adds_bos: bool) -> str | None:
+    """The Modelfile text for the checked GGUF file, or None (with a warning) when the run's chat template has no
+    Ollama TEMPLATE equivalent: the GGUF file is kept, since llama.cpp applies the run's own template from it."""
+    from genqa.modelfile import ModelfileError, modelfile_text, ollama_template
+
+    try:
+        tmpl = ollama_template(setup.encoder.tokenizer, setup.template, qa.system_prompt, setup.encoder.end_text,
+                               adds_bos)
+        return modelfile_text(gguf_name, tmpl)
+    except ModelfileError as err:
+        print(f"[genqa] warning: no Modelfile written: {err}", file=sys.stderr)
+        return None
 
 
 def export_folder(folder: Path, merged_from: str | None, out: Path, args: argparse.Namespace) -> dict[str, Any]:
@@ -147,9 +175,9 @@ def export_folder(folder: Path, merged_from: str | None, out: Path, args: argpar
     from transformers import AutoConfig, AutoModelForCausalLM
 
     from genqa.export_check import ExportCheck
-    from genqa.files import fsync_dir, temp_file_beside, write_atomic
+    from genqa.files import fsync_dir, fsync_file, temp_file_beside, write_atomic
     from genqa.gguf_file import GGUFContent, architecture, write_gguf
-    from genqa.modelfile import modelfile_text, ollama_template, readme_text
+    from genqa.modelfile import readme_text
     from genqa.run_dir import RECIPE_FILE, load_run
 
     qa, sft, model_args = load_run(folder, ["--use_cpu", "true"])
@@ -165,20 +193,21 @@ def export_folder(folder: Path, merged_from: str | None, out: Path, args: argpar
     try:
         summary = write_gguf(tmp, model, setup.encoder.tokenizer, args.quant, content, folder)
         check = setup.verify(tmp, model, args.quant, args.tolerance)
-        tmpl = ollama_template(setup.encoder.tokenizer, setup.template, qa.system_prompt, setup.encoder.end_text,
-                               check["adds_bos"])
-        report = {"model": args.adapter or str(folder), "base": meta["base"], "task": qa.task, "quant": args.quant,
-                  **summary, "check": check}
-        modelfile = modelfile_text(gguf_path.name, tmpl)
-        readme = readme_text(gguf_path.name, modelfile_path.name, report)
+        fsync_file(tmp)  # on disk before it is put in place
         os.replace(tmp, gguf_path)
         fsync_dir(gguf_path.parent)
     finally:
         tmp.unlink(missing_ok=True)
-    write_atomic(modelfile_path, modelfile)
-    write_atomic(readme_path, readme)
+    report = {"model": args.adapter or str(folder), "base": meta["base"], "task": qa.task, "quant": args.quant,
+              **summary, "check": check}
+    modelfile = ollama_modelfile(setup, qa, gguf_path.name, check["adds_bos"])
+    if modelfile is None:
+        modelfile_path.unlink(missing_ok=True)  # an older export's Modelfile would not fit this file
+    else:
+        write_atomic(modelfile_path, modelfile)
+    write_atomic(readme_path, readme_text(gguf_path.name, modelfile_path.name if modelfile else None, report))
     print(f"[genqa] exported {gguf_path} ({args.quant}, {gguf_path.stat().st_size / 2**20:.1f} MiB) with "
-          f"{modelfile_path.name} and {readme_path.name}")
+          f"{(modelfile_path.name + ' and ') if modelfile else ''}{readme_path.name}")
     return report
 
 

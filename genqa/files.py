@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -68,6 +70,40 @@ def write_atomic(path: str | os.PathLike, data: str | bytes) -> None:
             os.unlink(tmp)
         raise
     fsync_dir(path.parent)
+
+
+def fsync_file(path: str | os.PathLike) -> None:
+    """Flush a file another library wrote by name to disk (before `os.replace` puts it in place)."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def stale_temps(out: str | os.PathLike) -> list[Path]:
+    """The hidden temp names genqa's writers leave beside `out` when killed: `.OUT-XXXXXXXX` folders
+    (`tempfile.mkdtemp(prefix=".OUT-")`) and `.OUT.XXXXXXXX.tmp[.ext]` files (`write_atomic`, `temp_file_beside`).
+    Links are never listed (nothing is followed or removed through one)."""
+    out = Path(out)
+    folders = re.compile(rf"\.{re.escape(out.name)}-[A-Za-z0-9_]{{8}}")
+    files = re.compile(rf"\.{re.escape(out.name)}\.[A-Za-z0-9_]{{8}}\.tmp(\.[A-Za-z0-9]+)?")
+    if not out.parent.is_dir():
+        return []
+    return sorted(p for p in out.parent.iterdir() if not p.is_symlink() and (
+        (p.is_dir() and folders.fullmatch(p.name)) or (p.is_file() and files.fullmatch(p.name))))
+
+
+def clean_stale_temps(out: str | os.PathLike, command: str) -> None:
+    """Remove the temp folders and files of killed `command`s into `out`; call it only under `out`'s output lock
+    (`genqa.locks.output_lock`), so none of them is in use."""
+    article = "an" if command[:1] in "aeiou" else "a"
+    for path in stale_temps(out):
+        print(f"[genqa] removing {path}: left by {article} {command} into {out} that was killed")
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
 
 
 def temp_file_beside(path: str | os.PathLike, suffix: str = ".tmp") -> Path:

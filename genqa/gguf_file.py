@@ -128,24 +128,26 @@ def write_gguf(path: Path, model, tokenizer, quant: str, content: GGUFContent, t
     arch = architecture(model.config)
     qtype = ggml_type(quant)
     writer = gguf.GGUFWriter(str(path), arch)
-    if content.source is not None:
-        expected = carry_metadata(writer, content.source, arch, model.get_input_embeddings().weight.shape[0])
-    else:
-        expected = None
-        write_architecture(writer, arch, model.config)
-        write_bpe_tokenizer(writer, tokenizer, tokenizer_dir, model.get_input_embeddings().weight.shape[0])
-    writer.add_chat_template(content.chat_template)
-    if content.eot_token_id is not None:
-        writer.add_eot_token_id(content.eot_token_id)
-    for key, value in content.genqa.items():
-        writer.add_string(f"genqa.{key}", value)
-    writer.add_file_type(file_type(quant))
-    writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
-    types = add_tensors(writer, model, arch, qtype, expected)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
+    try:  # the file is closed however the write ends (the caller removes a partial one)
+        if content.source is not None:
+            expected = carry_metadata(writer, content.source, arch, model.get_input_embeddings().weight.shape[0])
+        else:
+            expected = None
+            write_architecture(writer, arch, model.config)
+            write_bpe_tokenizer(writer, tokenizer, tokenizer_dir, model.get_input_embeddings().weight.shape[0])
+        writer.add_chat_template(content.chat_template)
+        if content.eot_token_id is not None:
+            writer.add_eot_token_id(content.eot_token_id)
+        for key, value in content.genqa.items():
+            writer.add_string(f"genqa.{key}", value)
+        writer.add_file_type(file_type(quant))
+        writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
+        types = add_tensors(writer, model, arch, qtype, expected)
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+    finally:
+        writer.close()
     return {"architecture": arch, "quant": quant, "tensor_types": types,
             "metadata": "carried over from " + str(content.source) if content.source else "written by genqa"}
 

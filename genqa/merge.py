@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import re
 import shutil
 import sys
 import tempfile
@@ -159,21 +158,6 @@ def merge(args: argparse.Namespace) -> dict[str, Any]:
     return report
 
 
-def _temp_folders(out: Path) -> list[Path]:
-    """Hidden folders a merge into `out` writes beside it (`tempfile.mkdtemp(prefix=".OUT-")`)."""
-    pattern = re.compile(rf"\.{re.escape(out.name)}-[A-Za-z0-9_]{{8}}")
-    if not out.parent.is_dir():
-        return []
-    return [p for p in out.parent.iterdir() if pattern.fullmatch(p.name) and p.is_dir() and not p.is_symlink()]
-
-
-def clean_stale_temp_folders(out: Path) -> None:
-    """Remove the temp folders of killed merges into `out` (called under the merge's lock, so none is in use)."""
-    for folder in _temp_folders(out):
-        print(f"[genqa] removing {folder}: left by a merge into {out} that was killed")
-        shutil.rmtree(folder, ignore_errors=True)
-
-
 def check_out_folder(out: Path, run: Path, overwrite: bool) -> None:
     """Refuse an `--out` whose replacement would destroy work: the run folder or a folder holding it, a file or link,
     and (even with `--overwrite`) any folder that is not a merged model genqa wrote (its marker file lists every
@@ -244,7 +228,6 @@ def save_merged(model, tokenizer, run: Path, out: Path, args, qa, sft, model_arg
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     print(f"[genqa] merged model saved to {out}")
-    print(f"[genqa] next: genqa predict --base {out} --data YOUR_TEST_FILE --out submission.csv")
 
 
 def push_to_hub(folder: Path, repo: str, private: bool = False) -> str:
@@ -268,15 +251,17 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 
     def run() -> int:
+        from genqa.files import clean_stale_temps
         from genqa.locks import output_lock
 
         out, adapter = Path(args.out).absolute(), Path(args.adapter)
         check_out_folder(out, adapter, args.overwrite)
         out = out.resolve()  # a name for the lock and the temp folders even for `--out .`
         with output_lock(out.with_name(f".{out.name}.merge.lock"), f"--out {args.out}", main_only=False):
-            clean_stale_temp_folders(out)
+            clean_stale_temps(out, "merge")
             check_out_folder(out, adapter, args.overwrite)
             merge(args)
+        print(f"[genqa] next: genqa predict --base {args.out} --data YOUR_TEST_FILE --out submission.csv")
         if args.push_to_hub:
             push_to_hub(Path(args.out), args.push_to_hub, args.private)
         return 0

@@ -54,7 +54,7 @@ def ollama_template(tokenizer, template: str, system: str | None, end_text: str,
         text = text[len(bos):]
     if text.count(PROMPT_MARK) != 1 or text.count(SYSTEM_MARK) != (1 if system else 0):
         raise ModelfileError("the chat template does not write the user message (and the system prompt) exactly once "
-                             "verbatim, so it has no Ollama TEMPLATE equivalent; use the GGUF file with llama.cpp, "
+                             "verbatim, so it has no Ollama TEMPLATE equivalent. Use the GGUF file with llama.cpp, "
                              "whose chat template is the run's own.")
     go = go_literal(text).replace(SYSTEM_MARK, "{{ .System }}").replace(PROMPT_MARK, "{{ .Prompt }}")
     stops = [s for s in dict.fromkeys([end_text.strip(), tokenizer.eos_token or ""]) if s]
@@ -73,10 +73,17 @@ def modelfile_text(gguf_name: str, tmpl: OllamaTemplate) -> str:
     return "\n".join(lines) + "\n"
 
 
-def readme_text(gguf_name: str, modelfile_name: str, report: dict) -> str:
-    """How to run the export with llama.cpp and Ollama, and what was checked."""
+def readme_text(gguf_name: str, modelfile_name: str | None, report: dict) -> str:
+    """How to run the export with llama.cpp and Ollama (`modelfile_name` None: no Modelfile could be written), and
+    what was checked."""
     stem = gguf_name.removesuffix(".gguf")
     check = report["check"]
+    ollama = f"""```bash
+ollama create {stem} -f {modelfile_name}
+ollama run {stem}
+```""" if modelfile_name else ("No Modelfile: the run's chat template has no Ollama TEMPLATE equivalent (it does not "
+                               "write the user message exactly once verbatim). Use llama.cpp, which applies the "
+                               "run's own template from the file.")
     return f"""# {gguf_name}
 
 Exported by `genqa export` from `{report['model']}` (base `{report['base']}`, task `{report['task']}`,
@@ -92,10 +99,7 @@ llama-server -m {gguf_name} --port 8080         # OpenAI-compatible server: POST
 
 ## Ollama
 
-```bash
-ollama create {stem} -f {modelfile_name}
-ollama run {stem}
-```
+{ollama}
 
 Send the user message exactly as genqa builds it (`genqa preview RECIPE` shows it: instruction, context, question,
 options); the system prompt is in the Modelfile.

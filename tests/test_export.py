@@ -209,3 +209,84 @@ def test_export_refuses_a_gemma3_it_cannot_describe(mcq_run, tmp_path, capsys): 
     err = capsys.readouterr().err
     assert "final_logit_softcapping" in err and "came from a .gguf file" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["g3"]
+
+
+def test_export_cleans_what_killed_exports_left_under_its_lock(tmp_path, capsys):
+    """A killed export leaves `.OUT-XXXXXXXX/merged` and `.OUT.XXXXXXXX.tmp.gguf` beside `--out`: the next export into
+    the same `--out` removes them (under its lock); another export's names and a link are left alone."""
+    from genqa.locks import output_lock
+
+    out = tmp_path / "m.gguf"
+    left = [tmp_path / ".m.gguf-ab12cd34", tmp_path / ".m.gguf.x9_k2m0q.tmp.gguf",
+            tmp_path / ".m.Modelfile.abcd1234.tmp"]
+    (left[0] / "merged").mkdir(parents=True)
+    for f in left[1:]:
+        f.write_text("partial")
+    keep = [tmp_path / ".other.gguf-ab12cd34", tmp_path / ".m.gguf.notours.tmp.gguf"]
+    keep[0].mkdir()
+    keep[1].write_text("x")
+    (tmp_path / ".m.gguf.zz12cd34.tmp.gguf").symlink_to(keep[1])
+    with output_lock(tmp_path / ".m.gguf.export.lock", "--out m.gguf", main_only=False):  # an export in progress
+        assert export_main(["--model", str(tmp_path), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "is being written by" in err and "Traceback" not in err and all(p.exists() for p in left)
+    assert export_main(["--model", str(tmp_path), "--out", str(out)]) == 2  # not a model folder: after the cleaning
+    assert not any(p.exists() for p in left) and all(p.exists() for p in keep)
+    assert "left by an export into" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("where", ["afile/x.gguf", "afile/deeper/x.gguf"])
+def test_export_out_under_a_file_is_refused_clearly(tmp_path, capsys, where):
+    (tmp_path / "afile").write_text("mine")
+    assert export_main(["--model", str(tmp_path), "--out", str(tmp_path / where)]) == 2
+    err = capsys.readouterr().err
+    assert "afile is a file" in err and "Traceback" not in err and (tmp_path / "afile").read_text() == "mine"
+
+
+def test_export_keeps_the_checked_gguf_when_no_modelfile_fits(mcq_run, tmp_path, capsys, monkeypatch):  # noqa: F811
+    """A chat template with no Ollama TEMPLATE equivalent: the checked GGUF (fsynced before it is placed) is kept for
+    llama.cpp, the Modelfile skipped with a warning; no merge folder and no `next: predict` for a deleted folder."""
+    import genqa.files
+    import genqa.modelfile
+    from genqa.modelfile import ModelfileError
+
+    def no_template(*args, **kwargs):
+        raise ModelfileError("no Ollama TEMPLATE equivalent")
+
+    synced = []
+    real_fsync = genqa.files.fsync_file
+    monkeypatch.setattr(genqa.modelfile, "ollama_template", no_template)
+    monkeypatch.setattr(genqa.files, "fsync_file", lambda p: synced.append(Path(p).name) or real_fsync(p))
+    out = tmp_path / "m.gguf"
+    assert export_main(["--adapter", str(mcq_run), "--out", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert "warning: no Modelfile written: no Ollama TEMPLATE equivalent" in captured.err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.README.md", "m.gguf"]
+    assert "No Modelfile" in (tmp_path / "m.README.md").read_text() and _fields(out)["genqa.task"] == "mcq"
+    assert len(synced) == 1 and synced[0].startswith(".m.gguf.") and synced[0].endswith(".tmp.gguf")
+    assert "next: genqa predict" not in captured.out
+
+
+def test_gguf_writer_is_closed_when_the_write_fails(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    import genqa.gguf_file
+    from genqa.gguf_file import GGUFContent, write_gguf
+
+    closed = []
+    real_close = gguf.GGUFWriter.close
+    monkeypatch.setattr(gguf.GGUFWriter, "close", lambda self: closed.append(self.fout is not None) or real_close(self))
+
+    def disk_full(self):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(gguf.GGUFWriter, "write_tensors_to_file", disk_full)
+    for name in ("write_architecture", "write_bpe_tokenizer"):
+        monkeypatch.setattr(genqa.gguf_file, name, lambda *a, **k: None)
+    monkeypatch.setattr(genqa.gguf_file, "add_tensors", lambda *a, **k: {})
+    config = SimpleNamespace(architectures=["LlamaForCausalLM"], model_type="llama")
+    embeddings = SimpleNamespace(weight=torch.zeros(8, 2))
+    model = SimpleNamespace(config=config, get_input_embeddings=lambda: embeddings)
+    with pytest.raises(OSError, match="No space left"):
+        write_gguf(tmp_path / "x.gguf", model, None, "f16", GGUFContent("", None, {}, None), tmp_path)
+    assert closed == [True]  # the open file was closed
