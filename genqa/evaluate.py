@@ -26,7 +26,7 @@ from typing import Any
 
 from genqa.data.mcq_format import DEFAULT_LABELS, PREFIXES
 from genqa.errors import DataError, GenqaError, report_errors
-from genqa.files import write_atomic
+from genqa.files import unwritable, write_atomic
 from genqa.scoring.metrics import LANGS, mcq_accuracy, mcq_generation_quality, normalize_choice, squad_scores
 from genqa.scoring.task_metrics import EVAL_TASKS
 from genqa.submission import FINGERPRINT_KEY
@@ -292,6 +292,9 @@ EVALUATORS = {"accuracy": _evaluate_mcq, "mcq_layout": _evaluate_mcq_generation}
 
 def run(args: argparse.Namespace) -> int:
     """Score, print the metrics as JSON (and write them to --out)."""
+    problem = unwritable(args.out, folder=False) if args.out else None
+    if problem:  # checked before scoring, not after
+        raise EvaluateError(f"--out: {problem}; give the path of a metrics JSON file to write (e.g. metrics.json).")
     metrics = EVALUATORS.get(EVAL_TASKS[args.task][0], _evaluate_squad)(args)
     text = json.dumps(metrics, indent=2, ensure_ascii=False)
     print(text)

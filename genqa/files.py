@@ -72,6 +72,30 @@ def write_atomic(path: str | os.PathLike, data: str | bytes) -> None:
     fsync_dir(path.parent)
 
 
+def write_new(path: str | os.PathLike, data: str) -> None:
+    """Write `data` (UTF-8) to `path`, which must not exist: complete and fsynced in a unique temp file beside it, then
+    hard-linked to `path` (`os.link` fails when `path` exists, so a file created meanwhile is never overwritten;
+    `FileExistsError`). Where the filesystem has no hard links, `path` is created exclusively (`open(path, "x")`)."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data.encode("utf-8"))
+            fh.flush()
+            os.fsync(fh.fileno())
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            raise
+        except OSError:  # no hard links here (some network and FAT filesystems)
+            with open(path, "x", encoding="utf-8") as out:
+                out.write(data)
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+    fsync_dir(path.parent)
+
+
 def fsync_file(path: str | os.PathLike) -> None:
     """Flush a file another library wrote by name to disk (before `os.replace` puts it in place)."""
     fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))

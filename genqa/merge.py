@@ -251,10 +251,13 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 
     def run() -> int:
-        from genqa.files import clean_stale_temps
+        from genqa.files import clean_stale_temps, unwritable
         from genqa.locks import output_lock
 
         out, adapter = Path(args.out).absolute(), Path(args.adapter)
+        problem = unwritable(out, folder=True)
+        if problem:
+            raise MergeError(f"--out: {problem}; give a folder for the merged model (e.g. merged/).")
         check_out_folder(out, adapter, args.overwrite)
         out = out.resolve()  # a name for the lock and the temp folders even for `--out .`
         with output_lock(out.with_name(f".{out.name}.merge.lock"), f"--out {args.out}", main_only=False):

@@ -193,9 +193,17 @@ def run(args: argparse.Namespace) -> int:
     from genqa.data.sources import header_columns, read_records
 
     args.out = args.out or f"{Path(args.data).stem}.yaml"
+    from genqa.files import unwritable, write_new
+
     out = Path(args.out)
     if out.exists():
         raise StarterError(f"{out} already exists; genqa init never overwrites a recipe. Pass another --out.")
+    problem = unwritable(out, folder=False)
+    if problem:
+        raise StarterError(f"--out: {problem}; give the path of a recipe file to write (e.g. my_mcq.yaml).")
+    if not out.parent.is_dir():
+        raise StarterError(f"--out {out}: the folder {out.parent} does not exist; create it first (mkdir -p "
+                           f"{out.parent}) or pass another --out.")
     if not Path(args.data).is_file():
         raise StarterError(f"{args.data}: file not found (working directory: {Path.cwd()}).")
     header = header_columns(args.data) or []
@@ -203,9 +211,11 @@ def run(args: argparse.Namespace) -> int:
     rows = read_records(args.data)[:50]
     text = recipe_text(recipe_entries(args, columns, rows), args.data, args.out)
     check_recipe(text, out)
-    from genqa.files import write_atomic
-
-    write_atomic(out, text)
+    try:
+        write_new(out, text)  # exclusive: a file created at `out` meanwhile is never overwritten
+    except FileExistsError:
+        raise StarterError(f"{out} was created while genqa init ran; it was left as it is. Pass another --out."
+                           ) from None
     print(f"[genqa] columns of {args.data}: " + ", ".join(f"{k} = {v}" for k, v in columns.items()))
     print(f"[genqa] wrote {out} (validated). Read it, then:\n  genqa train {out} --dry_run\n"
           f"  genqa preview {out} -n 2\n  genqa train {out}")

@@ -122,6 +122,16 @@ def test_error_missing_file(tmp_path, capsys):
     assert "nope.json" in err and "not found" in err
 
 
+def test_out_under_a_file_is_refused_before_scoring(tmp_path, capsys):
+    data = _write_squad(tmp_path / "dev.json")
+    preds = tmp_path / "p.json"
+    preds.write_text(json.dumps({"m0": "Marta Ruiz"}), encoding="utf-8")
+    (tmp_path / "afile").write_text("mine")
+    err = _error(["--data", str(data), "--predictions", str(preds), "--out", str(tmp_path / "afile" / "m.json")],
+                 capsys)
+    assert "afile is a file" in err and "Traceback" not in err
+
+
 def test_error_missing_column(tmp_path, capsys):
     data = _write_squad(tmp_path / "dev.json")
     preds = _write_csv(tmp_path / "preds.csv", ["id", "prediction"], [["m0", "Marta"]])

@@ -95,6 +95,14 @@ def test_merge_cleans_temp_folders_of_killed_merges(tmp_path, capsys):
     assert "left by a merge" in capsys.readouterr().out
 
 
+def test_merge_out_under_a_file_is_refused_clearly(tmp_path, capsys):
+    run = _fake_run(tmp_path)
+    (tmp_path / "afile").write_text("mine")
+    assert merge_main(["--adapter", str(run), "--out", str(tmp_path / "afile" / "merged")]) == 2
+    err = capsys.readouterr().err
+    assert "--out:" in err and "afile is a file" in err and "Traceback" not in err
+
+
 def test_merge_push_to_hub_uploads_the_checked_folder(mcq_run, tmp_path, monkeypatch, capsys):
     import huggingface_hub
 

@@ -152,6 +152,38 @@ def test_init_chinese_sheet_with_numbered_answers(tmp_path, capsys):
     assert 'option_labels: ["1", "2", "3", "4"]' in text and "（1、2、3或4）" in text and 'id_column: "題號"' in text
 
 
+@pytest.mark.parametrize(("where", "words"), [("newdir/x.yaml", "newdir does not exist"),
+                                              ("afile/x.yaml", "afile is a file")])
+def test_init_out_in_a_missing_folder_or_under_a_file_is_refused_clearly(tmp_path, capsys, where, words):
+    from genqa.starter import main as init_main
+
+    write_exam(tmp_path / "my_exam.xlsx")
+    (tmp_path / "afile").write_text("mine")
+    assert init_main(["--task", "mcq", "--data", str(tmp_path / "my_exam.xlsx"), "--model", "tiny:llama",
+                      "--out", str(tmp_path / where)]) == 2
+    err = capsys.readouterr().err
+    assert words in err and "Traceback" not in err and not (tmp_path / "newdir").exists()
+
+
+def test_init_never_overwrites_a_recipe_created_while_it_ran(tmp_path, capsys, monkeypatch):
+    import genqa.starter
+    from genqa.starter import main as init_main
+
+    write_exam(tmp_path / "my_exam.xlsx")
+    out = tmp_path / "mine.yaml"
+    real_check = genqa.starter.check_recipe
+
+    def check_then_user_writes(text, path):
+        real_check(text, path)
+        out.write_text("the user's own recipe")  # created between the exists-check and the write
+
+    monkeypatch.setattr(genqa.starter, "check_recipe", check_then_user_writes)
+    assert init_main(["--task", "mcq", "--data", str(tmp_path / "my_exam.xlsx"), "--model", "tiny:llama",
+                      "--out", str(out)]) == 2
+    assert out.read_text() == "the user's own recipe" and "was created while genqa init ran" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine.yaml", "my_exam.xlsx"]
+
+
 def test_init_names_the_columns_it_could_not_guess(tmp_path, capsys):
     from genqa.starter import main as init_main
 
