@@ -156,6 +156,20 @@ def _warn(message: str) -> None:
     print(f"genqa.evaluate: warning: {message}", file=sys.stderr)
 
 
+def _table_hint(args: argparse.Namespace, data_path: Path) -> str:
+    """What to do with a table passed as `--data` for a SQuAD-scored task: an explicit `--task extractive` /
+    `abstractive` is told the gold layout it needs; without `--task`, multiple-choice golds are the likely case."""
+    squad = ("SQuAD EM/F1 are scored against golds in the official SQuAD JSON layout (`{\"data\": [{\"paragraphs\": "
+             "[{\"context\": ..., \"qas\": [{\"id\": ..., \"answers\": [{\"text\": ...}]}]}]}]}`)")
+    where = f"--data file '{data_path}' is a table ({data_path.suffix}), not SQuAD JSON"
+    if getattr(args, "task_passed", True):
+        return (f"{where}, and --task {args.task}: {squad}. Write the gold answers of your test rows in that "
+                "layout (ids as in --predictions), or, if the answers are option labels, pass --task mcq.")
+    return (f"{where}, and --task is {args.task} (the default). For multiple-choice answers (e.g. a submission CSV) "
+            "pass `--task mcq --recipe RECIPE.yaml` (the recipe you trained with: its columns and option labels), or "
+            f"`--task mcq --gold_column COLUMN --labels A,B,C,D`. For extractive answers, {squad}.")
+
+
 def _evaluate_squad(args: argparse.Namespace) -> dict[str, Any]:
     from genqa.data.rows import unique_ids
     from genqa.data.sources import is_squad_json, squad_examples, squad_version
@@ -163,10 +177,7 @@ def _evaluate_squad(args: argparse.Namespace) -> dict[str, Any]:
     data_path = _existing(args.data, "--data", "an official-layout SQuAD JSON file (e.g. dev-v2.0.json)")
     pred_path = _existing(args.predictions, "--predictions", "a JSON map {qid: answer} or a CSV with id/answer")
     if data_path.suffix.lower() in (".xlsx", ".xls", ".csv", ".tsv", ".parquet", ".jsonl"):
-        raise EvaluateError(f"--data file '{data_path}' is a table ({data_path.suffix}), not SQuAD JSON, and "
-                            f"--task is {args.task}. For multiple-choice answers (e.g. a submission CSV) pass "
-                            "`--task mcq --recipe RECIPE.yaml` (the recipe you trained with: its columns and option "
-                            "labels), or `--task mcq --gold_column COLUMN --labels A,B,C,D`.")
+        raise EvaluateError(_table_hint(args, data_path))
     data = _read_json(data_path, "--data")
     if not is_squad_json(data):
         raise EvaluateError(f"--data file '{data_path}' is not official SQuAD JSON "
@@ -263,7 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="genqa eval", description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", help="dev file: SQuAD JSON (extractive tasks) or a table with id/gold columns (mcq)")
     ap.add_argument("--predictions", required=True, help="predictions: JSON map {qid: answer}, CSV, JSONL, ...")
-    ap.add_argument("--task", choices=TASKS, default=TASKS[0],
+    ap.add_argument("--task", choices=TASKS, default=None,
                     help="extractive = SQuAD with v1.1/v2.0 auto-detected from `is_impossible` (default)")
     ap.add_argument("--lang", choices=LANGS, default="en",
                     help="answer normalisation: en = official SQuAD, vi = + Unicode NFC, zh = character F1")
@@ -308,6 +319,7 @@ def run(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Run the evaluation CLI; prints the metrics as JSON and returns 0 (user errors exit with code 2)."""
     args = build_parser().parse_args(argv)
+    args.task_passed, args.task = args.task is not None, args.task or TASKS[0]
     return report_errors("genqa.evaluate", lambda: run(args))
 
 

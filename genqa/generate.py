@@ -171,11 +171,18 @@ def prepare(args: argparse.Namespace, qa, sft, task) -> Setup:
         max_new_tokens=task.answer_budget if args.max_new_tokens is None else args.max_new_tokens,
         num_beams=args.num_beams, do_sample=args.do_sample, mcq_mode=args.mcq_mode, progress=not args.no_progress,
         settings=backbone.prediction_settings([args.adapter, args.base], qa, sft, passed))
-    if not (task.scores_labels and args.mcq_mode == "score"):
-        note = budget_note([args.adapter, args.base], options.max_new_tokens)
-        if note:
-            print(f"[genqa] note: {note}", file=sys.stderr)
+    note = generation_budget_note(task, options, [args.adapter, args.base])
+    if note:
+        print(f"[genqa] note: {note}", file=sys.stderr)
     return Setup(backbone, tokenizer, template, options)
+
+
+def generation_budget_note(task, options, folders: list[str | None]) -> str | None:
+    """`budget_note` where this prediction generates answers (`Task.decoding` mode `generate`); None where it scores
+    labels or option texts (`mcq_mode` score / options / options_sum), which generate nothing."""
+    if task.decoding(options.settings, options.mcq_mode).mode != "generate":
+        return None
+    return budget_note(folders, options.max_new_tokens)
 
 
 def budget_note(folders: list[str | None], budget: int) -> str | None:

@@ -132,6 +132,16 @@ def test_out_under_a_file_is_refused_before_scoring(tmp_path, capsys):
     assert "afile is a file" in err and "Traceback" not in err
 
 
+@pytest.mark.parametrize("task", [[], ["--task", "extractive"]])
+def test_table_golds_get_the_hint_of_their_case(tmp_path, capsys, task):
+    gold = _write_csv(tmp_path / "gold.csv", ["id", "answer"], [["q1", "Marta Ruiz"]])
+    preds = tmp_path / "p.json"
+    preds.write_text(json.dumps({"q1": "Marta Ruiz"}), encoding="utf-8")
+    err = _error(["--data", str(gold), "--predictions", str(preds), *task], capsys)
+    assert "is a table (.csv), not SQuAD JSON" in err and "official SQuAD JSON layout" in err
+    assert ("--task mcq --recipe RECIPE.yaml" in err) == (not task)  # an extractive user is not sent to mcq first
+
+
 def test_error_missing_column(tmp_path, capsys):
     data = _write_squad(tmp_path / "dev.json")
     preds = _write_csv(tmp_path / "preds.csv", ["id", "prediction"], [["m0", "Marta"]])

@@ -314,3 +314,20 @@ def test_budget_note_from_the_saved_data_report(tmp_path):
     assert budget_note([str(tmp_path / "missing"), None], 8) is None
     (run / "genqa_data_report.json").write_text("[{]")
     assert budget_note([str(run)], 8) is None
+
+
+@pytest.mark.parametrize(("mode", "noted"), [("generate", True), ("score", False), ("options", False),
+                                             ("options_sum", False)])
+def test_budget_note_only_where_answers_are_generated(tmp_path, mode, noted):
+    """Scoring labels or option texts generates nothing: no `--max_new_tokens` advice under those mcq modes."""
+    from genqa.backbones import PredictOptions, PredictSettings
+    from genqa.config import QAArguments
+    from genqa.data.tasks import get_task
+    from genqa.generate import generation_budget_note
+
+    (tmp_path / "genqa_data_report.json").write_text(json.dumps([{"split": "train", "longest_answer_tokens": 130}]))
+    options = PredictOptions(max_length=512, batch_size=1, max_new_tokens=8, mcq_mode=mode,
+                             settings=PredictSettings())
+    task = get_task(QAArguments(task="mcq", options_columns=["A", "B", "C", "D"]))
+    note = generation_budget_note(task, options, [str(tmp_path)])
+    assert bool(note) == noted
