@@ -36,15 +36,19 @@ class StopOnNonFinite(TrainerCallback):
 
         if model is None:
             return control
-        with torch.no_grad():
-            bad = next((name for name, p in model.named_parameters() if p.requires_grad and p.numel()
-                        and not bool(torch.isfinite(p).all())), None)
-        if bad is not None:
-            raise TrainingDiverged(
-                f"training diverged at step {state.global_step}: the weight {bad} is NaN or inf (the loss became NaN "
-                f"or inf; learning_rate {args.learning_rate:g} may be far too high). The run is not finished and no "
-                "checkpoint of this step was saved; lower learning_rate (or use another output_dir) and rerun.")
-        return control
+        trained = [(name, p) for name, p in model.named_parameters() if p.requires_grad and p.numel()]
+        if not trained:
+            return control
+        with torch.no_grad():  # one fused check and a single device sync per step; names only once it failed
+            device = trained[0][1].device
+            finite = torch.stack([torch.isfinite(p).all().to(device, non_blocking=True) for _, p in trained]).all()
+            if bool(finite):
+                return control
+            bad = next(name for name, p in trained if not bool(torch.isfinite(p).all()))
+        raise TrainingDiverged(
+            f"training diverged at step {state.global_step}: the weight {bad} is NaN or inf (the loss became NaN "
+            f"or inf; learning_rate {args.learning_rate:g} may be far too high). The run is not finished and no "
+            "checkpoint of this step was saved; lower learning_rate (or use another output_dir) and rerun.")
 
 
 class TimeBudget(TrainerCallback):

@@ -45,3 +45,28 @@ def test_a_diverging_training_stops_naming_the_step_and_is_not_finished(tmp_path
     assert "genqa.sft: error: training diverged at step 2" in err and "is NaN or inf" in err, err  # LoRA B is 0 at 1
     assert not (out / "genqa_finished.json").exists() and not (out / "checkpoint-2").exists()
     assert (out / "checkpoint-1").is_dir()  # the last finite step stays resumable
+
+
+@pytest.mark.parametrize("poisoned", [None, "1.weight"])
+def test_non_finite_check_syncs_once_per_step(monkeypatch, poisoned):
+    """One device sync per step for all trainable tensors (not one per tensor); a NaN is still named."""
+    import torch
+    from transformers import TrainerControl, TrainerState, TrainingArguments
+
+    from genqa.stopping import StopOnNonFinite, TrainingDiverged
+
+    model = torch.nn.Sequential(*[torch.nn.Linear(4, 4) for _ in range(6)])
+    model[0].weight.requires_grad_(False)
+    if poisoned:
+        with torch.no_grad():
+            model[1].weight[0, 0] = float("nan")
+    syncs = []
+    real_bool = torch.Tensor.__bool__
+    monkeypatch.setattr(torch.Tensor, "__bool__", lambda self: syncs.append(1) or real_bool(self))
+    args, state = TrainingArguments(output_dir="unused", report_to=[]), TrainerState(global_step=3)
+    if poisoned:
+        with pytest.raises(TrainingDiverged, match=r"step 3: the weight 1\.weight is NaN"):
+            StopOnNonFinite().on_step_end(args, state, TrainerControl(), model=model)
+    else:
+        StopOnNonFinite().on_step_end(args, state, TrainerControl(), model=model)
+        assert len(syncs) == 1
