@@ -197,3 +197,18 @@ def test_gguf_file_missing_or_unreachable_is_a_recipe_error(tmp_path):
         resolve_model_path("x.gguf")
     with pytest.raises(RecipeError, match="could not fetch m.gguf from the hub repo owner/repo"):
         resolve_model_path("owner/repo/m.gguf")  # offline in the tests (HF_HUB_OFFLINE=1)
+
+
+@pytest.mark.parametrize(("name", "words"), [("pkg:  ", "names no package"),
+                                              ("pkg:pytest", "the package `pytest` holds no model")])
+def test_package_names_are_checked_and_resolved_by_one_rule(name, words):
+    """`--dry_run`'s check and the loader parse a `pkg:` name in one place and refuse it with the same message."""
+    from genqa.backbones.loading import check_model_name, resolve_package_model
+    from genqa.recipe import RecipeError
+
+    messages = []
+    for step in (check_model_name, resolve_package_model):
+        with pytest.raises(RecipeError) as err:
+            step(name)
+        messages.append(str(err.value))
+    assert messages[0] == messages[1] and words in messages[0]

