@@ -149,3 +149,26 @@ def test_training_time_evaluation_scores_options_under_the_recipes_mode(model_an
     answers = predict_answers(model, encoder, ROWS, max_new_tokens=8)
     expected = score_texts(model, encoder, ROWS, encoder.task.option_candidates, True, progress=False)
     assert list(answers.values()) == expected
+
+
+@pytest.mark.parametrize("kind", ["tiny:llama", "tiny:gemma3"])
+def test_prompt_once_then_each_option_gives_the_full_passes_scores(kind):
+    """Option scoring runs each prompt once and its options on copies of its cache; the scores are those of every
+    (prompt + option) run whole, also on Gemma 3's sliding-window layers (window 48; these prompts are longer)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from genqa.backbones.generation import _prompt_then_texts, _text_logprobs
+    from genqa.backbones.loading import resolve_model_path
+
+    path = resolve_model_path(kind)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    tok = AutoTokenizer.from_pretrained(path)
+    g = torch.Generator().manual_seed(0)
+    prompts = [torch.randint(10, 1000, (n,), generator=g).tolist() for n in (70, 12, 55)]
+    targets = [[torch.randint(10, 1000, (k,), generator=g).tolist() for k in ks] for ks in ((1, 3), (2, 5, 1), (4,))]
+    with torch.no_grad():
+        cached = _prompt_then_texts(model, tok, prompts, targets, torch.device("cpu"))
+        whole = _text_logprobs(model, tok, [(p, t) for p, ts in zip(prompts, targets, strict=True) for t in ts],
+                               torch.device("cpu"))
+    assert [len(r) for r in cached] == [2, 3, 1]
+    assert torch.allclose(torch.tensor([s for r in cached for s in r]), torch.tensor(whole), atol=1e-4)

@@ -296,6 +296,10 @@ def _candidate_scorer(model, encoder: PromptEncoder, rows: list[dict[str, Any]],
     device = model_device(model)
 
     def scores_of(batch: list[int]) -> list[list[float]]:
+        targets = [[texts[text] for _, text in candidates[i]] for i in batch]
+        cached = _prompt_then_texts(model, encoder.tokenizer, [prompts[i] for i in batch], targets, device)
+        if cached is not None:
+            return cached
         pairs = [(i, text) for i in batch for _, text in candidates[i]]
         flat = _text_logprobs(model, encoder.tokenizer, [(prompts[i], texts[text]) for i, text in pairs], device)
         out, k = [], 0
@@ -305,6 +309,49 @@ def _candidate_scorer(model, encoder: PromptEncoder, rows: list[dict[str, Any]],
         return out
 
     return candidates, prompts, scores_of
+
+
+def _prompt_then_texts(model, tokenizer, prompts: list[list[int]], targets: list[list[list[int]]], device
+                       ) -> list[list[float]] | None:
+    """Summed log-probability of each row's target texts after its prompt, each prompt run once: the prompts go
+    through the model as one left-padded batch, their KV cache is copied once per target (`batch_select_indices`),
+    and the targets (right-padded) run on top of their row's copy. A row's options share its prompt, so this costs
+    about one prompt pass per row instead of one per option. None when the model keeps no such cache (then every
+    (prompt + text) runs whole, `_text_logprobs`). Left padding shifts every slot of a row alike, so sliding-window
+    layers see what the prompt alone gives."""
+    batch = to_device(pad(tokenizer, [{"input_ids": p} for p in prompts], side="left"), device)
+    mask = batch["attention_mask"]
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    try:
+        out = model(**batch, position_ids=positions, use_cache=True, logits_to_keep=1)
+    except TypeError:
+        return None
+    cache = out.past_key_values
+    if cache is None or not hasattr(cache, "batch_select_indices"):
+        return None
+    first = torch.log_softmax(out.logits[:, -1, :].float(), dim=-1)  # predicts every target's first token
+    owner = [b for b, row in enumerate(targets) for _ in row]
+    flat = [t for row in targets for t in row]
+    cache.batch_select_indices(torch.tensor(owner, device=mask.device))
+    width = max(len(t) for t in flat)
+    ids = torch.full((len(flat), width), _pad_id(tokenizer), dtype=torch.long, device=mask.device)
+    tmask = torch.zeros_like(ids)
+    for k, t in enumerate(flat):
+        ids[k, :len(t)] = torch.tensor(t, device=mask.device)
+        tmask[k, :len(t)] = 1
+    steps = positions[owner, -1:] + 1 + torch.arange(width, device=mask.device)
+    logits = model(input_ids=ids, attention_mask=torch.cat([mask[owner], tmask], dim=1), position_ids=steps,
+                   past_key_values=cache, use_cache=True).logits
+    logp = torch.log_softmax(logits.float(), dim=-1)  # position j predicts target token j + 1
+    scores = []
+    for k, t in enumerate(flat):
+        rest = sum(float(logp[k, j - 1, t[j]]) for j in range(1, len(t)))
+        scores.append(float(first[owner[k], t[0]]) + rest)
+    result, k = [], 0
+    for row in targets:
+        result.append(scores[k:k + len(row)])
+        k += len(row)
+    return result
 
 
 def _text_logprobs(model, tokenizer, pairs: list[tuple[list[int], list[int]]], device) -> list[float]:
