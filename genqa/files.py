@@ -53,12 +53,22 @@ def unwritable(path: str | os.PathLike, folder: bool) -> str | None:
     return None
 
 
+def _exclusive_temp(path: Path, suffix: str = ".tmp") -> tuple[int, str]:
+    """A unique temp file created exclusively in `path`'s folder (`mkstemp`), with the permissions a plain new file
+    gets (0666 less the umask: what the user's tools expect to read), not mkstemp's owner-only 0600."""
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    mask = os.umask(0)
+    os.umask(mask)
+    os.fchmod(fd, 0o666 & ~mask)
+    return fd, name
+
+
 def write_atomic(path: str | os.PathLike, data: str | bytes) -> None:
     """Replace `path` with `data` (text is written as UTF-8) atomically: unique exclusive temp file in the same
     folder, fsync, `os.replace`, fsync of the folder. On any failure the temp file is removed and the old file kept."""
     path = Path(path)
     payload = data.encode("utf-8") if isinstance(data, str) else data
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = _exclusive_temp(path)
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(payload)
@@ -77,7 +87,7 @@ def write_new(path: str | os.PathLike, data: str) -> None:
     hard-linked to `path` (`os.link` fails when `path` exists, so a file created meanwhile is never overwritten;
     `FileExistsError`). Where the filesystem has no hard links, `path` is created exclusively (`open(path, "x")`)."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = _exclusive_temp(path)
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data.encode("utf-8"))
@@ -135,7 +145,7 @@ def temp_file_beside(path: str | os.PathLike, suffix: str = ".tmp") -> Path:
     writer that needs a file name (a library that writes to a path); `os.replace` it over `path` when complete and
     unlink it on failure."""
     path = Path(path)
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    fd, name = _exclusive_temp(path, suffix)
     os.close(fd)
     return Path(name)
 

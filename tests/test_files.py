@@ -92,3 +92,20 @@ def test_other_runtime_errors_still_raise():
 
     with pytest.raises(RuntimeError):
         report_errors("genqa.x", run)
+
+
+def test_written_files_get_the_usual_permissions_not_mkstemps_owner_only(tmp_path):
+    import os
+    import stat
+
+    from genqa.files import temp_file_beside, write_atomic, write_new
+
+    old = os.umask(0o022)
+    try:
+        write_atomic(tmp_path / "a.csv", "x")
+        write_new(tmp_path / "b.yaml", "y")
+        beside = temp_file_beside(tmp_path / "c.gguf")
+    finally:
+        os.umask(old)
+    for path in (tmp_path / "a.csv", tmp_path / "b.yaml", beside):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o644, path
