@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from genqa.config import QAArguments
-from genqa.data.sources import DataError, grouped_split, load_source
+from genqa.data.sources import DataError, load_source
+from genqa.data.splits import grouped_split
 from genqa.data.tasks import get_task
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"

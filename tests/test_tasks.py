@@ -10,7 +10,8 @@ from datasets import Dataset
 
 from genqa.config import QAArguments
 from genqa.data.answers import map_to_context
-from genqa.data.sources import DataError, grouped_split, load_source
+from genqa.data.sources import DataError, load_source
+from genqa.data.splits import grouped_split
 from genqa.data.tasks import get_task, split_options
 
 LABELS = ["A", "B", "C", "D"]

@@ -1,4 +1,4 @@
-"""Reading a generated answer back onto its context (generative extractive QA).
+"""Answers and their contexts: gold answers read from a source row, and a generated answer read back onto its context.
 
 A causal LM asked for a span may change case or spacing, or add quotes and a final period. `map_to_context` finds
 the span of the context the answer stands for: as written, stripped of quotes and punctuation, or after Unicode NFC,
@@ -14,8 +14,14 @@ because no library maps a normalised match back to the original characters.
 
 from __future__ import annotations
 
+import re
 import unicodedata
 from collections.abc import Callable
+from typing import Any
+
+from genqa.config import QAArguments
+from genqa.data.task import _text
+from genqa.errors import DataError
 
 
 def _clusters(text: str) -> list[tuple[int, int]]:
@@ -90,3 +96,47 @@ def map_to_context(answer: str, context: str) -> tuple[str, str]:
     if pos >= 0:
         return context[spans[pos][0]:spans[pos + len(norm_ans) - 1][1]], "normalized"
     return answer, "not_in_context"
+
+
+def answer_starts(raw: Any, where: str) -> list[int]:
+    """Answer offsets as whole numbers; anything else (`"abc"`, 1.5, a dict) is a `DataError` naming the row."""
+    out = []
+    for value in raw if isinstance(raw, (list, tuple)) else [raw]:
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, int | str) or not str(value).strip().lstrip("-").isdigit():
+            raise DataError(f"{where}: answer start {value!r} is not a whole number (a character offset into the "
+                            "context).")
+        out.append(int(value))
+    return out
+
+
+def gold_answers(row: dict[str, Any], args: QAArguments, where: str) -> tuple[list[str], list[int]]:
+    """The gold answer texts of an extractive row (a string, a list, or a SQuAD `answers` dict) and their offsets."""
+    value = row[args.answer_column]
+    starts: list[int] = []
+    if isinstance(value, dict):  # HF squad `answers` = {"text": [...], "answer_start": [...]}
+        texts_value = value.get("text", [])
+        if not isinstance(texts_value, (list, tuple)):
+            raise DataError(f"{where}: `{args.answer_column}` is a dict whose `text` is not a list of answers.")
+        texts = [_text(t) for t in texts_value]
+        starts = answer_starts(value.get("answer_start", []), where)
+    elif isinstance(value, (list, tuple)):
+        texts = [_text(t) for t in value]
+    else:
+        texts = [_text(value)] if _text(value).strip() else []
+    if args.answer_start_column and row.get(args.answer_start_column) not in (None, ""):
+        starts = answer_starts(row[args.answer_start_column], where)
+    return [t for t in texts if t.strip()], starts
+
+
+def locate_answer(text: str, start: int, context: str, where: str) -> tuple[int, int]:
+    """(start, end) of answer `text` in `context`: at `start` when it is there, else the occurrence nearest to it;
+    compared in Unicode NFC when the raw strings differ (an NFD context, an NFC answer)."""
+    if 0 <= start and context[start:start + len(text)] == text:
+        return start, start + len(text)
+    found = [(m.start(), m.end()) for m in re.finditer(re.escape(text), context)] or find_nfc(text, context)
+    if not found:
+        raise DataError(f"{where}: answer {text!r} does not occur in its context. Fix the answer or the context, or "
+                        "drop the row from the source.")
+    return min(found, key=lambda span: abs(span[0] - start)) if start >= 0 else found[0]

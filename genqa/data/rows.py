@@ -15,7 +15,8 @@ from typing import Any
 from datasets import Dataset
 
 from genqa.config import QAArguments
-from genqa.data.sources import load_source, train_validation
+from genqa.data.sources import load_source
+from genqa.data.splits import train_validation
 from genqa.data.tasks import Task
 from genqa.errors import DataError
 

@@ -12,7 +12,7 @@ from typing import Any
 
 from genqa.backbones import PredictSettings
 from genqa.config import OPTION_TEXT_MODES, QAArguments
-from genqa.data.answers import find_nfc, map_to_context
+from genqa.data.answers import gold_answers, locate_answer, map_to_context
 from genqa.data.mcq_format import MCQLayout, format_mcq, label_alternation, layout_problems
 from genqa.data.task import CANONICAL_COLUMNS, CANONICAL_FEATURES, Decoding, SpanOfContext, Task, _text
 from genqa.errors import DataError
@@ -24,50 +24,6 @@ __all__ = ["CANONICAL_COLUMNS", "CANONICAL_FEATURES", "AbstractiveTask", "Decodi
 def _is_no_answer(text: str, no_answer_text: str) -> bool:
     norm = re.sub(r"[\W_]+", " ", text, flags=re.UNICODE).strip().lower()
     return norm == re.sub(r"[\W_]+", " ", no_answer_text, flags=re.UNICODE).strip().lower()
-
-
-def _starts(raw: Any, where: str) -> list[int]:
-    """Answer offsets as whole numbers; anything else (`"abc"`, 1.5, a dict) is a `DataError` naming the row."""
-    out = []
-    for value in raw if isinstance(raw, (list, tuple)) else [raw]:
-        if isinstance(value, float) and value.is_integer():
-            value = int(value)
-        if isinstance(value, bool) or not isinstance(value, int | str) or not str(value).strip().lstrip("-").isdigit():
-            raise DataError(f"{where}: answer start {value!r} is not a whole number (a character offset into the "
-                            "context).")
-        out.append(int(value))
-    return out
-
-
-def _answer_texts_and_starts(row: dict[str, Any], args: QAArguments, where: str) -> tuple[list[str], list[int]]:
-    """The gold answer texts of an extractive row (a string, a list, or a SQuAD `answers` dict) and their offsets."""
-    value = row[args.answer_column]
-    starts: list[int] = []
-    if isinstance(value, dict):  # HF squad `answers` = {"text": [...], "answer_start": [...]}
-        texts_value = value.get("text", [])
-        if not isinstance(texts_value, (list, tuple)):
-            raise DataError(f"{where}: `{args.answer_column}` is a dict whose `text` is not a list of answers.")
-        texts = [_text(t) for t in texts_value]
-        starts = _starts(value.get("answer_start", []), where)
-    elif isinstance(value, (list, tuple)):
-        texts = [_text(t) for t in value]
-    else:
-        texts = [_text(value)] if _text(value).strip() else []
-    if args.answer_start_column and row.get(args.answer_start_column) not in (None, ""):
-        starts = _starts(row[args.answer_start_column], where)
-    return [t for t in texts if t.strip()], starts
-
-
-def _locate(text: str, start: int, context: str, where: str) -> tuple[int, int]:
-    """(start, end) of answer `text` in `context`: at `start` when it is there, else the occurrence nearest to it;
-    compared in Unicode NFC when the raw strings differ (an NFD context, an NFC answer)."""
-    if 0 <= start and context[start:start + len(text)] == text:
-        return start, start + len(text)
-    found = [(m.start(), m.end()) for m in re.finditer(re.escape(text), context)] or find_nfc(text, context)
-    if not found:
-        raise DataError(f"{where}: answer {text!r} does not occur in its context. Fix the answer or the context, or "
-                        "drop the row from the source.")
-    return min(found, key=lambda span: abs(span[0] - start)) if start >= 0 else found[0]
 
 
 @dataclass
@@ -85,10 +41,10 @@ class ExtractiveTask(Task):
     def fill(self, ex, row, where, has_answer):
         if not has_answer:
             return
-        texts, starts = _answer_texts_and_starts(row, self.args, where)
+        texts, starts = gold_answers(row, self.args, where)
         fixed_texts, fixed_starts = [], []
         for i, text in enumerate(texts):
-            span = _locate(text, starts[i] if i < len(starts) else -1, ex["context"], where)
+            span = locate_answer(text, starts[i] if i < len(starts) else -1, ex["context"], where)
             fixed_texts.append(ex["context"][span[0]:span[1]])
             fixed_starts.append(span[0])
         ex["answers"], ex["answer_starts"] = fixed_texts, fixed_starts
