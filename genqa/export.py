@@ -174,6 +174,7 @@ def export_folder(folder: Path, merged_from: str | None, out: Path, args: argpar
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
+    from genqa.data.templates import portable_template
     from genqa.export_check import ExportCheck
     from genqa.files import fsync_dir, fsync_file, temp_file_beside, write_atomic
     from genqa.gguf_file import GGUFContent, architecture, write_gguf
@@ -187,7 +188,7 @@ def export_folder(folder: Path, merged_from: str | None, out: Path, args: argpar
     base = base_of(folder, merged_from, model_args)
     meta = {"base": base or str(folder), "task": qa.task, "template": qa.template,
             "recipe_sha256": hashlib.sha256((folder / RECIPE_FILE).read_bytes()).hexdigest()}
-    content = GGUFContent(setup.template, setup.eot_token_id(), meta, source_gguf(base))
+    content = GGUFContent(portable_template(setup.template), setup.eot_token_id(), meta, source_gguf(base))
     gguf_path, modelfile_path, readme_path = outputs(out)
     tmp = temp_file_beside(gguf_path, ".tmp.gguf")  # unique and exclusive: never a planted link
     try:

@@ -76,6 +76,7 @@ class ExportCheck:
         tokenizer.padding_side = "left"
         other = PromptEncoder(self.encoder.task, tokenizer, self.template, self.encoder.max_length)
         prompts = self.tokenization(other)
+        self.stored_template(path)
         ref, got = logits_of(model, self.batch), logits_of(loaded, self.batch)
         scale = float(ref.abs().max())
         diff = float((ref - got).abs().max())
@@ -106,6 +107,30 @@ class ExportCheck:
                                   f"difference at token {at}: {ids[at:at + 3]} vs {theirs[at:at + 3]}); nothing was "
                                   "written.")
         return prompts
+
+    def stored_template(self, path: Path) -> None:
+        """The chat template written into the file, rendered by plain Jinja2 as llama.cpp's Python bindings do (a
+        sandbox with `trim_blocks` / `lstrip_blocks`, no transformers extensions), must give genqa's prompts."""
+        import gguf
+        import jinja2
+        from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+        field = gguf.GGUFReader(str(path)).fields.get("tokenizer.chat_template")
+        if field is None:
+            raise ExportError("the exported file has no `tokenizer.chat_template`; nothing was written.")
+        tok = self.encoder.tokenizer
+        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, loader=jinja2.BaseLoader())
+        for i, row in enumerate(self.rows):
+            try:
+                text = env.from_string(field.contents()).render(
+                    messages=self.encoder.task.messages(row, with_answer=False), add_generation_prompt=True,
+                    bos_token=tok.bos_token or "", eos_token=tok.eos_token or "")
+            except jinja2.TemplateError as err:
+                raise ExportError(f"the chat template written into the file does not render in plain Jinja2 "
+                                  f"({type(err).__name__}: {err}); nothing was written.") from err
+            if text != self.encoder.prompt_text(row):
+                raise ExportError(f"the chat template written into the file renders check row {i} differently from "
+                                  "the run's template; nothing was written.")
 
     def answers(self, model, loaded, other: PromptEncoder, prompts: list[list[int]]) -> int:
         """How many rows the file answers greedily exactly as the model (genqa's generation, one row at a time)."""

@@ -161,6 +161,34 @@ def test_shipped_chat_templates_carry_generation_markers():
         assert "{% generation %}" in src and "{% endgeneration %}" in src, name
 
 
+@pytest.mark.parametrize("name", ["alpaca", "alpaca_zh", "llama2", "llama3", "chatml", "gemma"])
+def test_portable_template_renders_the_same_text_in_plain_jinja2(name, tiny_tokenizer):
+    """What `genqa export` writes into a GGUF file: the template without transformers' `{% generation %}` tags,
+    rendered by plain Jinja2 as llama.cpp's Python bindings do, gives exactly transformers' rendering."""
+    import jinja2
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    from genqa.data.templates import portable_template
+
+    template = load_template(name)
+    portable = portable_template(template)
+    assert "generation" not in portable.replace("add_generation_prompt", "")
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, loader=jinja2.BaseLoader())
+    messages = get_task(QAArguments(task="extractive")).messages(dict(ROW))
+    for convo, gen in ((messages, False), (messages[:-1], True)):
+        theirs = env.from_string(portable).render(messages=convo, add_generation_prompt=gen,
+                                                  bos_token=tiny_tokenizer.bos_token, eos_token=tiny_tokenizer.eos_token)
+        ours = tiny_tokenizer.apply_chat_template(convo, chat_template=template, tokenize=False,
+                                                  add_generation_prompt=gen)
+        assert theirs == ours
+
+
+def test_portable_template_keeps_whitespace_control():
+    from genqa.data.templates import portable_template
+
+    assert portable_template("a {%- generation -%} b {%endgeneration%} c") == "a {%- if true -%} b {% endif %} c"
+
+
 def test_trl_assistant_only_mask_matches_genqa(tiny_tokenizer):
     """TRL's assistant_only_loss path (generation markers) trains the same tokens genqa does."""
     template = load_template("llama3")

@@ -11,6 +11,7 @@ import pytest
 import torch
 from test_merge_generate import _train, mcq_run  # noqa: F401  (the tiny MCQ run, trained once per module)
 
+from genqa.data.templates import portable_template
 from genqa.export import main as export_main
 from genqa.sft import main as sft_main
 
@@ -37,7 +38,10 @@ def test_export_round_trip(mcq_run, tmp_path, capsys, quant):  # noqa: F811
     assert re.search(r"greedy answers identical on (\d+)/\1 rows", printed)
     meta = _fields(out)
     assert meta["general.architecture"] == "llama" and meta["tokenizer.ggml.model"] == "gpt2"
-    assert meta["tokenizer.chat_template"] == (mcq_run / "chat_template.jinja").read_text()
+    trained = (mcq_run / "chat_template.jinja").read_text()
+    assert "{% generation %}" in trained  # transformers' extension, which llama.cpp's Jinja engines do not know
+    assert meta["tokenizer.chat_template"] == portable_template(trained) and "generation" not in meta[
+        "tokenizer.chat_template"]
     assert meta["tokenizer.ggml.tokens"][meta["tokenizer.ggml.eot_token_id"]] == "</s>"  # llama2's end of turn
     assert meta["genqa.base"] == "tiny:llama" and meta["genqa.task"] == "mcq" and len(meta["genqa.recipe_sha256"]) == 64
     assert _tensor_types(out) == {"F32", quant.upper()}  # norms stay F32

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import re
 from pathlib import Path
 
 from transformers import PreTrainedTokenizerBase
@@ -244,6 +245,16 @@ def render(tokenizer: PreTrainedTokenizerBase, template: str, messages: list[dic
         first = next((line for line in template.splitlines() if line.strip()), "")[:60]
         raise TemplateError(f"the chat template (starting {first!r}) failed to render: {type(err).__name__}: {err}. "
                             "Fix the template (genqa renders it in transformers' Jinja sandbox).") from err
+
+
+#: transformers' `{% generation %}` / `{% endgeneration %}` tags, with their whitespace control
+_GENERATION_TAG = re.compile(r"\{%(-?)\s*(end)?generation\s*(-?)%\}")
+
+
+def portable_template(template: str) -> str:
+    """`template` for Jinja engines without transformers' `{% generation %}` extension (llama.cpp's, Jinja2's own):
+    each marker becomes an `if true` block with the same whitespace control, so it renders the same text."""
+    return _GENERATION_TAG.sub(lambda m: f"{{%{m[1]} {'endif' if m[2] else 'if true'} {m[3]}%}}", template)
 
 
 def split_prompt_completion(tokenizer: PreTrainedTokenizerBase, template: str,
