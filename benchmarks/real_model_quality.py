@@ -58,6 +58,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--layout_only", action="store_true",
                    help="MCQ generation: score layout-constrained decoding only (free decoding is the slow part: "
                    "a model that never stops writes max_new_tokens for every row).")
+    p.add_argument("--extractive_modes", default="free,constrained",
+                   help="Extractive decodings scored, of free,constrained (calibration runs on SQuAD 2.0-style rows).")
+    p.add_argument("--zero_shot_only", action="store_true", help="Score the base model only (no training).")
     p.add_argument("--threads", type=int, default=1, help="torch threads (on a CPU shared with other jobs, one thread "
                    "was 7x faster per decoding step than two here: oversubscription).")
     return p.parse_args(argv)
@@ -119,12 +122,15 @@ def _extractive(model, encoder, task, rows, calib, args, lang) -> tuple[dict, di
     kw = dict(batch_size=args.batch_size, max_new_tokens=n_new, progress=False)
     stopped: dict[int, bool] = {}
     out, outside = {}, {}
-    free = generate_texts(model, encoder, rows, stopped=stopped, **kw)
-    out["free"], outside["free"] = _score(task, rows, free, "generate", lang, args.record, "free")
-    cons = generate_texts(model, encoder, rows, constraint=SpanOfContext(null), **kw)
-    out["constrained"], outside["constrained"] = _score(task, rows, cons, "generate", lang, args.record,
-                                                          "constrained")
-    extra = {"stopped_share": round(sum(stopped.values()) / max(1, len(stopped)), 3)}
+    modes, extra = args.extractive_modes.split(","), {}
+    if "free" in modes:
+        free = generate_texts(model, encoder, rows, stopped=stopped, **kw)
+        out["free"], outside["free"] = _score(task, rows, free, "generate", lang, args.record, "free")
+        extra["stopped_share"] = round(sum(stopped.values()) / max(1, len(stopped)), 3)
+    if "constrained" in modes:
+        cons = generate_texts(model, encoder, rows, constraint=SpanOfContext(null), **kw)
+        out["constrained"], outside["constrained"] = _score(task, rows, cons, "generate", lang, args.record,
+                                                              "constrained")
     if calib:
         spans_c = generate_texts(model, encoder, calib, constraint=SpanOfContext(), **kw)
         diffs_c = null_score_diffs(model, encoder, calib, spans_c, null, args.batch_size, n_new)
@@ -205,13 +211,21 @@ def train(recipe: str, out_dir: str, minutes: float, threads: int) -> None:
 
 def training_figures(out_dir: str) -> dict[str, Any]:
     """Training minutes, trained tokens/s, steps and first / last logged loss of a finished run folder, from its
-    trainer state."""
+    trainer state. A checkpoint folder (`RUN/checkpoint-N`, a point of a score-vs-minutes curve: with a constant
+    learning rate it is the run a budget of N steps gives) has no runtime of its own: its minutes are the finished
+    run's, scaled by N / the run's steps (`train_minutes_scaled`)."""
     log = json.loads((Path(out_dir) / "trainer_state.json").read_text())
-    runtime = next(h["train_runtime"] for h in reversed(log["log_history"]) if "train_runtime" in h)
-    tokens = max((h.get("num_tokens", 0) for h in log["log_history"]), default=0)
     losses = [h["loss"] for h in log["log_history"] if "loss" in h]
-    return {"train_minutes": round(runtime / 60.0, 2), "tokens_per_s": round(tokens / runtime if runtime else 0.0, 2),
-            "steps": log["global_step"], "loss_first_last": [losses[0], losses[-1]] if losses else None}
+    tokens = max((h.get("num_tokens", 0) for h in log["log_history"]), default=0)
+    out = {"steps": log["global_step"], "loss_first_last": [losses[0], losses[-1]] if losses else None}
+    runtime = next((h["train_runtime"] for h in reversed(log["log_history"]) if "train_runtime" in h), None)
+    if runtime is None:  # a checkpoint: the finished run beside it gives the time per step
+        parent = json.loads((Path(out_dir).parent / "trainer_state.json").read_text())
+        runtime = next(h["train_runtime"] for h in reversed(parent["log_history"]) if "train_runtime" in h)
+        runtime *= log["global_step"] / parent["global_step"]
+        out["train_minutes_scaled"] = True
+    out.update(train_minutes=round(runtime / 60.0, 2), tokens_per_s=round(tokens / runtime if runtime else 0.0, 2))
+    return out
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -259,6 +273,9 @@ def main(argv: list[str] | None = None) -> None:
         del model
         print(json.dumps({"zero_shot": result["zero_shot"]}), flush=True)
     result["zero_shot_eval_s"] = round(time.time() - t0, 1)
+    if args.zero_shot_only:
+        print(json.dumps(result, ensure_ascii=False))
+        return
     out_dir = args.trained or args.out_dir or f"runs/bench/{args.task}_{args.model}"
     load_before = os.getloadavg()[0]
     if args.trained:
