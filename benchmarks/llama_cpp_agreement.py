@@ -145,7 +145,8 @@ def main(argv: list[str] | None = None) -> int:
         "genqa_predict": {**scored(theirs_raw), "wall_seconds_with_load": round(genqa_seconds, 1),
                           "batch_size": args.batch_size},
         "llama_cpp": {**scored(raw), "load_seconds": round(load_seconds, 2), "seconds": round(llama_seconds, 1),
-                      "tokens_generated": generated, "tokens_per_s": round(generated / llama_seconds, 1),
+                      "prompt_tokens": sum(map(len, prompts)), "tokens_generated": generated,
+                      "generated_tokens_per_s": round(generated / llama_seconds, 1),
                       "rows_per_s": round(len(rows) / llama_seconds, 2)},
         "chat_template": template,
         "differing_examples": [{"id": i, "genqa": theirs_raw.get(i), "llama_cpp": raw[i]}
