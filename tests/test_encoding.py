@@ -177,7 +177,8 @@ def test_portable_template_renders_the_same_text_in_plain_jinja2(name, tiny_toke
     messages = get_task(QAArguments(task="extractive")).messages(dict(ROW))
     for convo, gen in ((messages, False), (messages[:-1], True)):
         theirs = env.from_string(portable).render(messages=convo, add_generation_prompt=gen,
-                                                  bos_token=tiny_tokenizer.bos_token, eos_token=tiny_tokenizer.eos_token)
+                                                  bos_token=tiny_tokenizer.bos_token,
+                                                  eos_token=tiny_tokenizer.eos_token)
         ours = tiny_tokenizer.apply_chat_template(convo, chat_template=template, tokenize=False,
                                                   add_generation_prompt=gen)
         assert theirs == ours
