@@ -66,6 +66,8 @@ class ExportCheck:
 
     def verify(self, path: Path, model, quant: str, tolerance: float | None) -> dict[str, Any]:
         """Read `path` back and compare it with `model`; an `ExportError` names what differs. Returns the figures."""
+        import gguf
+
         from genqa.backbones.gguf_models import load_gguf
         from genqa.backbones.loading import ensure_pad_token
         from genqa.merge import logits_of
@@ -76,7 +78,8 @@ class ExportCheck:
         tokenizer.padding_side = "left"
         other = PromptEncoder(self.encoder.task, tokenizer, self.template, self.encoder.max_length)
         prompts = self.tokenization(other)
-        self.stored_template(path)
+        fields = gguf.GGUFReader(str(path)).fields
+        self.stored_template(fields)
         ref, got = logits_of(model, self.batch), logits_of(loaded, self.batch)
         scale = float(ref.abs().max())
         diff = float((ref - got).abs().max())
@@ -84,7 +87,7 @@ class ExportCheck:
         same = self.answers(model, loaded, other, prompts)
         figures = {"rows": len(self.rows), "max_abs_logit_diff": diff, "max_abs_logit": scale, "tolerance": rel * scale,
                    "relative_tolerance": rel, "greedy_rows": len(prompts), "greedy_same": same,
-                   "adds_bos": adds_bos(path, tokenizer)}
+                   "adds_bos": adds_bos(fields, tokenizer)}
         print(f"[genqa] GGUF ({quant}) vs merged model on {len(self.rows)} validation rows: max |logit diff| = "
               f"{diff:.3g} (largest |logit| {scale:.3g}; tolerance {rel:g} of it = {rel * scale:.3g}); greedy answers "
               f"identical on {same}/{len(prompts)} rows")
@@ -108,29 +111,30 @@ class ExportCheck:
                                   "written.")
         return prompts
 
-    def stored_template(self, path: Path) -> None:
-        """The chat template written into the file, rendered by plain Jinja2 as llama.cpp's Python bindings do (a
-        sandbox with `trim_blocks` / `lstrip_blocks`, no transformers extensions), must give genqa's prompts."""
-        import gguf
+    def stored_template(self, fields: dict) -> None:
+        """The chat template written into the file (`fields`: its GGUF metadata), rendered by plain Jinja2 as
+        llama.cpp's Python bindings do (a sandbox with `trim_blocks` / `lstrip_blocks`, no transformers extensions),
+        must give genqa's prompts."""
         import jinja2
         from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-        field = gguf.GGUFReader(str(path)).fields.get("tokenizer.chat_template")
+        field = fields.get("tokenizer.chat_template")
         if field is None:
             raise ExportError("the exported file has no `tokenizer.chat_template`; nothing was written.")
         tok = self.encoder.tokenizer
         env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, loader=jinja2.BaseLoader())
-        for i, row in enumerate(self.rows):
-            try:
-                text = env.from_string(field.contents()).render(
-                    messages=self.encoder.task.messages(row, with_answer=False), add_generation_prompt=True,
-                    bos_token=tok.bos_token or "", eos_token=tok.eos_token or "")
-            except jinja2.TemplateError as err:
-                raise ExportError(f"the chat template written into the file does not render in plain Jinja2 "
-                                  f"({type(err).__name__}: {err}); nothing was written.") from err
-            if text != self.encoder.prompt_text(row):
-                raise ExportError(f"the chat template written into the file renders check row {i} differently from "
-                                  "the run's template; nothing was written.")
+        try:
+            template = env.from_string(field.contents())
+            for i, row in enumerate(self.rows):
+                text = template.render(messages=self.encoder.task.messages(row, with_answer=False),
+                                       add_generation_prompt=True, bos_token=tok.bos_token or "",
+                                       eos_token=tok.eos_token or "")
+                if text != self.encoder.prompt_text(row):
+                    raise ExportError(f"the chat template written into the file renders check row {i} differently "
+                                      "from the run's template; nothing was written.")
+        except jinja2.TemplateError as err:
+            raise ExportError(f"the chat template written into the file does not render in plain Jinja2 "
+                              f"({type(err).__name__}: {err}); nothing was written.") from err
 
     def answers(self, model, loaded, other: PromptEncoder, prompts: list[list[int]]) -> int:
         """How many rows the file answers greedily exactly as the model (genqa's generation, one row at a time)."""
@@ -142,12 +146,10 @@ class ExportCheck:
         return sum(a == b for a, b in zip(mine, theirs, strict=True))
 
 
-def adds_bos(path: Path, tokenizer) -> bool:
-    """Whether llama.cpp adds BOS to what it tokenizes with this file (`tokenizer.ggml.add_bos_token`; without the
-    key, what the file's tokenizer does as transformers reads it)."""
-    import gguf
-
-    field = gguf.GGUFReader(str(path)).fields.get("tokenizer.ggml.add_bos_token")
+def adds_bos(fields: dict, tokenizer) -> bool:
+    """Whether llama.cpp adds BOS to what it tokenizes with this file (`tokenizer.ggml.add_bos_token` of its GGUF
+    metadata `fields`; without the key, what the file's tokenizer does as transformers reads it)."""
+    field = fields.get("tokenizer.ggml.add_bos_token")
     if field is not None:
         return bool(field.contents())
     probe = tokenizer("a")["input_ids"]

@@ -38,6 +38,7 @@ from trl import ModelConfig, SFTConfig
 
 from genqa.config import QAArguments
 from genqa.data.tasks import CANONICAL_FEATURES
+from genqa.data.templates import portable_template
 from genqa.files import write_atomic
 from genqa.messages import is_main_process, open_run_log, say
 from genqa.recipe import RecipeError, dump_recipe, parse_recipe, read_yaml, resolved_recipe, trainable_parameters
@@ -312,7 +313,9 @@ def start_run(qa: QAArguments, sft: SFTConfig, model_args: ModelConfig, tokenize
     """Prepare the run folder before training (template onto the tokenizer, genqa's files written); returns the
     checkpoint to resume from."""
     if template:
-        tokenizer.chat_template = template  # the run folder's tokenizer carries the template it was trained with
+        # the run folder's tokenizer carries the template it was trained with, without transformers' `{% generation %}`
+        # tags (same text): servers that render it with another Jinja engine (TGI's minijinja) reject those tags
+        tokenizer.chat_template = portable_template(template)
     resume = prepare_output_dir(sft)
     open_run_log(sft.output_dir)
     if resume:

@@ -11,7 +11,7 @@ import pytest
 import torch
 from test_merge_generate import _train, mcq_run  # noqa: F401  (the tiny MCQ run, trained once per module)
 
-from genqa.data.templates import portable_template
+from genqa.data.templates import load_template, portable_template
 from genqa.export import main as export_main
 from genqa.sft import main as sft_main
 
@@ -39,14 +39,26 @@ def test_export_round_trip(mcq_run, tmp_path, capsys, quant):  # noqa: F811
     meta = _fields(out)
     assert meta["general.architecture"] == "llama" and meta["tokenizer.ggml.model"] == "gpt2"
     trained = (mcq_run / "chat_template.jinja").read_text()
-    assert "{% generation %}" in trained  # transformers' extension, which llama.cpp's Jinja engines do not know
-    assert meta["tokenizer.chat_template"] == portable_template(trained) and "generation" not in meta[
-        "tokenizer.chat_template"]
+    assert meta["tokenizer.chat_template"] == portable_template(trained) and "{% generation" not in meta[
+        "tokenizer.chat_template"]  # transformers' extension, which llama.cpp's Jinja engines do not know
     assert meta["tokenizer.ggml.tokens"][meta["tokenizer.ggml.eot_token_id"]] == "</s>"  # llama2's end of turn
     assert meta["genqa.base"] == "tiny:llama" and meta["genqa.task"] == "mcq" and len(meta["genqa.recipe_sha256"]) == 64
     assert _tensor_types(out) == {"F32", quant.upper()}  # norms stay F32
     readme = (out.parent / "tiny.README.md").read_text()
     assert "ollama create tiny -f tiny.Modelfile" in readme and "llama-cli -m tiny.gguf" in readme
+
+
+def test_export_of_an_older_run_with_generation_tags(mcq_run, tmp_path):  # noqa: F811
+    """A run folder saved before genqa wrote portable templates (with `{% generation %}` tags) exports a file whose
+    template plain Jinja2 renders (the check would refuse it otherwise)."""
+    import shutil
+
+    run = tmp_path / "old_run"
+    shutil.copytree(mcq_run, run)
+    (run / "chat_template.jinja").write_text(load_template("llama2"))
+    out = tmp_path / "old.gguf"
+    assert export_main(["--adapter", str(run), "--out", str(out), "--quant", "f16"]) == 0
+    assert _fields(out)["tokenizer.chat_template"] == portable_template(load_template("llama2"))
 
 
 def test_modelfile_sends_genqa_prompt(mcq_run, tmp_path):  # noqa: F811
