@@ -12,7 +12,8 @@ their context, per setting), the load average and more.
 On SQuAD 2.0-style held-out rows, `abstain_all` is the score of answering "no answer" to every question (F1 = the
 share of unanswerable questions): a fine-tuned score near it means the model learned to abstain, not to read.
 
-Extractive tasks are scored three ways: free generation (`free`), span-constrained decoding (`constrained`, the
+Extractive tasks are scored four ways: free generation (`free`), the same answers read back with `nearest_span`
+(`nearest`: an answer that is no span becomes the span most like it), span-constrained decoding (`constrained`, the
 default of `task: extractive`) and, for SQuAD 2.0-style data, no-answer calibration (`calibrated`: best span vs the
 no-answer text with the threshold picked on `--calib_rows` rows of training articles that were not trained on).
 """
@@ -60,6 +61,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    "a model that never stops writes max_new_tokens for every row).")
     p.add_argument("--extractive_modes", default="free,constrained",
                    help="Extractive decodings scored, of free,constrained (calibration runs on SQuAD 2.0-style rows).")
+    p.add_argument("--rescore", action="store_true", help="With --trained RUN (extractive): read the fine-tuned free "
+                   "answers saved in RUN/bench_outputs.json back again, as they are and with nearest_span, without "
+                   "loading the model.")
     p.add_argument("--zero_shot_only", action="store_true", help="Score the base model only (no training).")
     p.add_argument("--threads", type=int, default=1, help="torch threads (on a CPU shared with other jobs, one thread "
                    "was 7x faster per decoding step than two here: oversubscription).")
@@ -111,6 +115,28 @@ def _score(task, rows, raw: list[str], how: str, lang: str, record: dict | None 
     return metrics, _not_in_context(rows, answers) if task.name == "extractive" else 0
 
 
+def _nearest(task):
+    """The task reading free answers back with `nearest_span` (the recipe's other keys kept)."""
+    import dataclasses
+
+    from genqa.data.tasks import get_task
+
+    return get_task(dataclasses.replace(task.args, constrain_to_context=False, nearest_span=True))
+
+
+def _rescore(args, task, rows, lang) -> dict[str, Any]:
+    """Free and nearest-span scores of the free answers a finished benchmark saved (`--rescore`)."""
+    path = Path(args.trained) / "bench_outputs.json"
+    if not path.is_file():
+        raise SystemExit(f"--rescore: {path} does not exist (a benchmark run scoring free answers writes it)")
+    saved = json.loads(path.read_text(encoding="utf-8"))["fine_tuned"]["free"]
+    raw = [saved[r["id"]] for r in rows]
+    out: dict[str, Any] = {}
+    for name, how in (("free", task), ("nearest", _nearest(task))):
+        out[name], out[f"not_in_context_{name}"] = _score(how, rows, raw, "generate", lang)
+    return out
+
+
 def _extractive(model, encoder, task, rows, calib, args, lang) -> tuple[dict, dict, dict]:
     """Free / constrained / calibrated scores, answers outside their context, stop share."""
     from genqa.backbones.generation import generate_texts
@@ -127,6 +153,8 @@ def _extractive(model, encoder, task, rows, calib, args, lang) -> tuple[dict, di
         free = generate_texts(model, encoder, rows, stopped=stopped, **kw)
         out["free"], outside["free"] = _score(task, rows, free, "generate", lang, args.record, "free")
         extra["stopped_share"] = round(sum(stopped.values()) / max(1, len(stopped)), 3)
+        # the same free answers read back with `nearest_span` (no second decoding)
+        out["nearest"], outside["nearest"] = _score(_nearest(task), rows, free, "generate", lang)
     if "constrained" in modes:
         cons = generate_texts(model, encoder, rows, constraint=SpanOfContext(null), **kw)
         out["constrained"], outside["constrained"] = _score(task, rows, cons, "generate", lang, args.record,
@@ -261,6 +289,12 @@ def main(argv: list[str] | None = None) -> None:
         result["abstain_all"], _ = _score(task, rows, [qa.no_answer_text] * len(rows), "generate", qa.metric_lang)
     if _layout(task) is not None:  # the same metric over the held-out rows' own questions: what people wrote
         result["gold"], _ = _score(task, rows, [task.target(r) for r in rows], "generate", qa.metric_lang)
+    if args.rescore:
+        if not args.trained or task.name != "extractive":
+            raise SystemExit("--rescore reads the saved free answers of an extractive --trained RUN")
+        print(json.dumps({**result, "trained_run": args.trained, **_rescore(args, task, rows, qa.metric_lang)},
+                         ensure_ascii=False))
+        return
     outputs: dict[str, dict] = {}
     t0 = time.time()
     if not args.skip_zero_shot:

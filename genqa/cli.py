@@ -50,7 +50,8 @@ KEY_GROUPS: dict[str, tuple[str, ...]] = {
              "metric_lang", "max_new_tokens"),
     "template": ("template", "system_prompt"),
     "backbone": ("backbone", "gguf_file", "doc_stride", "max_answer_length", "n_best_size", "null_score_diff_threshold",
-                 "max_target_length", "constrain_to_context", "constrain_to_layout", "no_answer_threshold"),
+                 "max_target_length", "constrain_to_context", "nearest_span", "constrain_to_layout",
+                 "no_answer_threshold"),
     "submission": ("submission_id_column", "submission_answer_column"),
     "run": ("dry_run", "max_train_minutes", "early_stopping_patience"),
 }

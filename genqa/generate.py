@@ -331,6 +331,7 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
 READ_AS = {"exact": "are exact spans of their context",
            "normalized": "were found in their context after normalisation (case, spacing, punctuation)",
            "not_in_context": "are not in their context (kept as generated)",
+           "nearest": "were not in their context and became the span most like them (nearest_span)",
            "no_answer": "are the no-answer text (scored as an empty answer)",
            "span": "are spans the span head picked", "label_score": "are labels picked by scoring the option labels",
            "option_score": "are labels picked by scoring the options' texts",

@@ -276,6 +276,25 @@ def test_resume_refuses_predictions_made_with_other_settings(mcq_run, tmp_path, 
     assert "other settings (changed: mcq_mode)" in capsys.readouterr().err
 
 
+def test_nearest_span_makes_every_free_answer_a_span(tmp_path, capsys):
+    """An untrained tiny LM writes anything: read back with `nearest_span`, every answer is a span of its context,
+    the predictions record how, and the setting is part of the predictions' fingerprint."""
+    data = json.loads(Path("data/tiny/squad_tiny.json").read_text(encoding="utf-8"))
+    contexts = {qa["id"]: p["context"] for art in data["data"] for p in art["paragraphs"] for qa in p["qas"]}
+    args = ["--base", "tiny:llama", "--recipe", "recipes/tiny/extractive.yaml", "--data", "data/tiny/squad_tiny.json",
+            "--no_progress", "--max_new_tokens", "6", "--out", str(tmp_path / "p.json"), "--constrain_to_context",
+            "false"]
+    assert generate_main([*args, "--nearest_span", "true"]) == 0
+    answers = json.loads((tmp_path / "p.json").read_text(encoding="utf-8"))
+    assert answers and all(a in contexts[i] for i, a in answers.items())
+    records = [json.loads(x) for x in (tmp_path / "p.json.predictions.jsonl").read_text().splitlines()[1:]]
+    assert {r["how"] for r in records} <= {"exact", "normalized", "nearest", "no_answer"}
+    assert "nearest" in {r["how"] for r in records}
+    assert "(nearest_span)" in capsys.readouterr().out
+    assert generate_main(args) == 2  # the same file without nearest_span: other settings
+    assert "nearest_span, settings); resuming would mix them" in capsys.readouterr().err
+
+
 def test_duplicate_test_ids_are_refused_for_a_csv(mcq_run, tmp_path, capsys):
     import pandas as pd
 

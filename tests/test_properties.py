@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
 from genqa.config import QAArguments
-from genqa.data.answers import find_nfc, map_to_context
+from genqa.data.answers import find_nfc, map_to_context, nearest_span
 from genqa.data.mcq_format import format_mcq, layout_problems, option_key, parse_mcq
 from genqa.data.sources import detect_format, load_source
 from genqa.data.tasks import MCQTask, split_options
@@ -119,6 +119,15 @@ def test_map_to_context_returns_a_span_of_the_context(answer, context):
     assert how in ("exact", "normalized", "not_in_context", "no_answer")
     if how in ("exact", "normalized"):
         assert span and span in context
+
+
+@FAST
+@given(answer=TEXT, context=TEXT)
+def test_nearest_span_is_a_span_of_the_context(answer, context):
+    span = nearest_span(answer, context)
+    assert span in context and span == span.strip()
+    if answer.strip() and answer.strip() in context:
+        assert span == answer.strip()
 
 
 @FAST

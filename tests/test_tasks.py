@@ -239,3 +239,32 @@ def test_each_task_hands_prediction_its_decoding():
     assert gen.decoding(PredictSettings(constrain_to_layout=False)).constraint is None
     # MCQ generation shares the option rows with MCQ answering, not MCQ answering's reading of answers
     assert isinstance(gen, OptionRows) and not isinstance(gen, MCQTask)
+
+
+def test_nearest_span_reads_a_near_copy_back_as_the_span_most_like_it():
+    from genqa.data.answers import nearest_span
+
+    ctx = "Năm 1802, Nguyễn Ánh lên ngôi hoàng đế và đặt niên hiệu là Gia Long, đóng đô ở Phú Xuân."
+    # a syllable changed and the case of the first word: no span, but one span is almost it
+    assert nearest_span("nguyễn anh lên ngôi hoàng đế", ctx) == "Nguyễn Ánh lên ngôi hoàng đế"
+    assert nearest_span("đóng đô tại Phú Xuân.", ctx) == "đóng đô ở Phú Xuân"  # edge punctuation stripped
+    assert nearest_span("Gia Long", ctx) == "Gia Long"  # a span stays as it is
+    assert nearest_span("   ", ctx) == "" and nearest_span("Gia Long", "") == ""
+    # Chinese has no spaces: candidates are spans of characters
+    zh = "北京是中华人民共和国的首都，也是全国的政治中心。"
+    assert nearest_span("中华人民共合国的首都", zh) == "中华人民共和国的首都"
+
+
+def test_extractive_answers_read_back_nearest_only_when_asked():
+    row = {"context": "Paris nằm ở điểm gặp nhau của các hành trình thương mại đường bộ và đường sông."}
+    plain = get_task(QAArguments(task="extractive", constrain_to_context=False))
+    assert plain.read_answer(row, "các hành trình thương mại đường bô", "generate") == (
+        "các hành trình thương mại đường bô", "not_in_context")
+    near = get_task(QAArguments(task="extractive", constrain_to_context=False, nearest_span=True))
+    assert near.recipe_problems() == []
+    assert near.read_answer(row, "các hành trình thương mại đường bô", "generate") == (
+        "các hành trình thương mại đường bộ", "nearest")
+    assert near.read_answer(row, "ĐIỂM GẶP NHAU", "generate") == ("điểm gặp nhau", "normalized")
+    assert near.read_answer(row, near.args.no_answer_text, "generate") == ("", "no_answer")
+    both = get_task(QAArguments(task="extractive", nearest_span=True))
+    assert any("constrain_to_context: false" in p for p in both.recipe_problems())

@@ -56,6 +56,8 @@ class PredictSettings:
     #: causal LM, task extractive: every generated answer is a span of its context (or the no-answer text); None:
     #: a backbone without constrained decoding
     constrain_to_context: bool | None = None
+    #: causal LM, task extractive: free answers that are no span read back as the most similar span
+    nearest_span: bool | None = None
     #: causal LM, task extractive: score the no-answer text against the best span (None: the model's own choice)
     no_answer_threshold: float | None = None
     #: causal LM, task mcq_generation: every generated text is one MCQ in the task's layout
@@ -69,8 +71,11 @@ class PredictSettings:
             return dict(self.span_search)
         if self.constrain_to_context is None and self.constrain_to_layout is None:
             return {}
-        return {"constrain_to_context": self.constrain_to_context, "no_answer_threshold": self.no_answer_threshold,
-                "constrain_to_layout": self.constrain_to_layout}
+        out = {"constrain_to_context": self.constrain_to_context, "no_answer_threshold": self.no_answer_threshold,
+               "constrain_to_layout": self.constrain_to_layout}
+        if self.nearest_span:  # recorded only when on: fingerprints of earlier predictions stay valid
+            out["nearest_span"] = True
+        return out
 
 
 @dataclass

@@ -5,6 +5,14 @@ the span of the context the answer stands for: as written, stripped of quotes an
 case folding and collapsing whitespace; otherwise it reports the answer as not in its context. `find_nfc` finds an
 answer in its context when the two differ only in Unicode composition (an NFD context, an NFC answer).
 
+`nearest_span` reads a free answer that is still no span (a syllable changed, a word dropped or added) back as the
+span of its context most like it: answers stay spans without holding decoding to one (span-constrained decoding
+follows the first token the model prefers, and an answer that begins with a word the context only has in another
+case, or differs by a syllable, goes elsewhere). Candidates are the spans of whole words (CJK: characters) within
+`slack` units of the answer's length, compared after case folding by `difflib`'s character similarity
+(2·matches / total length); the first best span wins. Hand-written because no library aligns a generated answer to
+its source text.
+
 Both compare normalised text and map the match back to the original characters through a per-character index:
 the text is cut into clusters (a character and the combining marks after it), each cluster is normalised on its
 own, and every normalised character remembers the cluster it came from. Normalising the whole string at once would
@@ -14,6 +22,7 @@ because no library maps a normalised match back to the original characters.
 
 from __future__ import annotations
 
+import difflib
 import re
 import unicodedata
 from collections.abc import Callable
@@ -96,6 +105,38 @@ def map_to_context(answer: str, context: str) -> tuple[str, str]:
     if pos >= 0:
         return context[spans[pos][0]:spans[pos + len(norm_ans) - 1][1]], "normalized"
     return answer, "not_in_context"
+
+
+_CJK = "\u3040-\u30ff\u3400-\u9fff\uf900-\ufaff\uac00-\ud7af"
+_UNIT = re.compile(f"[{_CJK}]|[^\\s{_CJK}]+")  # a CJK character or a run of other non-space characters
+_EDGE = " \t\n\"'.,;:!?()[]“”‘’「」『』，。；：！？（）、"
+
+
+def nearest_span(answer: str, context: str, slack: int = 3) -> str:
+    """The span of `context` most like `answer` (character similarity after case folding), among spans of whole
+    words (CJK: characters) within `slack` units of the answer's length, stripped of edge punctuation; "" when the
+    answer or the context is empty. A span of the context is returned as it is."""
+    answer = answer.strip()
+    if not answer or answer in context:
+        return answer
+    units = [(m.start(), m.end()) for m in _UNIT.finditer(context)]
+    n = len(_UNIT.findall(answer))
+    matcher = difflib.SequenceMatcher(None, autojunk=False)
+    matcher.set_seq2(answer.casefold())
+    best, best_ratio = "", -1.0
+    for a in range(len(units)):
+        for b in range(a + max(0, n - 1 - slack), min(len(units), a + n + slack)):
+            span = context[units[a][0]:units[b][1]].strip(_EDGE)
+            if not span:
+                continue
+            matcher.set_seq1(span.casefold())
+            # the cheap upper bounds first: most candidates are out before the full comparison
+            if matcher.real_quick_ratio() <= best_ratio or matcher.quick_ratio() <= best_ratio:
+                continue
+            ratio = matcher.ratio()
+            if ratio > best_ratio:
+                best, best_ratio = span, ratio
+    return best
 
 
 def answer_starts(raw: Any, where: str) -> list[int]:

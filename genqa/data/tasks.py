@@ -12,7 +12,7 @@ from typing import Any
 
 from genqa.backbones import PredictSettings
 from genqa.config import OPTION_TEXT_MODES, QAArguments
-from genqa.data.answers import gold_answers, locate_answer, map_to_context
+from genqa.data.answers import gold_answers, locate_answer, map_to_context, nearest_span
 from genqa.data.mcq_format import MCQLayout, format_mcq, label_alternation, layout_problems
 from genqa.data.task import CANONICAL_COLUMNS, CANONICAL_FEATURES, Decoding, SpanOfContext, Task, _text
 from genqa.errors import DataError
@@ -60,9 +60,14 @@ class ExtractiveTask(Task):
         return list(ex["answers"])
 
     def recipe_problems(self):
+        problems = []
         if not (self.args.context_column and self.args.question_column):
-            return [f"task {self.name} needs `context_column` and `question_column`."]
-        return []
+            problems.append(f"task {self.name} needs `context_column` and `question_column`.")
+        if self.args.nearest_span and self.args.constrain_to_context:
+            problems.append("`nearest_span: true` reads free answers back as spans; with `constrain_to_context: true` "
+                            "every answer already is one. Set `constrain_to_context: false` beside it (or drop "
+                            "`nearest_span`).")
+        return problems
 
     def decoding(self, settings: PredictSettings, mcq_mode: str | None = None) -> Decoding:
         """Generated spans of the context under `constrain_to_context`; with `no_answer_threshold`, the best span
@@ -76,7 +81,12 @@ class ExtractiveTask(Task):
         if how == "span":
             return raw, how if raw else "no_answer"
         answer = self.parse(raw)
-        return map_to_context(answer, row["context"]) if answer else ("", "no_answer")
+        if not answer:
+            return "", "no_answer"
+        span, how = map_to_context(answer, row["context"])
+        if how == "not_in_context" and self.args.nearest_span:
+            return nearest_span(answer, row["context"]), "nearest"
+        return span, how
 
 
 @dataclass
