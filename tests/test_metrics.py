@@ -291,5 +291,8 @@ def test_mcq_generation_quality_content_proxies():
     broken = nested.replace("Answer: C", "")  # invalid: not counted as nested
     contexts = ["An apple fell.", "Clouds and rivers.", "Apple pie."]
     got = mcq_generation_quality([ok, nested, broken], contexts)
-    assert (got["valid"], got["nested_options"], got["key_in_context"]) == (2, 1, 1)
+    assert (got["valid"], got["nested_options"], got["key_in_context"], got["usable"]) == (2, 1, 1, 1)
+    # usable: valid, grounded and not nested (a grounded key among nested options is not)
+    got = mcq_generation_quality([ok, nested, nested], [*contexts[:2], "I like apple pie."])
+    assert (got["nested_options"], got["key_in_context"], got["usable"], got["usable_rate"]) == (2, 2, 1, 1 / 3)
     assert "key_in_context" not in mcq_generation_quality([ok])

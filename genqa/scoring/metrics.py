@@ -245,11 +245,12 @@ def mcq_generation_quality(outputs: Sequence[Any], contexts: Sequence[str] | Non
     another's (the near-copies a model writes instead of distractors, and what layout-constrained decoding falls back
     to when it may not repeat a line; 5 of the 592 human-written VNHSGE questions have one), and, when `contexts`
     are given (one per output), `key_in_context` counts MCQs whose keyed option occurs in the context (normalised
-    under `lang`): an answer grounded in the text."""
+    under `lang`): an answer grounded in the text, and `usable` those that are both (valid, no option inside another,
+    the key in the context): a question a teacher could keep as written."""
     if contexts is not None and len(contexts) != len(outputs):
         raise ValueError(f"mcq_generation_quality: {len(contexts)} contexts for {len(outputs)} outputs.")
     failures: collections.Counter[str] = collections.Counter()
-    valid = nested = grounded = 0
+    valid = nested = grounded = usable = 0
     for i, text in enumerate(outputs):
         parsed = parse_mcq(_as_text(text, f"#{i}"), **parse_kwargs)
         failures.update(set(parsed.errors))
@@ -257,14 +258,18 @@ def mcq_generation_quality(outputs: Sequence[Any], contexts: Sequence[str] | Non
             continue
         valid += 1
         keys = [option_key(o) for o in parsed.options]
-        nested += any(a != b and a in b for a in keys for b in keys)
+        inside = any(a != b and a in b for a in keys for b in keys)
+        nested += inside
         if contexts is not None and parsed.answer_index is not None:
-            grounded += normalize_answer(parsed.options[parsed.answer_index], lang) in normalize_answer(contexts[i],
-                                                                                                      lang)
+            key = normalize_answer(parsed.options[parsed.answer_index], lang)
+            found = key in normalize_answer(contexts[i], lang)
+            grounded += found
+            usable += found and not inside
     total = len(outputs)
     ordered = {code: failures[code] for code in FAILURE_CODES if failures[code]}
     out = {"total": total, "valid": valid, "valid_rate": valid / total if total else 0.0, "failures": ordered,
            "nested_options": nested}
     if contexts is not None:
         out["key_in_context"] = grounded
+        out["usable"], out["usable_rate"] = usable, usable / total if total else 0.0
     return out
