@@ -335,7 +335,7 @@ READ_AS = {"exact": "are exact spans of their context",
            "no_answer": "are the no-answer text (scored as an empty answer)",
            "span": "are spans the span head picked", "label_score": "are labels picked by scoring the option labels",
            "option_score": "are labels picked by scoring the options' texts",
-           "generate": "were generated (under the decoding settings above) and parsed", "unparseable": "could not be read as a valid answer"}
+           "generate": "were generated and parsed", "unparseable": "could not be read as a valid answer"}
 
 
 def how_lines(how: dict[str, int], total: int) -> list[str]:
