@@ -51,7 +51,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    "this machine (AVX512-BF16 / AMX), else fp32 (AVX2-only CPUs run bf16 ~25-50x slower).")
     p.add_argument("--max_new_tokens", type=int, default=None,
                    help="Answer budget of generated answers (default: the recipe's max_new_tokens, else the task's).")
-    p.add_argument("--out_dir", default=None, help="Run folder (default runs/bench/<task>; must not exist).")
+    p.add_argument("--out_dir", default=None, help="Run folder (default runs/bench/<task>_<model>; must not exist); "
+                   "with --trained, where the raw outputs are saved (default: the trained run's folder).")
     p.add_argument("--skip_zero_shot", action="store_true")
     p.add_argument("--trained", default=None, metavar="RUN",
                    help="Score this finished run folder of the same recipe instead of training one (its trainer_state "
@@ -74,7 +75,8 @@ def _layout(task):
     """The layout constraint of a task whose answers are written in one (MCQ generation); None otherwise."""
     from genqa.backbones import PredictSettings
 
-    return task.decoding(PredictSettings(constrain_to_layout=True)).constraint
+    settings = PredictSettings(constrain_to_layout=True, key_from_context=task.args.key_from_context)
+    return task.decoding(settings).constraint
 
 
 def _rows(args, qa, task):
@@ -295,6 +297,13 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps({**result, "trained_run": args.trained, **_rescore(args, task, rows, qa.metric_lang)},
                          ensure_ascii=False))
         return
+    # the raw outputs are saved beside the run; a --trained run's earlier ones are kept (another --out_dir, or refused)
+    saved = Path(args.out_dir if args.trained and args.out_dir else args.trained or args.out_dir
+                 or f"runs/bench/{args.task}_{args.model}")
+    saved = saved / ("bench_outputs_layout.json" if args.layout_only else "bench_outputs.json")
+    if args.trained and saved.exists():
+        raise SystemExit(f"{saved} exists (an earlier scoring of this run): pass --out_dir DIR to save these outputs "
+                         "there")
     outputs: dict[str, dict] = {}
     t0 = time.time()
     if not args.skip_zero_shot:
@@ -325,7 +334,7 @@ def main(argv: list[str] | None = None) -> None:
     result["fine_tuned"], result["not_in_context"], result["fine_tuned_extra"] = evaluate(
         model, tokenizer, template, task, rows, calib, args, qa.metric_lang)
     result["fine_tuned_eval_s"] = round(time.time() - t0, 1)
-    saved = Path(out_dir) / ("bench_outputs_layout.json" if args.layout_only else "bench_outputs.json")
+    saved.parent.mkdir(parents=True, exist_ok=True)
     saved.write_text(json.dumps(outputs, ensure_ascii=False, indent=1))
     print(json.dumps(result, ensure_ascii=False))
 

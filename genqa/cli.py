@@ -51,7 +51,7 @@ KEY_GROUPS: dict[str, tuple[str, ...]] = {
     "template": ("template", "system_prompt"),
     "backbone": ("backbone", "gguf_file", "doc_stride", "max_answer_length", "n_best_size", "null_score_diff_threshold",
                  "max_target_length", "constrain_to_context", "nearest_span", "constrain_to_layout",
-                 "no_answer_threshold"),
+                 "key_from_context", "no_answer_threshold"),
     "submission": ("submission_id_column", "submission_answer_column"),
     "run": ("dry_run", "max_train_minutes", "early_stopping_patience"),
 }

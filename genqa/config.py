@@ -276,9 +276,16 @@ class QAArguments:
                   "is one question in the recipe's layout (question prefix, one line per option label, options that "
                   "differ under the parser's comparison and hold no further option markers, a key among "
                   "option_labels, then the end token). It fixes the form, not the content: an option the model would "
-                  "have copied from the line above becomes its next-best continuation of that line (the metric's "
-                  "nested_options counts those). `false` lets the model write freely (layout failures are then "
-                  "counted)."},
+                  "have copied from the line above becomes its next-best continuation of that line; no option may "
+                  "equal, hold or sit inside another (the metric's nested_options). `false` lets the model write "
+                  "freely (layout failures are then counted)."},
+    )
+    key_from_context: bool = field(
+        default=False,
+        metadata={"help": "With `constrain_to_layout` (task mcq_generation, causal LM): the answer key may only name "
+                  "an option that occurs in the row's context (compared as the metric's key_in_context, normalised "
+                  "under metric_lang), wherever at least one option does; the options themselves stay the model's. "
+                  "For contexts that state the answer, such as the VNHSGE explanations."},
     )
     no_answer_threshold: float | None = field(
         default=None,

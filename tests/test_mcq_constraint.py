@@ -38,12 +38,25 @@ def test_locate_reads_the_layout():
     (GOOD.replace("\nB.", "\nE."), True),                    # a label out of order
     (GOOD.replace("B. 1920.", "B. 1920. C. 1920. D. 1920."), True),  # the next options written inline
     (GOOD.replace("B. 1920.", "B. B. 1920"), True),          # a label repeated at the start of the line
+    (GOOD.replace("B. 1920.", "B. 1902. 30."), False),        # option B holds option A (a near-copy)
+    (GOOD.replace("B. 1920.", "B. 190"), False),              # option B sits inside option A
     (GOOD.replace("\nB.", "\n\nB."), False),                 # a blank line (the parser skips it)
     (GOOD + ". Vì năm 1902", False),                         # text after the key (the parser ignores it)
 ])
 def test_locate_refuses_what_breaks_the_layout(bad, parser_refuses):
     assert status(bad) == INVALID
     assert parse_mcq(bad, LABELS, VI.question_prefix, VI.answer_prefix).ok is not parser_refuses
+
+
+def test_an_option_line_holding_an_earlier_option_is_refused_at_once():
+    """Every continuation of a line that already holds an earlier option would hold it too: refused before the line
+    ends, so the model is turned aside at the token that completes the copy."""
+    head = "Câu hỏi: Năm nào?\nA. Sản xuất.\nB. "
+    assert status(head + "Sản xu") == OPEN
+    assert status(head + "Sản xuất") == INVALID
+    assert status(head + "sản  XUẤT hàng") == INVALID             # under the parser's comparison (case, spacing)
+    assert status(head + "Sản\n") == INVALID                      # ending inside option A
+    assert status(head + "Sản lượng\nC. ") == OPEN
 
 
 def _greedy(processor: MCQLayoutProcessor, prefers, steps: int = 120) -> list[int]:
@@ -85,6 +98,46 @@ def test_a_copying_model_is_held_to_the_layout(tiny_tokenizer, wants):
     parsed = parse_mcq(text, LABELS, VI.question_prefix, VI.answer_prefix)
     assert parsed.ok, (text, parsed.errors)
     assert parsed.options[0] == "1902" and len(set(parsed.options)) == 4
+    keys = [o.casefold().rstrip(".") for o in parsed.options]
+    assert not any(a != b and a in b for a in keys for b in keys), text  # no option inside another either
+
+
+def _scripted(tok, wants: str):
+    """Logits of a 'model' that writes `wants` (then prefers ending lines and the end token)."""
+    script = tok(wants, add_special_tokens=False)["input_ids"]
+    newline = tok("\n", add_special_tokens=False)["input_ids"][-1]
+    noise = torch.randn(len(tok), generator=torch.Generator().manual_seed(0))
+
+    def prefers(step: int) -> torch.Tensor:
+        scores = noise.clone()
+        scores[[newline, tok.eos_token_id]] += 5.0
+        if step < len(script):
+            scores[script[step]] += 10.0
+        return scores
+    return prefers
+
+
+@pytest.mark.parametrize(("context", "key"), [
+    ("Giải thích: năm 1890 cầu được khánh thành.", "C"),   # the model keys A; only option C is in the context
+    ("Giải thích: 1920 hay năm 1945.", "B"),                  # B and D are: B, the model's likelier of the two
+    ("Giải thích: không có năm nào.", "A"),                   # none is: the model's own key
+])
+def test_key_from_context_holds_the_key_to_an_option_the_context_contains(tiny_tokenizer, context, key):
+    tok = tiny_tokenizer
+    prefers = _scripted(tok, GOOD)  # keys A
+
+    def ranked(step: int) -> torch.Tensor:  # among the labels, the 'model' likes A > B > C > D
+        scores = prefers(step)
+        for rank, label in enumerate(LABELS):
+            scores[tok(f" {label}", add_special_tokens=False)["input_ids"][0]] += 1.0 - rank / 10
+        return scores
+
+    processor = MCQLayoutProcessor(tok, VI, prompt_length=1, end_ids=[tok.eos_token_id], contexts=[context],
+                                   lang="vi")
+    ids = _greedy(processor, ranked)
+    parsed = parse_mcq(tok.decode(ids[:-1]), LABELS, VI.question_prefix, VI.answer_prefix)
+    assert parsed.ok and [o.rstrip(".") for o in parsed.options] == ["1902", "1920", "1890", "Năm 1945"]
+    assert LABELS[parsed.answer_index] == key
 
 
 def test_generation_with_a_real_model_never_leaves_the_layout(tiny_llama_path):

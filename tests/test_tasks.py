@@ -219,7 +219,7 @@ def test_renamed_repeated_ids_never_collide_with_an_existing_id():
 def test_each_task_hands_prediction_its_decoding():
     from genqa.backbones import PredictSettings
     from genqa.data.mcq_format import MCQLayout
-    from genqa.data.task import SpanOfContext
+    from genqa.data.task import GroundedLayout, SpanOfContext
     from genqa.data.tasks import MCQTask, OptionRows
 
     settings = PredictSettings(constrain_to_context=True, constrain_to_layout=True)
@@ -237,6 +237,15 @@ def test_each_task_hands_prediction_its_decoding():
     gen = get_task(QAArguments(task="mcq_generation", options_column="options"))
     assert isinstance(gen.decoding(settings).constraint, MCQLayout)
     assert gen.decoding(PredictSettings(constrain_to_layout=False)).constraint is None
+    grounded = get_task(QAArguments(task="mcq_generation", options_column="options", metric_lang="vi"))
+    assert grounded.decoding(PredictSettings(constrain_to_layout=True, key_from_context=True)).constraint == \
+        GroundedLayout(grounded.layout(), "vi")
+    assert grounded.decoding(PredictSettings(constrain_to_layout=False, key_from_context=True)).constraint is None
+    assert "key_from_context" in PredictSettings(constrain_to_layout=True, key_from_context=True).to_dict()
+    assert "key_from_context" not in PredictSettings(constrain_to_layout=True).to_dict()  # earlier fingerprints hold
+    unheld = QAArguments(task="mcq_generation", options_column="options", context_column="c", key_from_context=True,
+                         constrain_to_layout=False)
+    assert any("key_from_context" in p for p in get_task(unheld).recipe_problems())
     # MCQ generation shares the option rows with MCQ answering, not MCQ answering's reading of answers
     assert isinstance(gen, OptionRows) and not isinstance(gen, MCQTask)
 

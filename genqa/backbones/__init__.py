@@ -62,6 +62,8 @@ class PredictSettings:
     no_answer_threshold: float | None = None
     #: causal LM, task mcq_generation: every generated text is one MCQ in the task's layout
     constrain_to_layout: bool | None = None
+    #: causal LM, task mcq_generation under the layout: the key names an option its context contains, where one does
+    key_from_context: bool | None = None
     #: extractive encoders: the span search (window, stride, n-best, answer length, null score, SQuAD 2.0)
     span_search: dict[str, Any] = field(default_factory=dict)
 
@@ -75,6 +77,8 @@ class PredictSettings:
                "constrain_to_layout": self.constrain_to_layout}
         if self.nearest_span:  # recorded only when on: fingerprints of earlier predictions stay valid
             out["nearest_span"] = True
+        if self.key_from_context:
+            out["key_from_context"] = True
         return out
 
 

@@ -116,7 +116,8 @@ def prediction_settings(folders: list[str | None], qa: QAArguments, sft, passed:
     """Generative extractive QA: span-constrained decoding and the no-answer threshold; MCQ generation:
     layout-constrained decoding; from the recipe."""
     return PredictSettings(constrain_to_context=qa.constrain_to_context, no_answer_threshold=qa.no_answer_threshold,
-                           constrain_to_layout=qa.constrain_to_layout, nearest_span=qa.nearest_span)
+                           constrain_to_layout=qa.constrain_to_layout, nearest_span=qa.nearest_span,
+                           key_from_context=qa.key_from_context)
 
 
 def predict(model, tokenizer, template: str, task: Task, rows: list[dict[str, Any]], options: PredictOptions,

@@ -116,18 +116,21 @@ def prompt_room(encoder: PromptEncoder, decoding, ex: dict[str, Any], max_new_to
 def constraint_processor(constraint: Any, tokenizer, rows: list[dict[str, Any]], prompt_length: int,
                          stops: list[int], top_k: int, beams: int):
     """The logits processor that holds a batch's generation to a task's `Decoding.constraint`: `SpanOfContext`
-    (`genqa.backbones.span_constraint`) or `MCQLayout` (`genqa.backbones.mcq_constraint`). A new kind of constraint
-    is its description (in `genqa.data`) and one line here."""
+    (`genqa.backbones.span_constraint`), `MCQLayout` or `GroundedLayout` (`genqa.backbones.mcq_constraint`). A new
+    kind of constraint is its description (in `genqa.data`) and one line here."""
     from genqa.backbones.mcq_constraint import MCQLayoutProcessor
     from genqa.backbones.span_constraint import ContextSpanProcessor
     from genqa.data.mcq_format import MCQLayout
-    from genqa.data.task import SpanOfContext
+    from genqa.data.task import GroundedLayout, SpanOfContext
 
     if isinstance(constraint, SpanOfContext):
         return ContextSpanProcessor(tokenizer, [r["context"] for r in rows], prompt_length, stops,
                                     constraint.no_answer_text, top_k=top_k, beams=beams)
     if isinstance(constraint, MCQLayout):
         return MCQLayoutProcessor(tokenizer, constraint, prompt_length, stops, top_k=top_k)
+    if isinstance(constraint, GroundedLayout):
+        return MCQLayoutProcessor(tokenizer, constraint.layout, prompt_length, stops, top_k=top_k,
+                                  contexts=[r["context"] for r in rows], lang=constraint.lang, beams=beams)
     raise TypeError(f"no logits processor for the decoding constraint {constraint!r}")
 
 

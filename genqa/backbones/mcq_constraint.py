@@ -12,13 +12,20 @@ writes for training targets::
 
 then the end-of-turn token. The model writes the question and the options freely on their one line each; the fixed
 pieces (prefixes, `\\nB.` markers) and the key's label are the only tokens allowed where they are due; a line ends
-only when it is non-empty, whole UTF-8 text and, for an option, not equal to an earlier option under the parser's own
-comparison (`option_key`: case, spacing, a final period); an option line never holds another option's marker (the
-parser's `inline_marker`: `x. C. y`); the end token only after the key. What the constraint cannot give is content:
-an option the model would have copied from the line above becomes the model's next-best continuation of that line
-(before option markers were refused inside a line, SmolLM2 after ~20 steps went on with the next options inline,
-`B. x. C. x. D. x.`). For that reason the MCQ-generation metric reports `nested_options` beside `valid_rate`, and
-the benchmark scores free and constrained decoding side by side.
+only when it is non-empty, whole UTF-8 text and, for an option, neither equal to an earlier option nor inside one nor
+holding one, under the parser's own comparison (`option_key`: case, spacing, a final period; the metric's
+`nested_options` test); an option line never holds another option's marker (the parser's `inline_marker`:
+`x. C. y`); the end token only after the key. An option line that already holds an earlier option is refused at once
+(every continuation would too), so a model copying the line above is turned aside at the first token that would
+complete the copy: Gemma 3 after 25 minutes on VNHSGE wrote `X`, `X. 30.`, `X. 31.` on 89 of 193 questions before
+this rule (README). What the constraint cannot give is content: the refused copy becomes the model's next-best
+continuation of that line.
+
+With `GroundedLayout` (the recipe key `key_from_context`) the key is held too: only the labels of options that occur
+in the row's context (as the metric's `key_in_context` compares them, normalised under the metric language) may be
+written, where at least one does; otherwise every label stays allowed. The options are written before the key, so
+the model still writes them freely; the constraint picks, among the options it wrote, one the context supports (the
+model's most likely of those).
 
 Why hand-written: transformers' grammar support (`prefix_allowed_tokens_fn`) asks for the full list of allowed tokens
 at every step; here the tokens are tested in order of the model's own scores and the search stops at `top_k` allowed
@@ -37,6 +44,7 @@ from transformers import LogitsProcessor, PreTrainedTokenizerBase
 
 from genqa.backbones.span_constraint import piece_bytes, written_bytes
 from genqa.data.mcq_format import MCQLayout, inline_marker, option_key
+from genqa.scoring.metrics import normalize_answer
 
 INVALID, OPEN, COMPLETE = "invalid", "open", "complete"
 
@@ -64,18 +72,23 @@ def _whole_utf8(data: bytes, final: bool) -> str | None:
 
 @dataclass
 class Cursor:
-    """Where written bytes stand in the layout: the open segment, the byte offset it starts at, the option keys
-    written so far, and what is still due in a fixed piece / the key choices left."""
+    """Where written bytes stand in the layout: the open segment, the byte offset it starts at, the options written
+    so far (their text, stripped), and what is still due in a fixed piece / the key choices left."""
 
     status: str
     segment: int = 0
     start: int = 0
-    keys: tuple[str, ...] = ()
+    options: tuple[str, ...] = ()
     due: list[bytes] | None = None
 
 
+def nested(key: str, keys: Sequence[str]) -> bool:
+    """Whether an option's `option_key` equals, holds or is held by one of `keys` (the metric's `nested_options`)."""
+    return any(key in k or k in key for k in keys)
+
+
 def locate(segments: list[tuple[str, object]], data: bytes, segment: int = 0, start: int = 0,
-           keys: tuple[str, ...] = ()) -> Cursor:
+           options: tuple[str, ...] = ()) -> Cursor:
     """Read `data` against the layout from `segment` (which begins at `data[start]`): INVALID when no continuation
     of `data` fits the layout, COMPLETE when the key has been written, OPEN otherwise (with what is due next)."""
     pos = start
@@ -85,7 +98,7 @@ def locate(segments: list[tuple[str, object]], data: bytes, segment: int = 0, st
         if kind == "fixed":
             if len(rest) < len(spec):  # type: ignore[arg-type]
                 due = spec[len(rest):] if spec.startswith(rest) else None  # type: ignore[union-attr,index]
-                return Cursor(OPEN, i, pos, keys, [due]) if due is not None else Cursor(INVALID)
+                return Cursor(OPEN, i, pos, options, [due]) if due is not None else Cursor(INVALID)
             if not rest.startswith(spec):  # type: ignore[arg-type]
                 return Cursor(INVALID)
             pos += len(spec)  # type: ignore[arg-type]
@@ -94,18 +107,20 @@ def locate(segments: list[tuple[str, object]], data: bytes, segment: int = 0, st
             text = _whole_utf8(rest if end < 0 else rest[:end], final=end >= 0)
             if text is None or (spec is not None and spec.search(text.strip())):  # type: ignore[attr-defined]
                 return Cursor(INVALID)  # not UTF-8, or an option line going on with the next options inline
+            key, keys = option_key(text), [option_key(o) for o in options]
+            if spec is not None and key and any(k in key for k in keys):
+                return Cursor(INVALID)  # an option line holding an earlier option: so would every continuation
             if end < 0:
-                return Cursor(OPEN, i, pos, keys)
-            key = option_key(text)
-            if not key or (spec is not None and key in keys):  # an empty line, or an option equal to an earlier one
+                return Cursor(OPEN, i, pos, options)
+            if not key or (spec is not None and nested(key, keys)):  # an empty line, or an option inside another
                 return Cursor(INVALID)
-            keys = keys + (key,) if spec is not None else keys
+            options = options + (text.strip(),) if spec is not None else options
             pos += end
         else:  # the key's label
             if rest in spec:  # type: ignore[operator]
-                return Cursor(COMPLETE, i, pos, keys)
+                return Cursor(COMPLETE, i, pos, options)
             due = [c[len(rest):] for c in spec if c.startswith(rest) and len(c) > len(rest)]  # type: ignore[union-attr]
-            return Cursor(OPEN, i, pos, keys, due) if due else Cursor(INVALID)
+            return Cursor(OPEN, i, pos, options, due) if due else Cursor(INVALID)
     return Cursor(INVALID)
 
 
@@ -114,13 +129,17 @@ class MCQLayoutProcessor(LogitsProcessor):
 
     `prompt_length` is the padded prompt length of the batch (generated tokens follow it), `end_ids` the tokens that
     end an answer (EOS / end-of-turn). `top_k` allowed tokens are kept per row (1 is exact for greedy decoding; beam
-    search and sampling need more).
+    search and sampling need more). With `contexts` (one per row of the batch; `beams` rows each in `generate`'s
+    scores) the key is held to an option its context contains, compared under `lang` (`GroundedLayout`).
     """
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase, layout: MCQLayout, prompt_length: int,
-                 end_ids: Sequence[int], top_k: int = 1) -> None:
+                 end_ids: Sequence[int], top_k: int = 1, contexts: Sequence[str] | None = None, lang: str = "en",
+                 beams: int = 1) -> None:
         self.pieces = piece_bytes(tokenizer)
         self.segments = segments(layout)
+        self.labels, self.lang, self.beams = layout.labels, lang, beams
+        self.contexts = None if contexts is None else [normalize_answer(c, lang) for c in contexts]
         self.prompt_length, self.end_ids, self.top_k = prompt_length, list(end_ids), top_k
         self._by_first: dict[int, torch.Tensor] = {}
 
@@ -130,6 +149,16 @@ class MCQLayoutProcessor(LogitsProcessor):
             ids = [i for i, p in enumerate(self.pieces) if p and p[0] == byte]
             self._by_first[byte] = torch.tensor(ids, dtype=torch.long)
         return self._by_first[byte]
+
+    def grounded(self, cur: Cursor, row: int) -> list[tuple[str, object]]:
+        """The layout with the key's choices cut to the labels of options that occur in the row's context (all of
+        them when none does)."""
+        if self.contexts is None or self.segments[cur.segment][0] != "choice":
+            return self.segments
+        context = self.contexts[row // self.beams]
+        found = [f" {label}".encode() for label, text in zip(self.labels, cur.options, strict=False)
+                 if normalize_answer(text, self.lang) in context]
+        return [*self.segments[:-1], ("choice", found)] if found else self.segments
 
     def _order(self, cur: Cursor, scores: torch.Tensor) -> Iterator[int]:
         """Token ids to test, best score first: where a fixed piece is due only the tokens starting with its first
@@ -143,11 +172,11 @@ class MCQLayoutProcessor(LogitsProcessor):
         seen = set(best)
         yield from (t for t in torch.argsort(scores, descending=True).tolist() if t not in seen)
 
-    def _keep(self, written: bytes, cur: Cursor, scores: torch.Tensor) -> list[int]:
+    def _keep(self, written: bytes, cur: Cursor, scores: torch.Tensor, segs: list[tuple[str, object]]) -> list[int]:
         tail, keep = written[cur.start:], []
         for token in self._order(cur, scores):
             piece = self.pieces[token] if token < len(self.pieces) else None
-            if piece and locate(self.segments, tail + piece, cur.segment, 0, cur.keys).status != INVALID:
+            if piece and locate(segs, tail + piece, cur.segment, 0, cur.options).status != INVALID:
                 keep.append(token)
                 if len(keep) >= self.top_k:
                     break
@@ -162,6 +191,7 @@ class MCQLayoutProcessor(LogitsProcessor):
             else:
                 written = written_bytes(self.pieces, generated)
                 cur = locate(self.segments, written)
-                keep = self.end_ids if cur.status != OPEN else (self._keep(written, cur, scores[row]) or self.end_ids)
+                keep = self.end_ids if cur.status != OPEN else (
+                    self._keep(written, cur, scores[row], self.grounded(cur, row)) or self.end_ids)
             out[row, keep] = scores[row, keep]
         return out

@@ -41,6 +41,16 @@ class SpanOfContext:
     no_answer_text: str | None = None
 
 
+@dataclass(frozen=True)
+class GroundedLayout:
+    """A decoding constraint: every generated text is one MCQ in `layout`, and its key names an option that occurs in
+    the row's context (normalised under `lang`, as the metric's `key_in_context`) wherever one does
+    (`genqa.backbones.mcq_constraint`)."""
+
+    layout: Any
+    lang: str = "en"
+
+
 @dataclass
 class Decoding:
     """How prediction decodes a task's answers, as the task hands it over (`Task.decoding`): the backbone's
@@ -49,7 +59,8 @@ class Decoding:
     #: `generate`: generated text, read back by the task; `score_labels`: the valid label the model finds most likely;
     #: `score_texts`: the candidate whose text the model finds most likely as the answer (`candidates_of`)
     mode: str = "generate"
-    #: what holds generated text: a `SpanOfContext`, a `genqa.data.mcq_format.MCQLayout`, or None (free text)
+    #: what holds generated text: a `SpanOfContext`, a `genqa.data.mcq_format.MCQLayout`, a `GroundedLayout`, or
+    #: None (free text)
     constraint: Any = None
     #: `score_labels`: the valid labels of a row
     labels_of: Callable[[dict[str, Any]], list[str]] | None = None

@@ -14,7 +14,7 @@ from genqa.backbones import PredictSettings
 from genqa.config import OPTION_TEXT_MODES, QAArguments
 from genqa.data.answers import gold_answers, locate_answer, map_to_context, nearest_span
 from genqa.data.mcq_format import MCQLayout, format_mcq, label_alternation, layout_problems
-from genqa.data.task import CANONICAL_COLUMNS, CANONICAL_FEATURES, Decoding, SpanOfContext, Task, _text
+from genqa.data.task import CANONICAL_COLUMNS, CANONICAL_FEATURES, Decoding, GroundedLayout, SpanOfContext, Task, _text
 from genqa.errors import DataError
 
 __all__ = ["CANONICAL_COLUMNS", "CANONICAL_FEATURES", "AbstractiveTask", "Decoding", "ExtractiveTask",
@@ -367,9 +367,19 @@ class MCQGenerationTask(OptionRows):
         """The layout `target` writes, which layout-constrained decoding holds generated text to."""
         return MCQLayout(tuple(self.args.option_labels), self.args.mcq_question_prefix, self.args.mcq_answer_prefix)
 
+    def recipe_problems(self):
+        problems = super().recipe_problems()
+        if self.args.key_from_context and not (self.args.constrain_to_layout and self.args.context_column):
+            problems.append("`key_from_context: true` holds the key of layout-constrained decoding to an option the "
+                            "context contains: it needs `constrain_to_layout: true` and a `context_column`.")
+        return problems
+
     def decoding(self, settings: PredictSettings, mcq_mode: str | None = None) -> Decoding:
-        """Generated text, held to `layout()` under `constrain_to_layout`."""
-        return Decoding(constraint=self.layout() if settings.constrain_to_layout else None)
+        """Generated text, held to `layout()` under `constrain_to_layout`; its key to an option the context contains
+        under `key_from_context` (compared as the metric compares, under `metric_lang`)."""
+        layout = self.layout() if settings.constrain_to_layout else None
+        grounded = layout is not None and settings.key_from_context
+        return Decoding(constraint=GroundedLayout(layout, self.args.metric_lang) if grounded else layout)
 
     def read_answer(self, row, raw, how):
         return raw.strip(), how
