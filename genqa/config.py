@@ -284,8 +284,10 @@ class QAArguments:
         default=False,
         metadata={"help": "With `constrain_to_layout` (task mcq_generation, causal LM): the answer key may only name "
                   "an option that occurs in the row's context (compared as the metric's key_in_context, normalised "
-                  "under metric_lang), wherever at least one option does; the options themselves stay the model's. "
-                  "For contexts that state the answer, such as the VNHSGE explanations."},
+                  "under metric_lang); where none of the options before a row's hold position (the context's CRC-32 "
+                  "modulo the number of labels) occurs in it, the option there is held to whole words of the "
+                  "context. The other options stay the model's. For contexts that state the answer, such as the "
+                  "VNHSGE explanations."},
     )
     no_answer_threshold: float | None = field(
         default=None,

@@ -117,14 +117,21 @@ def _scripted(tok, wants: str):
     return prefers
 
 
-@pytest.mark.parametrize(("context", "key"), [
-    ("Giải thích: năm 1890 cầu được khánh thành.", "C"),   # the model keys A; only option C is in the context
-    ("Giải thích: 1920 hay năm 1945.", "B"),                  # B and D are: B, the model's likelier of the two
-    ("Giải thích: không có năm nào.", "A"),                   # none is: the model's own key
+@pytest.mark.parametrize("context", [
+    "Giải thích: năm 1890 cầu được khánh thành.",          # the model keys A; only option C is in the context
+    "Giải thích: 1920 hay năm 1945.",                      # B and D are
+    "Giải thích: cầu được khánh thành vào mùa xuân.",      # none of the model's options is
+    "Giải thích: 1902, 1920, 1890 hay năm 1945.",          # all are
 ])
-def test_key_from_context_holds_the_key_to_an_option_the_context_contains(tiny_tokenizer, context, key):
+def test_key_from_context_holds_the_key_to_an_option_the_context_contains(tiny_tokenizer, context):
+    """The key always names an option the context contains: the model's likeliest of those it wrote, or, where
+    none of the options before the row's hold position is in the context, the option held to it there."""
+    import zlib
+
+    from genqa.scoring.metrics import normalize_answer
+
     tok = tiny_tokenizer
-    prefers = _scripted(tok, GOOD)  # keys A
+    prefers = _scripted(tok, GOOD)  # options 1902. / 1920. / 1890 / Năm 1945, keyed A
 
     def ranked(step: int) -> torch.Tensor:  # among the labels, the 'model' likes A > B > C > D
         scores = prefers(step)
@@ -134,10 +141,25 @@ def test_key_from_context_holds_the_key_to_an_option_the_context_contains(tiny_t
 
     processor = MCQLayoutProcessor(tok, VI, prompt_length=1, end_ids=[tok.eos_token_id], contexts=[context],
                                    lang="vi")
-    ids = _greedy(processor, ranked)
-    parsed = parse_mcq(tok.decode(ids[:-1]), LABELS, VI.question_prefix, VI.answer_prefix)
-    assert parsed.ok and [o.rstrip(".") for o in parsed.options] == ["1902", "1920", "1890", "Năm 1945"]
-    assert LABELS[parsed.answer_index] == key
+    ids = _greedy(processor, ranked, steps=200)
+    text = tok.decode(ids[:-1])
+    parsed = parse_mcq(text, LABELS, VI.question_prefix, VI.answer_prefix)
+    assert parsed.ok, (text, parsed.errors)
+    ctx = normalize_answer(context, "vi")
+    found = [normalize_answer(o, "vi") in ctx for o in parsed.options]
+    assert found[parsed.answer_index], text
+    scripted = ["1902", "1920", "1890", "Năm 1945"]
+    hold = zlib.crc32(context.encode()) % len(LABELS)
+    grounded_before = [normalize_answer(o, "vi") in ctx for o in scripted[:hold]]
+    assert [o.rstrip(".") for o in parsed.options[:hold]] == scripted[:hold]  # the model's own, up to the hold
+    if any(grounded_before):  # an option the model wrote: nothing held, the key its likeliest grounded one
+        assert [o.rstrip(".") for o in parsed.options] == scripted
+        assert parsed.answer_index == found.index(True)
+    else:
+        assert found[hold], text
+    keys = [o.casefold().rstrip(".") for o in parsed.options]
+    assert not any(a != b and a in b for a in keys for b in keys), text
+
 
 
 def test_generation_with_a_real_model_never_leaves_the_layout(tiny_llama_path):
@@ -147,6 +169,7 @@ def test_generation_with_a_real_model_never_leaves_the_layout(tiny_llama_path):
     from genqa.backbones.generation import generate_texts
     from genqa.config import QAArguments
     from genqa.data.encoding import PromptEncoder
+    from genqa.data.task import GroundedLayout
     from genqa.data.tasks import get_task
     from genqa.data.templates import load_template
 
@@ -163,3 +186,6 @@ def test_generation_with_a_real_model_never_leaves_the_layout(tiny_llama_path):
     held = generate_texts(model, encoder, rows, max_new_tokens=24, progress=False, constraint=VI)
     assert all(status(t) == INVALID for t in free)
     assert all(t.startswith(VI.question_prefix) and status(t) == OPEN for t in held), held
+    grounded = generate_texts(model, encoder, rows, max_new_tokens=24, progress=False,
+                              constraint=GroundedLayout(VI, "vi"))  # the rows' contexts reach the processor
+    assert all(t.startswith(VI.question_prefix) and status(t) == OPEN for t in grounded), grounded

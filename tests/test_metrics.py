@@ -281,7 +281,8 @@ def test_mcq_generation_quality_prefix_kwargs():
                       answer_prefix="Đáp án:")
     assert mcq_generation_quality([text])["valid"] == 0
     got = mcq_generation_quality([text], question_prefix="Câu hỏi:", answer_prefix="Đáp án:")
-    assert got == {"total": 1, "valid": 1, "valid_rate": 1.0, "failures": {}, "nested_options": 0}
+    assert got == {"total": 1, "valid": 1, "valid_rate": 1.0, "failures": {}, "nested_options": 0,
+                   "near_duplicate_options": 0}
 
 
 def test_mcq_generation_quality_content_proxies():
@@ -296,3 +297,16 @@ def test_mcq_generation_quality_content_proxies():
     got = mcq_generation_quality([ok, nested, nested], [*contexts[:2], "I like apple pie."])
     assert (got["nested_options"], got["key_in_context"], got["usable"], got["usable_rate"]) == (2, 2, 1, 1 / 3)
     assert "key_in_context" not in mcq_generation_quality([ok])
+
+
+def test_mcq_generation_quality_counts_near_duplicate_options():
+    """Two options that differ by a word are no better distractors for not being nested: counted, and not
+    `usable_distinct` (the exam's own VNHSGE questions have them on 10 of 200)."""
+    close = format_mcq("Câu hỏi?", ["Bảo vệ quyền lợi người tiêu dùng.", "Bảo vệ môi trường.",
+                                   "Bảo vệ quyền lợi của người tiêu dùng.", "Bảo vệ tài sản công."], 2,
+                       question_prefix="Câu hỏi:", answer_prefix="Đáp án:")
+    apart = close.replace("Bảo vệ quyền lợi người tiêu dùng.", "Nộp thuế đúng hạn.")
+    ctx = ["phải bảo vệ quyền lợi của người tiêu dùng."] * 2
+    got = mcq_generation_quality([close, apart], ctx, "vi", question_prefix="Câu hỏi:", answer_prefix="Đáp án:")
+    assert (got["nested_options"], got["near_duplicate_options"]) == (0, 1)
+    assert (got["usable"], got["usable_distinct"], got["usable_distinct_rate"]) == (2, 1, 0.5)

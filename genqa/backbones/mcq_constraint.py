@@ -23,9 +23,11 @@ continuation of that line.
 
 With `GroundedLayout` (the recipe key `key_from_context`) the key is held too: only the labels of options that occur
 in the row's context (as the metric's `key_in_context` compares them, normalised under the metric language) may be
-written, where at least one does; otherwise every label stays allowed. The options are written before the key, so
-the model still writes them freely; the constraint picks, among the options it wrote, one the context supports (the
-model's most likely of those).
+written. The options come before the key, so one option per row is held to the context when the model has not
+grounded one by then: the option at the row's `hold` position (the context's CRC-32 modulo the number of labels, so
+the held option, and the key, is not always the last) must be whole words of the context (case and spacing aside)
+if no earlier option occurs in it. The other options are the model's own; the key is the model's likeliest of the
+options the context holds.
 
 Why hand-written: transformers' grammar support (`prefix_allowed_tokens_fn`) asks for the full list of allowed tokens
 at every step; here the tokens are tested in order of the model's own scores and the search stops at `top_k` allowed
@@ -36,6 +38,8 @@ that split a Vietnamese or Chinese character are handled exactly; a fixed piece 
 from __future__ import annotations
 
 import codecs
+import re
+import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -130,7 +134,8 @@ class MCQLayoutProcessor(LogitsProcessor):
     `prompt_length` is the padded prompt length of the batch (generated tokens follow it), `end_ids` the tokens that
     end an answer (EOS / end-of-turn). `top_k` allowed tokens are kept per row (1 is exact for greedy decoding; beam
     search and sampling need more). With `contexts` (one per row of the batch; `beams` rows each in `generate`'s
-    scores) the key is held to an option its context contains, compared under `lang` (`GroundedLayout`).
+    scores) the key is held to an option its context contains, compared under `lang`, and one option to the
+    context where no earlier one is in it (`GroundedLayout`, see the module docstring).
     """
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase, layout: MCQLayout, prompt_length: int,
@@ -140,6 +145,9 @@ class MCQLayoutProcessor(LogitsProcessor):
         self.segments = segments(layout)
         self.labels, self.lang, self.beams = layout.labels, lang, beams
         self.contexts = None if contexts is None else [normalize_answer(c, lang) for c in contexts]
+        self.folded = [" ".join(c.casefold().split()) for c in contexts or []]
+        self.hold = [zlib.crc32(c.encode()) % len(self.labels) for c in contexts or []]
+        self.option_lines = [i for i, (kind, spec) in enumerate(self.segments) if kind == "line" and spec is not None]
         self.prompt_length, self.end_ids, self.top_k = prompt_length, list(end_ids), top_k
         self._by_first: dict[int, torch.Tensor] = {}
 
@@ -160,6 +168,37 @@ class MCQLayoutProcessor(LogitsProcessor):
                  if normalize_answer(text, self.lang) in context]
         return [*self.segments[:-1], ("choice", found)] if found else self.segments
 
+    def held(self, cur: Cursor, row: int) -> bool:
+        """Whether the open segment is the option line the row holds to its context and no earlier option occurs in
+        the context."""
+        if self.contexts is None or cur.segment != self.option_lines[self.hold[row // self.beams]]:
+            return False
+        return not any(normalize_answer(o, self.lang) in self.contexts[row // self.beams] for o in cur.options)
+
+    def in_context(self, line: bytes, row: int) -> bool:
+        """Whether an option line's text so far (case and spacing folded, a final period aside) starts at a word of
+        the row's context (anywhere for `zh`), a cut last character counting as any character of the context, in
+        either case, it can become; once the line has ended, as whole, non-empty words of it. The context's own
+        words, not the metric's looser test (normalised substrings, where one letter or punctuation would pass)."""
+        end = line.find(b"\n")
+        decoder = codecs.getincrementaldecoder("utf-8")()
+        try:
+            text = decoder.decode(line if end < 0 else line[:end], final=False)
+        except UnicodeDecodeError:
+            return False
+        folded = self.folded[row // self.beams]
+        if cut := decoder.getstate()[0]:
+            chars = {ch for ch in set(folded) | set(folded.upper()) if ch.encode().startswith(cut)}
+            return any(self.in_context((text + ch).encode(), row) for ch in chars)
+        words = " ".join(text.casefold().split())
+        period = words.endswith(".")  # the layout's final period may close an option the context writes without one
+        words = words.removesuffix(".").rstrip()
+        if not words:
+            return end < 0 and text in ("", " ")  # the space after the label, nothing more
+        edge = "" if self.lang == "zh" else r"(?<!\w)"
+        closed = end >= 0 or period or text[-1].isspace()  # a space or a period ends the last word too
+        return re.search(edge + re.escape(words) + (edge.replace("<", "") if closed else ""), folded) is not None
+
     def _order(self, cur: Cursor, scores: torch.Tensor) -> Iterator[int]:
         """Token ids to test, best score first: where a fixed piece is due only the tokens starting with its first
         byte; on a free line the best 64, then (rarely reached) all the others."""
@@ -172,11 +211,16 @@ class MCQLayoutProcessor(LogitsProcessor):
         seen = set(best)
         yield from (t for t in torch.argsort(scores, descending=True).tolist() if t not in seen)
 
-    def _keep(self, written: bytes, cur: Cursor, scores: torch.Tensor, segs: list[tuple[str, object]]) -> list[int]:
+    def _keep(self, written: bytes, cur: Cursor, scores: torch.Tensor, segs: list[tuple[str, object]],
+              held: int | None) -> list[int]:
+        """The `top_k` best tokens that keep the text in `segs` (and, for the row `held`, the option line in its
+        context)."""
         tail, keep = written[cur.start:], []
         for token in self._order(cur, scores):
             piece = self.pieces[token] if token < len(self.pieces) else None
-            if piece and locate(segs, tail + piece, cur.segment, 0, cur.options).status != INVALID:
+            if not piece or (held is not None and not self.in_context(tail + piece, held)):
+                continue
+            if locate(segs, tail + piece, cur.segment, 0, cur.options).status != INVALID:
                 keep.append(token)
                 if len(keep) >= self.top_k:
                     break
@@ -192,6 +236,7 @@ class MCQLayoutProcessor(LogitsProcessor):
                 written = written_bytes(self.pieces, generated)
                 cur = locate(self.segments, written)
                 keep = self.end_ids if cur.status != OPEN else (
-                    self._keep(written, cur, scores[row], self.grounded(cur, row)) or self.end_ids)
+                    self._keep(written, cur, scores[row], self.grounded(cur, row),
+                               row if self.held(cur, row) else None) or self.end_ids)
             out[row, keep] = scores[row, keep]
         return out

@@ -237,20 +237,26 @@ def mcq_accuracy(golds: Sequence[Any], preds: Sequence[Any], labels: Sequence[st
     return {"accuracy": correct / total if total else 0.0, "correct": correct, "total": total, "invalid": invalid}
 
 
+#: two options at least this word-F1-similar (under the metric language) are near-duplicates
+NEAR_DUPLICATE_F1 = 0.8
+
+
 def mcq_generation_quality(outputs: Sequence[Any], contexts: Sequence[str] | None = None, lang: str = "en",
                            **parse_kwargs: Any) -> dict[str, Any]:
     """Share of generated texts that follow the MCQ layout; `failures` counts outputs per failure code.
 
     Over the valid ones, what the layout does not see: `nested_options` counts MCQs with one option's text inside
     another's (the near-copies a model writes instead of distractors, and what layout-constrained decoding falls back
-    to when it may not repeat a line; 5 of the 592 human-written VNHSGE questions have one), and, when `contexts`
-    are given (one per output), `key_in_context` counts MCQs whose keyed option occurs in the context (normalised
-    under `lang`): an answer grounded in the text, and `usable` those that are both (valid, no option inside another,
-    the key in the context): a question a teacher could keep as written."""
+    to when it may not repeat a line; 5 of the 592 human-written VNHSGE questions have one), `near_duplicate_options`
+    those with two options of word F1 >= `NEAR_DUPLICATE_F1` (`người tiêu dùng` / `của người tiêu dùng`: not nested,
+    no better as distractors; 10 of 200 held-out VNHSGE questions), and, when `contexts` are given (one per output),
+    `key_in_context` counts MCQs whose keyed option occurs in the context (normalised under `lang`): an answer
+    grounded in the text. `usable`: valid, no option inside another, the key in the context (a question a teacher
+    could keep as written); `usable_distinct`: usable and no near-duplicate pair either."""
     if contexts is not None and len(contexts) != len(outputs):
         raise ValueError(f"mcq_generation_quality: {len(contexts)} contexts for {len(outputs)} outputs.")
     failures: collections.Counter[str] = collections.Counter()
-    valid = nested = grounded = usable = 0
+    valid = nested = near = grounded = usable = distinct = 0
     for i, text in enumerate(outputs):
         parsed = parse_mcq(_as_text(text, f"#{i}"), **parse_kwargs)
         failures.update(set(parsed.errors))
@@ -260,16 +266,21 @@ def mcq_generation_quality(outputs: Sequence[Any], contexts: Sequence[str] | Non
         keys = [option_key(o) for o in parsed.options]
         inside = any(a != b and a in b for a in keys for b in keys)
         nested += inside
+        close = any(f1_score(a, b, lang) >= NEAR_DUPLICATE_F1 for j, a in enumerate(parsed.options)
+                    for b in parsed.options[j + 1:])
+        near += close
         if contexts is not None and parsed.answer_index is not None:
             key = normalize_answer(parsed.options[parsed.answer_index], lang)
             found = key in normalize_answer(contexts[i], lang)
             grounded += found
             usable += found and not inside
+            distinct += found and not inside and not close
     total = len(outputs)
     ordered = {code: failures[code] for code in FAILURE_CODES if failures[code]}
     out = {"total": total, "valid": valid, "valid_rate": valid / total if total else 0.0, "failures": ordered,
-           "nested_options": nested}
+           "nested_options": nested, "near_duplicate_options": near}
     if contexts is not None:
         out["key_in_context"] = grounded
         out["usable"], out["usable_rate"] = usable, usable / total if total else 0.0
+        out["usable_distinct"], out["usable_distinct_rate"] = distinct, distinct / total if total else 0.0
     return out
