@@ -295,6 +295,28 @@ def test_nearest_span_makes_every_free_answer_a_span(tmp_path, capsys):
     assert "nearest_span, settings); resuming would mix them" in capsys.readouterr().err
 
 
+def test_key_from_context_reaches_generation_and_the_fingerprint(tmp_path, capsys):
+    """`genqa predict --key_from_context true` on MCQ generation: the grounded layout runs, the predictions record the
+    setting, and a rerun without it is refused (it would mix two decodings)."""
+    from genqa.data.mcq_format import parse_mcq
+    from genqa.scoring.metrics import normalize_answer
+
+    rows = {r["id"]: r for r in map(json.loads, Path("data/tiny/vi_mcq_gen.jsonl").read_text().splitlines())}
+    args = ["--base", "tiny:llama", "--recipe", "recipes/tiny/mcq_generation.yaml", "--data",
+            "data/tiny/vi_mcq_gen.jsonl", "--no_progress", "--max_new_tokens", "48", "--out", str(tmp_path / "g.json")]
+    assert generate_main([*args, "--key_from_context", "true"]) == 0
+    header = (tmp_path / "g.json.predictions.jsonl").read_text().splitlines()[0]
+    assert '"key_from_context": true' in header, header
+    for qid, text in json.loads((tmp_path / "g.json").read_text(encoding="utf-8")).items():
+        parsed = parse_mcq(text, ("A", "B", "C", "D"), "Câu hỏi:", "Đáp án:")
+        if parsed.ok:  # an untrained model rarely gets this far in 48 tokens; where it does, the key is grounded
+            key = normalize_answer(parsed.options[parsed.answer_index], "vi")
+            assert key in normalize_answer(rows[qid]["context"], "vi")
+    capsys.readouterr()
+    assert generate_main(args) == 2
+    assert "key_from_context" in capsys.readouterr().err
+
+
 def test_duplicate_test_ids_are_refused_for_a_csv(mcq_run, tmp_path, capsys):
     import pandas as pd
 
