@@ -334,9 +334,10 @@ def main(argv: list[str] | None = None) -> None:
     result["fine_tuned"], result["not_in_context"], result["fine_tuned_extra"] = evaluate(
         model, tokenizer, template, task, rows, calib, args, qa.metric_lang)
     result["fine_tuned_eval_s"] = round(time.time() - t0, 1)
+    print("\n" + json.dumps(result, ensure_ascii=False), flush=True)  # its own line, whatever stderr left open
     saved.parent.mkdir(parents=True, exist_ok=True)
-    saved.write_text(json.dumps(outputs, ensure_ascii=False, indent=1))
-    print(json.dumps(result, ensure_ascii=False))
+    saved.write_text(json.dumps(outputs, ensure_ascii=False, indent=1), encoding="utf-8", errors="backslashreplace")
+    print(f"raw outputs: {saved}", file=sys.stderr)
 
 
 if __name__ == "__main__":

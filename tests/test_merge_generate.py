@@ -315,6 +315,9 @@ def test_key_from_context_reaches_generation_and_the_fingerprint(tmp_path, capsy
     capsys.readouterr()
     assert generate_main(args) == 2
     assert "key_from_context" in capsys.readouterr().err
+    unheld = [*args[:-1], str(tmp_path / "h.json"), "--key_from_context", "true", "--constrain_to_layout", "false"]
+    assert generate_main(unheld) == 2
+    assert "use it with `constrain_to_layout: true`" in capsys.readouterr().err
 
 
 def test_duplicate_test_ids_are_refused_for_a_csv(mcq_run, tmp_path, capsys):

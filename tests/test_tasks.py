@@ -240,7 +240,8 @@ def test_each_task_hands_prediction_its_decoding():
     grounded = get_task(QAArguments(task="mcq_generation", options_column="options", metric_lang="vi"))
     assert grounded.decoding(PredictSettings(constrain_to_layout=True, key_from_context=True)).constraint == \
         GroundedLayout(grounded.layout(), "vi")
-    assert grounded.decoding(PredictSettings(constrain_to_layout=False, key_from_context=True)).constraint is None
+    with pytest.raises(DataError, match="constrain_to_layout"):
+        grounded.decoding(PredictSettings(constrain_to_layout=False, key_from_context=True))
     assert "key_from_context" in PredictSettings(constrain_to_layout=True, key_from_context=True).to_dict()
     assert "key_from_context" not in PredictSettings(constrain_to_layout=True).to_dict()  # earlier fingerprints hold
     unheld = QAArguments(task="mcq_generation", options_column="options", context_column="c", key_from_context=True,

@@ -44,8 +44,8 @@ class SpanOfContext:
 @dataclass(frozen=True)
 class GroundedLayout:
     """A decoding constraint: every generated text is one MCQ in `layout`, and its key names an option that occurs in
-    the row's context (normalised under `lang`, as the metric's `key_in_context`) wherever one does
-    (`genqa.backbones.mcq_constraint`)."""
+    the row's context (normalised under `lang`, as the metric's `key_in_context`); one option per row is held to the
+    context's words where the model grounded none before it (`genqa.backbones.mcq_constraint`)."""
 
     layout: Any
     lang: str = "en"

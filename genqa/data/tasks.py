@@ -375,8 +375,10 @@ class MCQGenerationTask(OptionRows):
         return problems
 
     def decoding(self, settings: PredictSettings, mcq_mode: str | None = None) -> Decoding:
-        """Generated text, held to `layout()` under `constrain_to_layout`; its key to an option the context contains
-        under `key_from_context` (compared as the metric compares, under `metric_lang`)."""
+        """Generated text, held to `layout()` under `constrain_to_layout` (and to the context: `key_from_context`)."""
+        if settings.key_from_context and not settings.constrain_to_layout:
+            raise DataError("`key_from_context` holds the key of layout-constrained decoding: use it with "
+                            "`constrain_to_layout: true`, or drop it.")
         layout = self.layout() if settings.constrain_to_layout else None
         grounded = layout is not None and settings.key_from_context
         return Decoding(constraint=GroundedLayout(layout, self.args.metric_lang) if grounded else layout)
