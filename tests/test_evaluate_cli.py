@@ -104,7 +104,8 @@ def test_mcq_generation_task(tmp_path, capsys):
     preds = tmp_path / "gen.jsonl"
     preds.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in rows) + "\n", encoding="utf-8")
     got = _run(["--task", "mcq_generation", "--predictions", str(preds), "--lang", "vi"], capsys)
-    assert got == {"total": 2, "valid": 1, "valid_rate": 0.5, "failures": {"missing_key": 1}, "nested_options": 0}
+    assert got == {"total": 2, "valid": 1, "valid_rate": 0.5, "failures": {"missing_key": 1}, "nested_options": 0,
+                   "near_duplicate_options": 0}
 
 
 def _error(argv: list[str], capsys) -> str:
