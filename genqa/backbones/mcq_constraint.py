@@ -146,6 +146,7 @@ class MCQLayoutProcessor(LogitsProcessor):
         self.labels, self.lang, self.beams = layout.labels, lang, beams
         self.contexts = None if contexts is None else [normalize_answer(c, lang) for c in contexts]
         self.folded = [" ".join(c.casefold().split()) for c in contexts or []]
+        self.chars = [set(f) | set(f.upper()) for f in self.folded]  # what a cut last character may become
         self.hold = [zlib.crc32(c.encode()) % len(self.labels) for c in contexts or []]
         self.option_lines = [i for i, (kind, spec) in enumerate(self.segments) if kind == "line" and spec is not None]
         self.prompt_length, self.end_ids, self.top_k = prompt_length, list(end_ids), top_k
@@ -163,9 +164,8 @@ class MCQLayoutProcessor(LogitsProcessor):
         them when none does)."""
         if self.contexts is None or self.segments[cur.segment][0] != "choice":
             return self.segments
-        context = self.contexts[row // self.beams]
         found = [f" {label}".encode() for label, text in zip(self.labels, cur.options, strict=False)
-                 if normalize_answer(text, self.lang) in context]
+                 if self.occurs(text, row)]
         return [*self.segments[:-1], ("choice", found)] if found else self.segments
 
     def held(self, cur: Cursor, row: int) -> bool:
@@ -173,7 +173,11 @@ class MCQLayoutProcessor(LogitsProcessor):
         the context."""
         if self.contexts is None or cur.segment != self.option_lines[self.hold[row // self.beams]]:
             return False
-        return not any(normalize_answer(o, self.lang) in self.contexts[row // self.beams] for o in cur.options)
+        return not any(self.occurs(o, row) for o in cur.options)
+
+    def occurs(self, option: str, row: int) -> bool:
+        """The metric's `key_in_context` test: the option, normalised under `lang`, inside the row's context."""
+        return normalize_answer(option, self.lang) in self.contexts[row // self.beams]  # type: ignore[index]
 
     def in_context(self, line: bytes, row: int) -> bool:
         """Whether an option line's text so far (case and spacing folded, a final period aside) starts at a word of
@@ -188,7 +192,7 @@ class MCQLayoutProcessor(LogitsProcessor):
             return False
         folded = self.folded[row // self.beams]
         if cut := decoder.getstate()[0]:
-            chars = {ch for ch in set(folded) | set(folded.upper()) if ch.encode().startswith(cut)}
+            chars = {ch for ch in self.chars[row // self.beams] if ch.encode().startswith(cut)}
             return any(self.in_context((text + ch).encode(), row) for ch in chars)
         words = " ".join(text.casefold().split())
         period = words.endswith(".")  # the layout's final period may close an option the context writes without one
