@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from genqa.backbones.batching import OnBatch, pad, run_batches, to_device
+from genqa.backbones.lm_head import contiguous_head_input
 from genqa.backbones.loading import model_device
 from genqa.data.encoding import PromptEncoder
 
@@ -142,6 +143,7 @@ def _pad_id(tok) -> int:
 # parameters a module first gathers in these passes for the training steps that follow, and inference tensors can't
 # be saved for backward
 @torch.no_grad()
+@contiguous_head_input
 def generate_texts(model, encoder: PromptEncoder, rows: list[dict[str, Any]], batch_size: int = 16,
                    max_new_tokens: int = 64, num_beams: int = 1, do_sample: bool = False,
                    on_batch: OnBatch | None = None, progress: bool = True,
@@ -191,6 +193,7 @@ def generate_texts(model, encoder: PromptEncoder, rows: list[dict[str, Any]], ba
 
 
 @torch.no_grad()
+@contiguous_head_input
 def score_labels(model, encoder: PromptEncoder, rows: list[dict[str, Any]], labels_of: Callable[[dict], list[str]],
                  batch_size: int = 16, on_batch: OnBatch | None = None,
                  progress: bool = True, prefix_cache: bool = True) -> list[str]:
@@ -245,6 +248,7 @@ def _sequence_logprob(model, prompt: list[int], target: list[int], device) -> fl
 
 
 @torch.no_grad()
+@contiguous_head_input
 def score_texts(model, encoder: PromptEncoder, rows: list[dict[str, Any]],
                 candidates_of: Callable[[dict], list[tuple[str, str]]], per_char: bool = False, batch_size: int = 16,
                 on_batch: OnBatch | None = None, progress: bool = True) -> list[str]:
@@ -265,6 +269,7 @@ def score_texts(model, encoder: PromptEncoder, rows: list[dict[str, Any]],
 
 
 @torch.no_grad()
+@contiguous_head_input
 def candidate_scores(model, encoder: PromptEncoder, rows: list[dict[str, Any]],
                      candidates_of: Callable[[dict], list[tuple[str, str]]], batch_size: int = 16
                      ) -> tuple[list[list[tuple[str, str]]], list[list[float]]]:

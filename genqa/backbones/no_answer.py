@@ -16,6 +16,7 @@ import torch
 
 from genqa.backbones.batching import pad, run_batches, to_device
 from genqa.backbones.generation import encode_prompts
+from genqa.backbones.lm_head import contiguous_head_input
 from genqa.backbones.loading import model_device
 from genqa.data.encoding import PromptEncoder
 
@@ -26,6 +27,7 @@ def completion_ids(encoder: PromptEncoder, text: str) -> list[int]:
 
 
 @torch.no_grad()
+@contiguous_head_input
 def sequence_logprobs(model, encoder: PromptEncoder, prompts: list[list[int]], targets: list[list[int]],
                       batch_size: int = 16) -> list[float]:
     """Summed log-probability of every `targets[i]` after `prompts[i]` (teacher forced, batched, left-padded)."""
