@@ -95,3 +95,19 @@ def test_nested_calls_register_one_hook_and_the_outer_call_removes_it(frozen):
     with pytest.raises(RuntimeError):  # removed on errors too
         contiguous_head_input(lambda m: (_ for _ in ()).throw(RuntimeError("boom")))(model)
     assert not head._forward_pre_hooks and not hasattr(head, "_genqa_contiguous_input")
+
+
+def test_a_model_under_a_lora_adapter_reaches_its_head(tiny_llama_path, tiny_tokenizer):
+    """`genqa predict --adapter` and generation-based evaluation during training predict through a PeftModel: the
+    hook must land on the wrapped model's head."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(tiny_llama_path, dtype=torch.float32)
+    head = base.get_output_embeddings()
+    model = get_peft_model(base, LoraConfig(r=4, target_modules="all-linear")).eval()
+    task = get_task(QAArguments(task="mcq", options_column="options", template="chatml", mcq_mode="options"))
+    encoder = PromptEncoder(task, tiny_tokenizer, load_template("chatml"), max_length=256)
+    assert model.get_output_embeddings() is head
+    _, seen = _head_inputs(model, lambda: _call("labels", score_labels, model, encoder))
+    assert seen and all(seen) and not head._forward_pre_hooks
