@@ -15,7 +15,8 @@ share of unanswerable questions): a fine-tuned score near it means the model lea
 Extractive tasks are scored four ways: free generation (`free`), the same answers read back with `nearest_span`
 (`nearest`: an answer that is no span becomes the span most like it), span-constrained decoding (`constrained`, the
 default of `task: extractive`) and, for SQuAD 2.0-style data, no-answer calibration (`calibrated`: best span vs the
-no-answer text with the threshold picked on `--calib_rows` rows of training articles that were not trained on).
+no-answer text with the threshold picked on `--calib_rows` rows of training articles that were not trained on;
+`threshold_0`; `answer_all`, the best span for every question: the model's reading without its abstaining).
 """
 
 from __future__ import annotations
@@ -172,6 +173,10 @@ def _extractive(model, encoder, task, rows, calib, args, lang) -> tuple[dict, di
         out["calibrated"], outside["calibrated"] = _score(task, rows, apply_threshold(spans, diffs, thr), "generate",
                                                           lang, args.record, "calibrated")
         out["threshold_0"], _ = _score(task, rows, apply_threshold(spans, diffs, 0.0), "generate", lang)
+        # never abstaining: the best span for every question (HasAns F1 here is the model's reading alone)
+        out["answer_all"], _ = _score(task, rows, spans, "generate", lang, args.record, "answer_all")
+        if args.record is not None:
+            args.record["no_answer_diffs"] = {r["id"]: round(d, 4) for r, d in zip(rows, diffs, strict=True)}
         extra.update(no_answer_threshold=round(thr, 3), calibration_f1=round(calib_f1, 2), calibration_rows=len(calib))
     return out, outside, extra
 
