@@ -91,7 +91,7 @@ def _rows(args, qa, task):
         raise SystemExit("the recipe has no validation split to hold out")
     held = val.select(range(min(args.eval_rows, len(val)))).to_list()
     calib = []
-    if task.name == "extractive" and any(not r["answers"] for r in held):
+    if task.name == "extractive" and args.calib_rows > 0 and any(not r["answers"] for r in held):
         # the last training rows come from the last training articles; max_train_samples keeps them out of training
         used = min(qa.max_train_samples or len(train), len(train))
         if used + args.calib_rows > len(train):
