@@ -20,13 +20,18 @@ ROWS = [{"id": str(i), "context": "Paris is the capital of France. " * (i + 1), 
 
 
 @pytest.fixture(scope="module")
-def frozen(tiny_llama_path, tiny_tokenizer):
+def encoder(tiny_tokenizer):
+    task = get_task(QAArguments(task="mcq", options_column="options", template="chatml", mcq_mode="options"))
+    return PromptEncoder(task, tiny_tokenizer, load_template("chatml"), max_length=256)
+
+
+@pytest.fixture(scope="module")
+def frozen(tiny_llama_path, encoder):
     """The tiny Llama with every weight frozen, as after `merge_and_unload` in memory or under a LoRA adapter."""
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(tiny_llama_path, dtype=torch.float32).eval().requires_grad_(False)
-    task = get_task(QAArguments(task="mcq", options_column="options", template="chatml", mcq_mode="options"))
-    return model, PromptEncoder(task, tiny_tokenizer, load_template("chatml"), max_length=256)
+    return model, encoder
 
 
 FUNCTIONS = {"generate": generate_texts, "labels": score_labels, "options": candidate_scores,
@@ -97,7 +102,7 @@ def test_nested_calls_register_one_hook_and_the_outer_call_removes_it(frozen):
     assert not head._forward_pre_hooks and not hasattr(head, "_genqa_contiguous_input")
 
 
-def test_a_model_under_a_lora_adapter_reaches_its_head(tiny_llama_path, tiny_tokenizer):
+def test_a_model_under_a_lora_adapter_reaches_its_head(tiny_llama_path, encoder):
     """`genqa predict --adapter` and generation-based evaluation during training predict through a PeftModel: the
     hook must land on the wrapped model's head."""
     from peft import LoraConfig, get_peft_model
@@ -106,8 +111,6 @@ def test_a_model_under_a_lora_adapter_reaches_its_head(tiny_llama_path, tiny_tok
     base = AutoModelForCausalLM.from_pretrained(tiny_llama_path, dtype=torch.float32)
     head = base.get_output_embeddings()
     model = get_peft_model(base, LoraConfig(r=4, target_modules="all-linear")).eval()
-    task = get_task(QAArguments(task="mcq", options_column="options", template="chatml", mcq_mode="options"))
-    encoder = PromptEncoder(task, tiny_tokenizer, load_template("chatml"), max_length=256)
     assert model.get_output_embeddings() is head
     _, seen = _head_inputs(model, lambda: _call("labels", score_labels, model, encoder))
     assert seen and all(seen) and not head._forward_pre_hooks
